@@ -1,0 +1,56 @@
+// Package supervisor runs one app process and keeps it running: spawn with
+// its environment and credentials, output capture, stop of the whole process
+// tree, exit classification, and the restart policy.
+package supervisor
+
+import "time"
+
+// State is the lifecycle state of the supervised app, as shown in status and
+// on the health page.
+type State string
+
+const (
+	Starting State = "starting" // spawned, not yet ready
+	Running  State = "running"  // ready
+	Backoff  State = "backoff"  // waiting to restart
+	Stopping State = "stopping"
+	Stopped  State = "stopped" // asked to
+	Failed   State = "failed"  // restart budget spent
+)
+
+// Reason says why an app process ended.
+type Reason string
+
+const (
+	ReasonExited       Reason = "exited"        // exit code 0
+	ReasonCrashed      Reason = "crashed"       // non-zero exit code
+	ReasonSignaled     Reason = "signaled"      // killed by a signal nothing else explains
+	ReasonOOMKill      Reason = "oom-kill"      // the kernel OOM killer
+	ReasonHeapOOM      Reason = "heap-oom"      // V8 ran out of heap and aborted
+	ReasonRSSLimit     Reason = "rss-limit"     // restarted for memory.max_rss
+	ReasonLiveness     Reason = "liveness"      // restarted after failed probes
+	ReasonStartTimeout Reason = "start-timeout" // never ready within startup_timeout
+	ReasonRestart      Reason = "restart"       // asked to restart
+	ReasonStop         Reason = "stop"          // asked to stop
+)
+
+// requested reports whether r is a reason the agent itself caused by
+// stopping the process, rather than one the process died of.
+func (r Reason) requested() bool {
+	switch r {
+	case ReasonRSSLimit, ReasonLiveness, ReasonStartTimeout, ReasonRestart, ReasonStop:
+		return true
+	}
+	return false
+}
+
+// Exit records how one app process ended.
+type Exit struct {
+	At     time.Time     `json:"at"`
+	Reason Reason        `json:"reason"`
+	Code   *int          `json:"code"`   // nil when killed by a signal
+	Signal string        `json:"signal"` // "" when it exited with a code
+	Uptime time.Duration `json:"-"`
+	Detail string        `json:"detail,omitempty"`
+	PID    int           `json:"-"`
+}

@@ -1,0 +1,285 @@
+package probe
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startPIDs starts argv in its own process group, reads n PIDs the processes
+// print, one a line, and kills the whole group when the test ends.
+func startPIDs(tb testing.TB, n int, argv ...string) []int {
+	tb.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	type result struct {
+		pids []int
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		var r result
+		sc := bufio.NewScanner(out)
+		for len(r.pids) < n && sc.Scan() {
+			pid, err := strconv.Atoi(strings.TrimSpace(sc.Text()))
+			if err != nil {
+				r.err = fmt.Errorf("not a pid: %q", sc.Text())
+				break
+			}
+			r.pids = append(r.pids, pid)
+		}
+		if r.err == nil && len(r.pids) < n {
+			r.err = fmt.Errorf("got %d pids, want %d: %v", len(r.pids), n, sc.Err())
+		}
+		got <- r
+		io.Copy(io.Discard, out)
+	}()
+	select {
+	case r := <-got:
+		if r.err != nil {
+			tb.Fatal(r.err)
+		}
+		return r.pids
+	case <-time.After(30 * time.Second):
+		tb.Fatalf("%v did not print %d pids", argv, n)
+		return nil
+	}
+}
+
+// startShellTree starts sh -> sh -> sleep and returns their PIDs, root first.
+func startShellTree(tb testing.TB) []int {
+	tb.Helper()
+	return startPIDs(tb, 3, "/bin/sh", "-c",
+		`echo $$; /bin/sh -c 'echo $$; sleep 1000 & echo $!; wait' & wait`)
+}
+
+// vmRSS returns VmRSS of pid from /proc/PID/status, the figure ps and top show.
+func vmRSS(t *testing.T, pid int) uint64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatalf("VmRSS of %d: %v", pid, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS for %d", pid)
+	return 0
+}
+
+var sampleImpls = []struct {
+	name   string
+	sample func(roots ...int) (TreeSample, error)
+}{
+	{"SampleTree", SampleTree},
+	{"children", func(roots ...int) (TreeSample, error) { return sampleTree(roots, childrenFromTasks) }},
+	{"scan", func(roots ...int) (TreeSample, error) { return sampleTree(roots, newParentScan().children) }},
+}
+
+func TestSampleTree(t *testing.T) {
+	if !haveChildrenFiles() {
+		t.Log("kernel without /proc/PID/task/TID/children: SampleTree scans /proc")
+	}
+	pids := startShellTree(t)
+	root, inner, sleeper := pids[0], pids[1], pids[2]
+	sumVmRSS := func() uint64 {
+		var sum uint64
+		for _, pid := range pids {
+			sum += vmRSS(t, pid)
+		}
+		return sum
+	}
+
+	for _, impl := range sampleImpls {
+		t.Run(impl.name, func(t *testing.T) {
+			// The shells are still starting up and the last one becoming
+			// sleep: compare once the figures hold still around a sample.
+			var s TreeSample
+			var want uint64
+			var err error
+			memPollUntil(t, 30*time.Second, "the tree's memory to settle", func() bool {
+				before := sumVmRSS()
+				s, err = impl.sample(root)
+				want = sumVmRSS()
+				return err != nil || before == want
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := slices.Sorted(slices.Values(s.PIDs)); !slices.Equal(got, slices.Sorted(slices.Values(pids))) {
+				t.Fatalf("PIDs = %v, want %v", s.PIDs, pids)
+			}
+			if s.PIDs[0] != root {
+				t.Errorf("PIDs = %v, want the root first", s.PIDs)
+			}
+			// Idle shells and sleep hardly change; allow for a page or two.
+			if s.RSS == 0 || s.RSS < want-want/20-64<<10 || s.RSS > want+want/20+64<<10 {
+				t.Errorf("RSS = %d, want about %d (sum of VmRSS)", s.RSS, want)
+			}
+
+			sub, err := impl.sample(inner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := slices.Sorted(slices.Values(sub.PIDs)); !slices.Equal(got, slices.Sorted(slices.Values([]int{inner, sleeper}))) {
+				t.Errorf("subtree PIDs = %v, want %v", sub.PIDs, []int{inner, sleeper})
+			}
+
+			// Overlapping roots count each process once.
+			both, err := impl.sample(inner, root, root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(both.PIDs) != 3 || both.RSS > s.RSS+s.RSS/10 {
+				t.Errorf("overlapping roots = %+v, want the 3 processes once", both)
+			}
+		})
+	}
+}
+
+func TestSampleTreeGone(t *testing.T) {
+	const gone = 1 << 30 // above the kernel's largest pid_max
+	for _, impl := range sampleImpls {
+		t.Run(impl.name, func(t *testing.T) {
+			s, err := impl.sample(gone)
+			if err != nil || s.RSS != 0 || len(s.PIDs) != 0 {
+				t.Errorf("sample of a missing process = %+v, %v; want empty, nil", s, err)
+			}
+			s, err = impl.sample()
+			if err != nil || s.RSS != 0 || len(s.PIDs) != 0 {
+				t.Errorf("sample of nothing = %+v, %v; want empty, nil", s, err)
+			}
+		})
+	}
+
+	// A root that exits: what remains is found from the other root.
+	pids := startShellTree(t)
+	s, err := SampleTree(gone, pids[1])
+	if err != nil || len(s.PIDs) != 2 {
+		t.Errorf("sample with a missing root = %+v, %v; want the live subtree", s, err)
+	}
+}
+
+// TestSampleTreeChildOfAThread checks that a child forked by a thread other
+// than the main one is found: Node's worker threads can spawn processes, and
+// the kernel lists a child only under the thread that forked it.
+func TestSampleTreeChildOfAThread(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skipf("node not installed: %v", err)
+	}
+	worker := `const {spawn} = require('child_process'); const c = spawn('sleep', ['1000'], {stdio: 'ignore'}); console.log(c.pid);`
+	script := fmt.Sprintf(`console.log(process.pid); new (require('worker_threads').Worker)(%q, {eval: true});`, worker)
+	pids := startPIDs(t, 2, node, "-e", script)
+	nodePID, sleeper := pids[0], pids[1]
+
+	mainChildren, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", nodePID, nodePID))
+	if err != nil {
+		t.Skipf("no children files: %v", err)
+	}
+	if slices.Contains(strings.Fields(string(mainChildren)), strconv.Itoa(sleeper)) {
+		t.Log("the child was forked by the main thread after all")
+	}
+	for _, impl := range sampleImpls {
+		s, err := impl.sample(nodePID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(s.PIDs, sleeper) {
+			t.Errorf("%s: PIDs = %v, want the worker's child %d in them", impl.name, s.PIDs, sleeper)
+		}
+	}
+}
+
+func TestStatPPID(t *testing.T) {
+	tests := []struct {
+		stat string
+		want int
+		ok   bool
+	}{
+		{"1984 (node) S 1983 1984 1984 0 -1", 1983, true},
+		{"7 (a) b) (c) R 6 7 7", 6, true},
+		{"7 (x y) Z 1", 1, true},
+		{"7 (node) S", 0, false},
+		{"7 node S 1", 0, false},
+		{"7 (node) S x", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := statPPID([]byte(tt.stat))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("statPPID(%q) = %d, %v; want %d, %v", tt.stat, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+// BenchmarkSampleTree measures one sample of a real sh -> sh -> sleep tree,
+// and of a Node process (many threads, each with its own children file).
+func BenchmarkSampleTree(b *testing.B) {
+	trees := map[string][]int{"sh-sh-sleep": startShellTree(b)}
+	if node, err := exec.LookPath("node"); err == nil {
+		trees["node"] = startPIDs(b, 1, node, "-e", `console.log(process.pid); setInterval(() => {}, 1000)`)
+	}
+	for _, tree := range []string{"sh-sh-sleep", "node"} {
+		pids, ok := trees[tree]
+		if !ok {
+			continue
+		}
+		for _, impl := range sampleImpls {
+			b.Run(tree+"/"+impl.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					s, err := impl.sample(pids[0])
+					if err != nil || len(s.PIDs) < len(pids) {
+						b.Fatalf("sample = %+v, %v", s, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+func TestAppendDirentPIDs(t *testing.T) {
+	// Two records as getdents64 lays them out: ".." and "42".
+	rec := func(name string) []byte {
+		reclen := (19 + len(name) + 1 + 7) &^ 7
+		r := make([]byte, reclen)
+		binary.NativeEndian.PutUint16(r[16:], uint16(reclen))
+		copy(r[19:], name)
+		return r
+	}
+	b := bytes.Join([][]byte{rec(".."), rec("42"), rec("self"), rec("4194304")}, nil)
+	if got := appendDirentPIDs(nil, b); !slices.Equal(got, []int{42, 4194304}) {
+		t.Errorf("appendDirentPIDs = %v, want [42 4194304]", got)
+	}
+	if got := appendDirentPIDs(nil, b[:30]); !slices.Equal(got, []int(nil)) {
+		t.Errorf("appendDirentPIDs of a cut record = %v, want none", got)
+	}
+}

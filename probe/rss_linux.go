@@ -305,3 +305,19 @@ func appendDirentPIDs(dst []int, b []byte) []int {
 	}
 	return dst
 }
+
+// SampleDescendants samples the descendants of pid, without pid itself. The
+// agent samples its own descendants: its app and, as child subreaper, the
+// app's orphaned daemons.
+func SampleDescendants(pid int) (TreeSample, error) {
+	buf := make([]byte, 4096)
+	children := childrenFromTasks
+	if !haveChildrenFiles() {
+		children = newParentScan().children
+	}
+	roots, err := children(nil, pid, buf)
+	if err != nil && !vanished(err) {
+		return TreeSample{}, fmt.Errorf("sample process tree: %w", err)
+	}
+	return sampleTree(roots, children)
+}

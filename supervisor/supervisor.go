@@ -675,7 +675,11 @@ func (s *Supervisor) capture(c *Child, r *os.File, stream string) {
 		if stream == "stderr" && c.heapOOM.Load() == nil && isHeapOOM(text) {
 			c.heapOOM.Store(&text)
 		}
-		s.log.Info().Str("app", name).Str("stream", stream).Int("pid", c.PID).Bool("cut", cut).Msg(text)
+		ev := s.log.Info().Str("app", name).Str("stream", stream).Int("pid", c.PID)
+		if cut {
+			ev = ev.Bool("cut", true)
+		}
+		ev.Msg(text)
 		if s.opts.Output != nil {
 			s.opts.Output.Add(Line{Time: time.Now(), Stream: stream, PID: c.PID, Text: text, Cut: cut})
 		}

@@ -1,0 +1,367 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"agent/internal/clock"
+	"agent/probe"
+	"agent/supervisor"
+)
+
+// Agent is one running agent: it supervises the configured app and answers
+// for it to the load balancer, systemd and agentctl.
+type Agent struct {
+	log     zerolog.Logger
+	version string
+	clk     clock.Clock
+	started time.Time
+
+	cfg    atomic.Pointer[Config]
+	heapMB atomic.Int64
+
+	sup    *supervisor.Supervisor
+	health *probe.HealthServer
+	notify *Notifier
+	oom    *probe.OOMWatcher // nil when memory.watch_oom is off
+	output *supervisor.Ring
+
+	rss      atomic.Uint64          // the app tree's RSS, last sample
+	treePIDs atomic.Pointer[[]int]  // the app tree, last sample
+	oomKills atomic.Int64           // kernel OOM kills of the app's processes
+	draining atomic.Bool            // health answers "draining" while set
+	lastSt   atomic.Pointer[string] // last STATUS= line sent
+
+	readyOnce sync.Once
+}
+
+// ErrSocketInUse is returned by Run when another agent answers on the
+// control socket.
+var ErrSocketInUse = errors.New("control socket in use by a running agent")
+
+// New returns an agent for cfg. It starts nothing until Run.
+func New(cfg *Config, log zerolog.Logger, version string) *Agent {
+	a := &Agent{
+		log:     log,
+		version: version,
+		clk:     clock.Real{},
+		started: time.Now(),
+		notify:  NewNotifier(log),
+		output:  supervisor.NewRing(1000, 1<<20),
+	}
+	a.cfg.Store(cfg)
+	a.heapMB.Store(int64(ResolveHeapMB(cfg, log)))
+	a.health = probe.NewHealthServer(cfg.Health.Listen, cfg.Health.Path, log)
+	if cfg.Memory.WatchOOM {
+		a.oom = probe.NewOOMWatcher(log.With().Str("component", "oom").Logger(), "/dev/kmsg", a.onOOMKill)
+	}
+	a.sup = supervisor.New(a.supervisorConfig(cfg), supervisor.Options{
+		Log:      log,
+		Clock:    a.clk,
+		Output:   a.output,
+		Watch:    a.watchChild,
+		Explain:  a.explainExit,
+		OnChange: a.onChange,
+		Tick:     a.notify.WatchdogInterval(),
+		OnTick:   a.notify.Watchdog,
+	})
+	return a
+}
+
+// ResolveHeapMB returns the heap cap for cfg in MB: the configured figure,
+// or for "auto" half of the smaller of the host's memory and the agent's
+// cgroup limit; 0 leaves NODE_OPTIONS alone.
+func ResolveHeapMB(cfg *Config, log zerolog.Logger) int {
+	h := cfg.Node.MaxOldSpaceSize
+	if !h.Auto {
+		return h.MB
+	}
+	total, limit, err := probe.MemoryBudget("/")
+	if err != nil || total == 0 {
+		log.Warn().Err(err).Msg("cannot read the memory size; heap cap left to node (set node.max_old_space_size)")
+		return 0
+	}
+	return probe.AutoHeapMB(total, limit)
+}
+
+// supervisorConfig translates the config for the supervisor.
+func (a *Agent) supervisorConfig(cfg *Config) supervisor.Config {
+	base := os.Environ()
+	var userEnv []string
+	if cfg.App.User != "" {
+		if u, err := user.Lookup(cfg.App.User); err == nil {
+			userEnv = []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
+		} else if u, err := user.LookupId(cfg.App.User); err == nil {
+			userEnv = []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
+		}
+	}
+	env, warn := supervisor.BuildEnv(base, int(a.heapMB.Load()), userEnv, cfg.App.EnvFileVars, envPairs(cfg.App.Env))
+	if warn != "" {
+		a.log.Warn().Msg(warn)
+	}
+	return supervisor.Config{
+		Name:       cfg.Name,
+		Command:    cfg.App.Command,
+		Dir:        cfg.App.Dir,
+		Env:        env,
+		Credential: cfg.App.Credential,
+		Policy: supervisor.Policy{
+			Mode:        cfg.Restart.Policy,
+			Delay:       cfg.Restart.Delay.D(),
+			MaxDelay:    cfg.Restart.MaxDelay.D(),
+			ResetAfter:  cfg.Restart.ResetAfter.D(),
+			MaxRestarts: cfg.Restart.MaxRestarts,
+			Window:      cfg.Restart.Window.D(),
+		},
+		StopSignal:      cfg.Stop.Signal.Sys(),
+		StopTimeout:     cfg.Stop.Timeout.D(),
+		ExitOnExhausted: cfg.Restart.OnExhausted == "exit",
+	}
+}
+
+func envPairs(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// Run runs the agent until ctx is cancelled (SIGTERM, SIGINT) and reloads
+// the config on each receive from reload (SIGHUP). It returns nil after a
+// clean shutdown.
+func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
+	cfg := a.cfg.Load()
+	if err := a.health.Listen(); err != nil {
+		return err
+	}
+	ctl, err := listenControl(cfg.Control.Socket, cfg.Control.GID)
+	if err != nil {
+		return err
+	}
+	a.log.Info().Str("version", a.version).Str("config", cfg.Path).Int64("heap_cap_mb", a.heapMB.Load()).
+		Str("health", a.health.Addr().String()+cfg.Health.Path).Str("control", cfg.Control.Socket).Msg("agent starting")
+
+	var wg sync.WaitGroup
+	bg, stopBG := context.WithCancel(context.Background())
+	defer func() { stopBG(); wg.Wait() }()
+	goRun := func(name string, run func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(bg); err != nil && !errors.Is(err, context.Canceled) {
+				a.log.Error().Err(err).Str("component", name).Msg("stopped")
+			}
+		}()
+	}
+	goRun("health", a.health.Run)
+	goRun("control", func(ctx context.Context) error { return serveControl(ctx, ctl, a.controlHandler()) })
+	if a.oom != nil {
+		goRun("oom", a.oom.Run)
+	}
+
+	supCtx, stopSup := context.WithCancel(context.Background())
+	defer stopSup()
+	supDone := make(chan error, 1)
+	go func() { supDone <- a.sup.Run(supCtx) }()
+
+	for {
+		select {
+		case err := <-supDone: // on_exhausted = "exit"
+			a.notify.Stopping()
+			return err
+		case <-reload:
+			a.reload()
+		case <-ctx.Done():
+			return a.shutdown(stopSup, supDone)
+		}
+	}
+}
+
+// shutdown drains the health check, stops the app and waits for it.
+func (a *Agent) shutdown(stopSup context.CancelFunc, supDone <-chan error) error {
+	cfg := a.cfg.Load()
+	a.notify.Stopping()
+	a.notify.Status("stopping")
+	if d := cfg.Stop.Drain.D(); d > 0 {
+		a.draining.Store(true)
+		a.health.Set("draining", false)
+		a.log.Info().Dur("drain", d).Msg("draining: health answers 503 before the app stops")
+		t := a.clk.NewTimer(d)
+		<-t.C()
+	}
+	stopSup()
+	err := <-supDone
+	a.log.Info().Msg("agent stopped")
+	return err
+}
+
+// reload loads the config again; an invalid one is refused and the running
+// config kept. App settings apply from the app's next start.
+func (a *Agent) reload() {
+	old := a.cfg.Load()
+	a.notify.Reloading()
+	defer a.notify.Ready()
+	cfg, err := Load(old.Path)
+	if err != nil {
+		a.log.Error().Err(err).Msg("reload refused: config invalid; keeping the running config")
+		a.notify.Status("reload refused: " + err.Error())
+		return
+	}
+	if cfg.Health != old.Health || cfg.Control.Socket != old.Control.Socket || cfg.Control.Group != old.Control.Group || cfg.Memory.WatchOOM != old.Memory.WatchOOM {
+		a.log.Warn().Msg("health, control and memory.watch_oom changes apply only when the agent restarts")
+	}
+	a.heapMB.Store(int64(ResolveHeapMB(cfg, a.log)))
+	a.cfg.Store(cfg)
+	a.sup.SetConfig(a.supervisorConfig(cfg))
+	a.log.Info().Str("config", cfg.Path).Msg("config reloaded; app settings apply from the next start (agentctl restart)")
+	a.onChange(a.sup.Status())
+}
+
+// onChange publishes a state change: health page, systemd status, readiness.
+func (a *Agent) onChange(st supervisor.Status) {
+	serving := st.State == supervisor.Running && st.Ready
+	if !a.draining.Load() {
+		a.health.Set(string(st.State), serving)
+	}
+	line := a.statusLine(st)
+	a.lastSt.Store(&line)
+	a.notify.Status(line)
+	if serving || st.State == supervisor.Failed {
+		// READY=1 once: on first ready, or on failure before ever being
+		// ready, so `systemctl start` never hangs on a broken app.
+		a.readyOnce.Do(a.notify.Ready)
+	}
+}
+
+func (a *Agent) statusLine(st supervisor.Status) string {
+	switch st.State {
+	case supervisor.Running, supervisor.Starting:
+		return fmt.Sprintf("%s pid %d, %d restarts, rss %d MB", st.State, st.PID, st.Restarts, a.rss.Load()>>20)
+	case supervisor.Failed, supervisor.Backoff:
+		return fmt.Sprintf("%s: %s", st.State, st.Message)
+	}
+	if st.Message != "" {
+		return fmt.Sprintf("%s: %s", st.State, st.Message)
+	}
+	return string(st.State)
+}
+
+// watchChild observes one app process: readiness and liveness probes, and
+// the RSS of its whole tree every second.
+func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
+	cfg := a.cfg.Load()
+	spec := probe.ProbeSpec{
+		HTTP:             cfg.Probe.HTTP,
+		TCP:              cfg.Probe.TCP,
+		Interval:         cfg.Probe.Interval.D(),
+		Timeout:          cfg.Probe.Timeout.D(),
+		FailureThreshold: cfg.Probe.FailureThreshold,
+		StartupTimeout:   cfg.Probe.StartupTimeout.D(),
+		ReadyAfter:       time.Second,
+	}
+	go func() {
+		res := probe.RunProbe(ctx, a.clk, spec, c.Ready)
+		if res.Reason != "" {
+			c.Restart(supervisor.Reason(res.Reason), res.Detail)
+		}
+	}()
+	a.watchRSS(ctx, c, uint64(cfg.Memory.MaxRSS), cfg.Memory.RSSGrace.D())
+}
+
+// watchRSS samples the app tree's RSS every second; above max (if set) for
+// grace, it restarts the process once (reason rss-limit).
+func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, grace time.Duration) {
+	self := os.Getpid()
+	t := a.clk.NewTicker(time.Second)
+	defer t.Stop()
+	var over time.Time // when the tree first went above max; zero when below
+	sample := func() {
+		s, err := probe.SampleDescendants(self)
+		if err != nil {
+			a.log.Debug().Err(err).Msg("rss sample")
+		}
+		a.rss.Store(s.RSS)
+		a.treePIDs.Store(&s.PIDs)
+		if max == 0 {
+			return
+		}
+		now := a.clk.Now()
+		switch {
+		case s.RSS <= max:
+			over = time.Time{}
+		case over.IsZero():
+			over = now
+			a.log.Warn().Uint64("rss_bytes", s.RSS).Uint64("max_rss", max).Dur("grace", grace).Msg("app above memory.max_rss")
+		case now.Sub(over) >= grace:
+			detail := fmt.Sprintf("rss %d MB above max_rss %d MB for %s", s.RSS>>20, max>>20, now.Sub(over).Round(time.Second))
+			c.Restart(supervisor.ReasonRSSLimit, detail)
+			max = 0 // once per process: the supervisor restarts it
+		}
+	}
+	sample()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+			sample()
+		}
+	}
+}
+
+// explainExit looks for the kernel's OOM kill of the app's tree behind an
+// exit by SIGKILL (or a wrapper's code 137 or crash after a child was
+// killed). The kernel's record can land about a second after the exit.
+func (a *Agent) explainExit(ctx context.Context, c *supervisor.Child, e supervisor.Exit) (supervisor.Reason, string, bool) {
+	if a.oom == nil {
+		return "", "", false
+	}
+	pids := map[int]bool{c.PID: true}
+	if p := a.treePIDs.Load(); p != nil {
+		for _, pid := range *p {
+			pids[pid] = true
+		}
+	}
+	match := func(pid int) bool { return pids[pid] }
+	since := c.Started
+	var k probe.OOMKill
+	var ok bool
+	if e.Signal == "SIGKILL" || (e.Code != nil && *e.Code == 137) {
+		k, ok = a.oom.Wait(ctx, match, since, 1500*time.Millisecond)
+	} else {
+		k, ok = a.oom.Recent(match, since)
+	}
+	if !ok {
+		return "", "", false
+	}
+	return supervisor.ReasonOOMKill, k.Line, true
+}
+
+// onOOMKill counts kernel OOM kills of the app's processes and logs those of
+// other processes as host events.
+func (a *Agent) onOOMKill(k probe.OOMKill) {
+	ours := k.PID == a.sup.Status().PID
+	if p := a.treePIDs.Load(); p != nil && !ours {
+		for _, pid := range *p {
+			if pid == k.PID {
+				ours = true
+				break
+			}
+		}
+	}
+	if ours {
+		a.oomKills.Add(1)
+		a.log.Error().Int("pid", k.PID).Str("comm", k.Comm).Str("kernel", k.Line).Msg("kernel OOM killer killed an app process")
+		return
+	}
+	a.log.Warn().Int("pid", k.PID).Str("comm", k.Comm).Str("kernel", k.Line).Msg("kernel OOM killer killed a process outside the app (host event)")
+}

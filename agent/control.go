@@ -1,0 +1,167 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"agent/supervisor"
+)
+
+// listenControl creates the control socket at path: 0600, or 0660 owned by
+// group gid when gid >= 0. A live socket of another agent is never
+// removed; a stale one (nobody listening) is.
+func listenControl(path string, gid int) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("control socket: %s exists and is not a socket; not removing it", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s (is another agent running?)", ErrSocketInUse, path)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("control socket: %s: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("control socket: remove stale %s: %w", path, err)
+		}
+	}
+	old := syscall.Umask(0o177) // born 0600: no window with a wider mode
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("control socket: chown group: %w", err)
+		}
+		if err := os.Chmod(path, 0o660); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("control socket: %w", err)
+		}
+	}
+	return ln, nil
+}
+
+// serveControl serves h on ln until ctx is cancelled.
+func serveControl(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+// controlHandler is the control API: HTTP/1.1 + JSON over the unix socket.
+func (a *Agent) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.Status())
+	})
+	action := func(do func(context.Context) error) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if err := do(r.Context()); err != nil {
+				code := http.StatusInternalServerError
+				if errors.Is(err, supervisor.ErrShuttingDown) {
+					code = http.StatusServiceUnavailable
+				}
+				writeJSON(w, code, apiError{err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, a.Status())
+		}
+	}
+	mux.HandleFunc("POST /v1/restart", action(a.sup.Restart))
+	mux.HandleFunc("POST /v1/stop", action(a.sup.Stop))
+	mux.HandleFunc("POST /v1/start", action(a.sup.Start))
+	mux.HandleFunc("GET /v1/logs", a.serveLogs)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A browser can be tricked into talking to a local socket through a
+		// proxy; requests that carry browser headers are refused.
+		if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
+			writeJSON(w, http.StatusForbidden, apiError{"requests with Origin or Referer are refused"})
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// serveLogs writes the app's recent output as JSON lines; with follow=1 it
+// keeps writing new lines until the client goes away.
+func (a *Agent) serveLogs(w http.ResponseWriter, r *http.Request) {
+	n := 100
+	if s := r.URL.Query().Get("n"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 0 {
+			writeJSON(w, http.StatusBadRequest, apiError{"n must be a non-negative number"})
+			return
+		}
+		n = v
+	}
+	follow := r.URL.Query().Get("follow") == "1"
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	if !follow {
+		for _, l := range a.output.Last(n) {
+			enc.Encode(l)
+		}
+		return
+	}
+	last, lines, stop := a.output.Follow(n)
+	defer stop()
+	for _, l := range last {
+		enc.Encode(l)
+	}
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush()
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case l := <-lines:
+			if err := enc.Encode(l); err != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"agent/supervisor"
+)
+
+// Exit codes of agentctl.
+const (
+	CtlOK          = 0 // done
+	CtlAgentError  = 1 // the agent answered with an error
+	CtlUnreachable = 3 // the agent could not be reached
+	CtlUsage       = 2
+)
+
+const ctlUsage = `usage: agentctl [--socket PATH] [--config PATH] <command>
+
+commands:
+  status [--json]     the app's state (a table, or the JSON object)
+  restart             restart the app (clears a failed state)
+  stop                stop the app; it stays stopped until start
+  start               start a stopped or failed app
+  logs [-n N] [-f]    the app's recent output; -f follows it
+`
+
+// Ctl runs agentctl with args (without the program name) and returns its
+// exit code.
+func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agentctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
+	socket := fs.String("socket", "", "control socket `path`")
+	config := fs.String("config", "", "config `path` to find the socket in")
+	if err := fs.Parse(args); err != nil {
+		return CtlUsage
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return CtlUsage
+	}
+	c := &Client{Socket: ResolveSocket(*socket, *config)}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	var err error
+	switch cmd {
+	case "status":
+		sub := flag.NewFlagSet("status", flag.ContinueOnError)
+		sub.SetOutput(stderr)
+		asJSON := sub.Bool("json", false, "print the status object as JSON")
+		if sub.Parse(rest) != nil {
+			return CtlUsage
+		}
+		var s *Status
+		if s, err = c.Status(ctx); err == nil {
+			if *asJSON {
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				err = enc.Encode(s)
+			} else {
+				PrintStatus(stdout, s, time.Now())
+			}
+		}
+	case "restart", "stop", "start":
+		var s *Status
+		switch cmd {
+		case "restart":
+			s, err = c.Restart(ctx)
+		case "stop":
+			s, err = c.Stop(ctx)
+		case "start":
+			s, err = c.Start(ctx)
+		}
+		if err == nil {
+			fmt.Fprintf(stdout, "%s: %s\n", cmd, s.State)
+		}
+	case "logs":
+		sub := flag.NewFlagSet("logs", flag.ContinueOnError)
+		sub.SetOutput(stderr)
+		n := sub.Int("n", 100, "number of lines")
+		follow := sub.Bool("f", false, "follow new output")
+		if sub.Parse(rest) != nil {
+			return CtlUsage
+		}
+		err = c.Logs(ctx, *n, *follow, func(l supervisor.Line) {
+			fmt.Fprintf(stdout, "%s %s %d | %s\n", l.Time.Local().Format("2006-01-02 15:04:05"), l.Stream, l.PID, l.Text)
+		})
+	default:
+		fmt.Fprintf(stderr, "agentctl: unknown command %q\n", cmd)
+		fs.Usage()
+		return CtlUsage
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "agentctl:", err)
+		var ue *UnreachableError
+		if errors.As(err, &ue) {
+			return CtlUnreachable
+		}
+		return CtlAgentError
+	}
+	return CtlOK
+}
+
+// ResolveSocket finds the control socket: flag, $AGENT_SOCKET, the config's
+// control.socket (--config, $AGENT_CONFIG, the default path), or the default.
+func ResolveSocket(flagSocket, flagConfig string) string {
+	if flagSocket != "" {
+		return flagSocket
+	}
+	if s := os.Getenv("AGENT_SOCKET"); s != "" {
+		return s
+	}
+	path := flagConfig
+	if path == "" {
+		path = os.Getenv("AGENT_CONFIG")
+	}
+	if path == "" {
+		path = DefaultConfigPath
+	}
+	// Only the socket is wanted: read it leniently, so that agentctl works
+	// for a user who could not validate the whole config (app user, dirs).
+	var c struct {
+		Control struct {
+			Socket string `toml:"socket"`
+		} `toml:"control"`
+	}
+	if _, err := toml.DecodeFile(path, &c); err == nil && c.Control.Socket != "" {
+		return c.Control.Socket
+	}
+	return DefaultSocket
+}
+
+// PrintStatus writes s as a table, like `pm2 status`.
+func PrintStatus(w io.Writer, s *Status, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tPID\tSTATE\tREADY\tUPTIME\tRESTARTS\tRSS\tHEAP CAP\tLAST EXIT")
+	pid, uptime := "-", "-"
+	if s.PID != nil {
+		pid = fmt.Sprint(*s.PID)
+		uptime = humanDuration(time.Duration(s.UptimeSeconds * float64(time.Second)))
+	}
+	heap := "-"
+	if s.HeapCapMB > 0 {
+		heap = fmt.Sprintf("%d MB", s.HeapCapMB)
+	}
+	last := "-"
+	if e := s.LastExit; e != nil {
+		last = e.Reason
+		switch {
+		case e.Code != nil:
+			last += fmt.Sprintf(" (code %d)", *e.Code)
+		case e.Signal != nil:
+			last += " (" + *e.Signal + ")"
+		}
+		last += ", " + humanDuration(now.Sub(e.At)) + " ago"
+	}
+	ready := "no"
+	if s.Ready {
+		ready = "yes"
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, pid, s.State, ready, uptime, s.Restarts, humanBytes(s.RSSBytes), heap, last)
+	tw.Flush()
+	if s.Message != "" {
+		fmt.Fprintf(w, "\n%s: %s\n", s.State, s.Message)
+	}
+	if e := s.LastExit; e != nil && e.Detail != "" {
+		fmt.Fprintf(w, "last exit: %s\n", e.Detail)
+	}
+	fmt.Fprintf(w, "agent %s, pid %d, rss %s, up %s, oom watch %s, oom kills %d\n",
+		s.Agent.Version, s.Agent.PID, humanBytes(s.Agent.RSSBytes), humanDuration(time.Duration(s.Agent.UptimeSeconds*float64(time.Second))), s.Agent.OOMWatch, s.OOMKills)
+}
+
+func humanBytes(b uint64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f MB", float64(b)/(1<<20))
+}
+
+func humanDuration(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return strings.TrimSuffix(fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24), "0h")
+}

@@ -1,0 +1,114 @@
+package agent
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"time"
+
+	"agent/supervisor"
+)
+
+// Status is the object of `agentctl status --json` and GET /v1/status.
+type Status struct {
+	Name          string       `json:"name"`
+	State         string       `json:"state"`
+	PID           *int         `json:"pid"` // null when no process runs
+	Ready         bool         `json:"ready"`
+	Healthy       bool         `json:"healthy"` // what /health.html says: 200
+	UptimeSeconds float64      `json:"uptime_seconds"`
+	Restarts      int          `json:"restarts"`
+	RSSBytes      uint64       `json:"rss_bytes"`
+	HeapCapMB     int          `json:"heap_cap_mb"`
+	OOMKills      int64        `json:"oom_kills"`
+	Message       string       `json:"message,omitempty"` // why: failed, backoff
+	LastExit      *ExitStatus  `json:"last_exit"`
+	Exits         []ExitStatus `json:"exits"`
+	Agent         AgentStatus  `json:"agent"`
+}
+
+// ExitStatus is one recorded exit.
+type ExitStatus struct {
+	At            time.Time `json:"at"`
+	Reason        string    `json:"reason"`
+	Code          *int      `json:"code"`
+	Signal        *string   `json:"signal"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	Detail        string    `json:"detail"`
+}
+
+// AgentStatus describes the agent itself.
+type AgentStatus struct {
+	Version       string  `json:"version"`
+	PID           int     `json:"pid"`
+	RSSBytes      uint64  `json:"rss_bytes"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	OOMWatch      string  `json:"oom_watch"` // ok | off | unavailable: <why>
+}
+
+// Status returns the agent's current status.
+func (a *Agent) Status() Status {
+	st := a.sup.Status()
+	cfg := a.cfg.Load()
+	now := time.Now()
+	s := Status{
+		Name:      cfg.Name,
+		State:     string(st.State),
+		Ready:     st.Ready,
+		Healthy:   st.State == supervisor.Running && st.Ready && !a.draining.Load(),
+		Restarts:  st.Restarts,
+		HeapCapMB: int(a.heapMB.Load()),
+		OOMKills:  a.oomKills.Load(),
+		Message:   st.Message,
+		Exits:     make([]ExitStatus, 0, len(st.Exits)),
+		Agent: AgentStatus{
+			Version:       a.version,
+			PID:           os.Getpid(),
+			RSSBytes:      selfRSS(),
+			UptimeSeconds: seconds(now.Sub(a.started)),
+			OOMWatch:      "off",
+		},
+	}
+	if a.draining.Load() {
+		s.State = "draining"
+	}
+	if st.PID != 0 {
+		pid := st.PID
+		s.PID = &pid
+		s.UptimeSeconds = seconds(now.Sub(st.Started))
+		s.RSSBytes = a.rss.Load()
+	}
+	if a.oom != nil {
+		s.Agent.OOMWatch = a.oom.Status()
+	}
+	for _, e := range st.Exits {
+		x := ExitStatus{At: e.At.UTC(), Reason: string(e.Reason), Code: e.Code, UptimeSeconds: seconds(e.Uptime), Detail: e.Detail}
+		if e.Signal != "" {
+			sig := e.Signal
+			x.Signal = &sig
+		}
+		s.Exits = append(s.Exits, x)
+	}
+	if len(s.Exits) > 0 {
+		s.LastExit = &s.Exits[0]
+	}
+	return s
+}
+
+func seconds(d time.Duration) float64 {
+	return float64(d.Milliseconds()) / 1000
+}
+
+// selfRSS returns the agent's own resident memory in bytes.
+func selfRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := bytes.Fields(b)
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseUint(string(f[1]), 10, 64)
+	return pages * uint64(os.Getpagesize())
+}

@@ -1,0 +1,185 @@
+// Command agent supervises one Node.js web app on an EC2 instance: it keeps
+// the app running within its memory, records why it ever died, answers the
+// load balancer's health check and tells systemd the truth. Invoked as
+// agentctl, it talks to the running agent.
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"agent/agent"
+	"agent/packaging"
+	"agent/supervisor"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=...".
+var version = "dev"
+
+//go:embed agent.toml.example
+var exampleConfig []byte
+
+// usageError is a command-line or config error: exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func main() {
+	if filepath.Base(os.Args[0]) == "agentctl" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := agent.Ctl(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case err == nil:
+		os.Exit(0)
+	case errors.As(err, new(usageError)):
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	default:
+		fmt.Fprintln(os.Stderr, "agent:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: agent <command> [--config PATH]
+
+commands:
+  run       run the agent in the foreground (systemd's ExecStart)
+  check     validate the config and print the effective config
+  install   install the systemd unit and start the agent
+  version   print the version
+  ctl ...   the same as agentctl ...
+
+The config is --config, else $AGENT_CONFIG, else /etc/agent/agent.toml.
+`
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usageError{errors.New("agent: no command")}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "version", "--version":
+		fmt.Fprintf(stdout, "agent %s\n", version)
+		return nil
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "ctl":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if code := agent.Ctl(ctx, rest, stdout, stderr); code != 0 {
+			os.Exit(code)
+		}
+		return nil
+	}
+	fs := flag.NewFlagSet("agent "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "config `path`")
+	if err := fs.Parse(rest); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("agent %s: unexpected argument %q", cmd, fs.Arg(0))}
+	}
+	path := *configPath
+	if path == "" {
+		path = os.Getenv("AGENT_CONFIG")
+	}
+	if path == "" {
+		path = agent.DefaultConfigPath
+	}
+	switch cmd {
+	case "run":
+		return runAgent(path, stderr)
+	case "check":
+		cfg, err := agent.Load(path)
+		if err != nil {
+			return usageError{err}
+		}
+		heap := agent.ResolveHeapMB(cfg, zerolog.New(stderr))
+		if err := cfg.WriteEffective(stdout, heap); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "%s: ok\n", path)
+		return nil
+	case "install":
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return agent.Install(ctx, zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).With().Timestamp().Logger(), agent.InstallOptions{
+			Root:          "/",
+			Binary:        exe,
+			ConfigPath:    path,
+			Unit:          packaging.Unit,
+			ExampleConfig: exampleConfig,
+		})
+	}
+	fmt.Fprint(stderr, usage)
+	return usageError{fmt.Errorf("agent: unknown command %q", cmd)}
+}
+
+// runAgent is `agent run`: exit 0 on a clean shutdown, 1 on a runtime
+// failure, 2 on a bad config or a control socket held by another agent.
+func runAgent(path string, stderr io.Writer) error {
+	// Signals first, before any slow start-up work.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+
+	cfg, err := agent.Load(path)
+	if err != nil {
+		return usageError{err}
+	}
+	log := newLogger(cfg, stderr)
+	if err := supervisor.BecomeSubreaper(); err != nil {
+		return err
+	}
+	a := agent.New(cfg, log, version)
+	err = a.Run(ctx, reload)
+	if errors.Is(err, agent.ErrSocketInUse) {
+		return usageError{err}
+	}
+	return err
+}
+
+func newLogger(cfg *agent.Config, w io.Writer) zerolog.Logger {
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	if cfg.Log.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+	}
+	level, err := zerolog.ParseLevel(cfg.Log.Level)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}

@@ -491,3 +491,44 @@ func TestWatchdogTickFromLoop(t *testing.T) {
 		t.Fatal("no tick")
 	}
 }
+
+func TestWatchdogStopsWhenLoopIsWedged(t *testing.T) {
+	fake := clock.NewFake(time.Now())
+	argv, env := appCommand("sleep")
+	ticks := make(chan struct{}, 100)
+	wedge := make(chan struct{})
+	wedged := make(chan struct{})
+	s := New(defaultConfig(argv, env), Options{
+		Log:   zerolog.Nop(),
+		Clock: fake,
+		Tick:  time.Second, OnTick: func() { ticks <- struct{}{} },
+		Watch: func(ctx context.Context, c *Child) { c.Ready() },
+		OnChange: func(st Status) {
+			if st.State == Running {
+				close(wedged)
+				<-wedge // the loop hangs here, as a wedged agent would
+			}
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		close(wedge)
+		cancel()
+		<-done
+	})
+	select {
+	case <-wedged:
+	case <-time.After(waitTime):
+		t.Fatal("never running")
+	}
+	for i := 0; i < 5; i++ {
+		fake.Advance(time.Second)
+	}
+	select {
+	case <-ticks:
+		t.Fatal("a wedged loop still pinged the watchdog")
+	default:
+	}
+}

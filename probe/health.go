@@ -1,0 +1,297 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Limits of the health server. The load balancer's checks are tiny requests
+// on a handful of connections that it keeps open up to 60 s, so the idle
+// timeout is a little above that and everything else is small.
+const (
+	healthReadHeaderTimeout = 2 * time.Second
+	healthReadTimeout       = 5 * time.Second
+	healthWriteTimeout      = 5 * time.Second
+	healthIdleTimeout       = 65 * time.Second
+	healthMaxHeaderBytes    = 4 << 10
+	healthShutdownGrace     = time.Second
+	// healthMaxConns bounds the open connections, and with them the memory a
+	// flood of clients can make the agent hold. Far above what a load
+	// balancer needs; a client that holds a slot without sending a request
+	// loses it after healthReadHeaderTimeout.
+	healthMaxConns = 1024
+)
+
+// healthPage is the body served while the app is running and ready.
+const healthPage = "<!DOCTYPE html>\n<html><head><title>ok</title></head><body>ok</body></html>\n"
+
+// healthStates are the state words the health page knows; their 503
+// answers are built once, at start-up.
+var healthStates = []string{"starting", "running", "backoff", "stopping", "stopped", "failed", "draining"}
+
+// healthResponse is one precomputed answer of the health server: the handler
+// copies its header values into the response and writes body.
+type healthResponse struct {
+	code          int
+	body          []byte
+	contentType   []string
+	contentLength []string
+	allow         []string // nil unless 405
+}
+
+func newHealthResponse(code int, contentType, body string) *healthResponse {
+	return &healthResponse{
+		code:          code,
+		body:          []byte(body),
+		contentType:   []string{contentType},
+		contentLength: []string{strconv.Itoa(len(body))},
+	}
+}
+
+var (
+	hdrNoStore       = []string{"no-store"}
+	hdrNoSniff       = []string{"nosniff"}
+	healthOK         = newHealthResponse(http.StatusOK, "text/html; charset=utf-8", healthPage)
+	healthNotFound   = newHealthResponse(http.StatusNotFound, "text/plain; charset=utf-8", "not found\n")
+	healthNotAllowed = func() *healthResponse {
+		r := newHealthResponse(http.StatusMethodNotAllowed, "text/plain; charset=utf-8", "method not allowed\n")
+		r.allow = []string{"GET, HEAD"}
+		return r
+	}()
+	healthDown = func() map[string]*healthResponse {
+		m := make(map[string]*healthResponse, len(healthStates))
+		for _, s := range healthStates {
+			m[s] = healthDownResponse(s)
+		}
+		return m
+	}()
+)
+
+func healthDownResponse(state string) *healthResponse {
+	return newHealthResponse(http.StatusServiceUnavailable, "text/plain; charset=utf-8", state+"\n")
+}
+
+// HealthServer answers the load balancer's health check from the state the
+// agent already holds: 200 and a tiny page while the app is running and
+// ready, 503 and the state word otherwise. It never waits on the app.
+type HealthServer struct {
+	listen string
+	path   string
+	log    zerolog.Logger
+
+	cur atomic.Pointer[healthResponse]
+
+	mu sync.Mutex // guards ln
+	ln net.Listener
+}
+
+// NewHealthServer returns a health server for listen (host:port) and path.
+// It answers 503 "starting" until the first Set.
+func NewHealthServer(listen, path string, log zerolog.Logger) *HealthServer {
+	h := &HealthServer{
+		listen: listen,
+		path:   path,
+		log:    log.With().Str("component", "health").Logger(),
+	}
+	h.cur.Store(healthDown["starting"])
+	return h
+}
+
+// Set publishes the app's state. serving is true only when the app is
+// running and ready; the page then answers 200, otherwise 503 with state.
+// It is safe to call from any goroutine.
+func (h *HealthServer) Set(state string, serving bool) {
+	if serving {
+		h.cur.Store(healthOK)
+		return
+	}
+	r, ok := healthDown[state]
+	if !ok {
+		r = healthDownResponse(strings.Map(printableASCII, state))
+	}
+	h.cur.Store(r)
+}
+
+// printableASCII drops everything but printable ASCII from a state word so
+// an odd one cannot break the response.
+func printableASCII(r rune) rune {
+	if r < 0x21 || r > 0x7e {
+		return -1
+	}
+	return r
+}
+
+// Listen binds the listening socket now, so that a busy port is a start-up
+// error rather than a failure later in Run. Calling it again is a no-op.
+func (h *HealthServer) Listen() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", h.listen)
+	if err != nil {
+		// "listen tcp :8081: bind: address already in use" says the
+		// address twice over; keep the cause, still errors.Is-comparable.
+		var se *os.SyscallError
+		var op *net.OpError
+		if errors.As(err, &se) {
+			err = se.Err
+		} else if errors.As(err, &op) && op.Err != nil {
+			err = op.Err
+		}
+		return fmt.Errorf("health: listen %s: %w", h.listen, err)
+	}
+	h.ln = newLimitListener(ln, healthMaxConns)
+	return nil
+}
+
+// Addr returns the bound address, or nil before Listen.
+func (h *HealthServer) Addr() net.Addr {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ln == nil {
+		return nil
+	}
+	return h.ln.Addr()
+}
+
+// Run serves until ctx is cancelled, then shuts down with a short grace for
+// requests in flight. It calls Listen if that was not done. A cancelled
+// context is a clean stop and returns nil.
+func (h *HealthServer) Run(ctx context.Context) error {
+	if err := h.Listen(); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	ln := h.ln
+	h.mu.Unlock()
+
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: healthReadHeaderTimeout,
+		ReadTimeout:       healthReadTimeout,
+		WriteTimeout:      healthWriteTimeout,
+		IdleTimeout:       healthIdleTimeout,
+		MaxHeaderBytes:    healthMaxHeaderBytes,
+		ErrorLog:          log.New(healthErrorLog{h.log}, "", 0),
+	}
+	h.log.Info().Str("addr", ln.Addr().String()).Str("path", h.path).Msg("health page listening")
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("health: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), healthShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close() // grace spent: drop what is left
+	}
+	<-errc // http.ErrServerClosed
+	return nil
+}
+
+// ServeHTTP answers one request with precomputed bytes; it takes no lock
+// and allocates nothing of its own.
+func (h *HealthServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var resp *healthResponse
+	switch {
+	case r.URL.Path != h.path:
+		resp = healthNotFound
+	case r.Method != http.MethodGet && r.Method != http.MethodHead:
+		resp = healthNotAllowed
+	default:
+		resp = h.cur.Load()
+	}
+	hdr := w.Header()
+	hdr["Content-Type"] = resp.contentType
+	hdr["Content-Length"] = resp.contentLength
+	hdr["Cache-Control"] = hdrNoStore
+	hdr["X-Content-Type-Options"] = hdrNoSniff
+	if resp.allow != nil {
+		hdr["Allow"] = resp.allow
+	}
+	w.WriteHeader(resp.code)
+	if r.Method != http.MethodHead {
+		w.Write(resp.body)
+	}
+}
+
+// healthErrorLog sends net/http's own error lines (accept errors, bad
+// requests from odd clients) to the log at debug level.
+type healthErrorLog struct{ log zerolog.Logger }
+
+func (d healthErrorLog) Write(p []byte) (int, error) {
+	d.log.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// limitListener accepts at most n connections at once; Accept waits for a
+// slot while all are taken.
+type limitListener struct {
+	net.Listener
+	sem       chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newLimitListener(ln net.Listener, n int) *limitListener {
+	return &limitListener{Listener: ln, sem: make(chan struct{}, n), done: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+func (l *limitListener) Close() error {
+	err := l.Listener.Close()
+	l.closeOnce.Do(func() { close(l.done) })
+	return err
+}
+
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+// CloseWrite lets net/http half-close the connection after an error reply,
+// as it does on a bare *net.TCPConn.
+func (c *limitConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

@@ -318,10 +318,11 @@ func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, g
 	}
 }
 
-// explainExit looks for the kernel's OOM kill of the app's tree behind an
-// exit by SIGKILL (or a wrapper's code 137 or crash after a child was
-// killed). The kernel's record can land about a second after the exit.
-func (a *Agent) explainExit(ctx context.Context, c *supervisor.Child, e supervisor.Exit) (supervisor.Reason, string, bool) {
+// explainExit looks for the kernel's OOM kill of a process of the app's
+// tree behind an exit (a SIGKILL, a wrapper's code 137, a crash after a
+// child was killed). With wait it waits for the kernel's record, which can
+// land about a second after the exit is seen.
+func (a *Agent) explainExit(ctx context.Context, c *supervisor.Child, e supervisor.Exit, wait bool) (supervisor.Reason, string, bool) {
 	if a.oom == nil {
 		return "", "", false
 	}
@@ -335,7 +336,7 @@ func (a *Agent) explainExit(ctx context.Context, c *supervisor.Child, e supervis
 	since := c.Started
 	var k probe.OOMKill
 	var ok bool
-	if e.Signal == "SIGKILL" || (e.Code != nil && *e.Code == 137) {
+	if wait {
 		k, ok = a.oom.Wait(ctx, match, since, 1500*time.Millisecond)
 	} else {
 		k, ok = a.oom.Recent(match, since)

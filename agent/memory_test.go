@@ -119,7 +119,14 @@ socket = "SOCKET"
 	if w := r.a.Status().Agent.OOMWatch; w != "ok" {
 		r.waitFor("the OOM watch", func() bool { return r.a.Status().Agent.OOMWatch == "ok" })
 	}
-	s := r.waitState("failed")
+	r.waitState("failed")
+	// The kernel's record may be read a moment after the exit: the exit is
+	// amended then.
+	r.waitFor("both exits explained", func() bool {
+		s := r.a.Status()
+		return len(s.Exits) == 2 && s.Exits[0].Reason == "oom-kill" && s.Exits[1].Reason == "oom-kill"
+	})
+	s := r.a.Status()
 	if len(s.Exits) != 2 {
 		t.Fatalf("%d exits, want 2 (a kill, a restart, a kill): %+v", len(s.Exits), s.Exits)
 	}

@@ -53,9 +53,13 @@ type Options struct {
 	Watch func(ctx context.Context, c *Child)
 
 	// Explain, if set, is asked about an exit the supervisor cannot explain
-	// itself (neither requested, nor a clean exit, nor a V8 heap OOM); it may
-	// wait briefly, e.g. for the kernel's OOM record.
-	Explain func(ctx context.Context, c *Child, e Exit) (r Reason, detail string, ok bool)
+	// itself (neither requested, nor a clean exit, nor a V8 heap OOM). With
+	// wait false it must answer at once; with wait true it may wait briefly
+	// (the kernel's OOM record can land after the exit is seen). The
+	// supervisor asks at once, acts on the answer without delay, and for a
+	// SIGKILL (or a wrapper's code 137) asks again with wait in the
+	// background, amending the recorded exit if the answer comes later.
+	Explain func(ctx context.Context, c *Child, e Exit, wait bool) (r Reason, detail string, ok bool)
 
 	// OnChange, if set, is called from the supervisor's loop after every
 	// state change with the new status. It must not block.
@@ -221,6 +225,7 @@ const (
 	evExited   // the main process was reaped
 	evTreeGone // no process of the tree is left
 	evExplained
+	evAmend // a later explanation of an exit already recorded
 )
 
 type event struct {
@@ -342,6 +347,14 @@ func (l *loop) handle(k reqKind) error {
 
 func (l *loop) event(e event) {
 	c := e.child
+	if e.kind == evAmend {
+		if c == l.cur && c.final != nil { // explained before the tree was gone
+			c.final.Reason, c.final.Detail = e.exit.Reason, e.exit.Detail
+			return
+		}
+		l.amend(e.exit)
+		return
+	}
 	if c != l.cur {
 		return // about a process already gone
 	}
@@ -374,6 +387,19 @@ func (l *loop) event(e event) {
 		ex := e.exit
 		c.final = &ex
 		l.maybeFinish()
+	}
+}
+
+// amend replaces the reason and detail of a recorded exit.
+func (l *loop) amend(ex Exit) {
+	for i := range l.st.Exits {
+		e := &l.st.Exits[i]
+		if e.PID == ex.PID && e.At.Equal(ex.At) {
+			e.Reason, e.Detail = ex.Reason, ex.Detail
+			l.s.log.Warn().Int("pid", ex.PID).Str("reason", string(ex.Reason)).Str("detail", ex.Detail).Msg("app exit explained")
+			l.setState(l.st.State, l.st.Message)
+			return
+		}
 	}
 }
 
@@ -608,7 +634,15 @@ func (s *Supervisor) explain(ctx context.Context, c *Child, e Exit) {
 	// The V8 fatal line may still sit in the pipe: give the readers a moment
 	// to reach the end of the output (they end when the whole tree is gone).
 	waitTimeout(&c.output, time.Second)
-	s.send(event{kind: evExplained, child: c, exit: s.classify(ctx, c, e)})
+	e = s.classify(ctx, c, e)
+	s.send(event{kind: evExplained, child: c, exit: e})
+	killed := e.Signal == "SIGKILL" || (e.Code != nil && *e.Code == 137)
+	if s.opts.Explain != nil && killed && (e.Reason == ReasonSignaled || e.Reason == ReasonCrashed) {
+		if r, d, ok := s.opts.Explain(ctx, c, e, true); ok {
+			e.Reason, e.Detail = r, d
+			s.send(event{kind: evAmend, child: c, exit: e})
+		}
+	}
 }
 
 func (s *Supervisor) classify(ctx context.Context, c *Child, e Exit) Exit {
@@ -624,7 +658,7 @@ func (s *Supervisor) classify(ctx context.Context, c *Child, e Exit) Exit {
 		return e
 	}
 	if s.opts.Explain != nil {
-		if r, d, ok := s.opts.Explain(ctx, c, e); ok {
+		if r, d, ok := s.opts.Explain(ctx, c, e, false); ok {
 			e.Reason, e.Detail = r, d
 		}
 	}

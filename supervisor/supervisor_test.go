@@ -400,8 +400,8 @@ func TestHeapOOMAndSignalReasons(t *testing.T) {
 	argv, env = appCommand("sleep")
 	cfg = defaultConfig(argv, env)
 	cfg.Policy.Mode = Never
-	h = start(t, cfg, Options{Explain: func(ctx context.Context, c *Child, e Exit) (Reason, string, bool) {
-		if e.Signal == "SIGKILL" {
+	h = start(t, cfg, Options{Explain: func(ctx context.Context, c *Child, e Exit, wait bool) (Reason, string, bool) {
+		if e.Signal == "SIGKILL" && wait {
 			return ReasonOOMKill, "Killed process " + strconv.Itoa(c.PID), true
 		}
 		return "", "", false
@@ -409,7 +409,11 @@ func TestHeapOOMAndSignalReasons(t *testing.T) {
 	pid := pidsIn(h.waitLine("pid "))[0]
 	syscall.Kill(pid, syscall.SIGKILL)
 	st = h.waitState(Failed)
-	if e := st.Exits[0]; e.Reason != ReasonOOMKill || e.Detail != "Killed process "+strconv.Itoa(pid) {
+	if e := st.Exits[0]; e.Reason != ReasonSignaled && e.Reason != ReasonOOMKill {
+		t.Fatalf("exit %+v, want signaled until explained", e)
+	}
+	st = h.waitFor("the late explanation", func(st Status) bool { return st.Exits[0].Reason == ReasonOOMKill })
+	if e := st.Exits[0]; e.Detail != "Killed process "+strconv.Itoa(pid) || e.Signal != "SIGKILL" {
 		t.Fatalf("exit %+v, want oom-kill explained", e)
 	}
 }

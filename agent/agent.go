@@ -41,6 +41,9 @@ type Agent struct {
 	lastSt   atomic.Pointer[string] // last STATUS= line sent
 
 	readyOnce sync.Once
+
+	changedMu sync.Mutex
+	changed   chan struct{} // closed and replaced on every state change
 }
 
 // ErrSocketInUse is returned by Run when another agent answers on the
@@ -56,6 +59,7 @@ func New(cfg *Config, log zerolog.Logger, version string) *Agent {
 		started: time.Now(),
 		notify:  NewNotifier(log),
 		output:  supervisor.NewRing(1000, 1<<20),
+		changed: make(chan struct{}),
 	}
 	a.cfg.Store(cfg)
 	a.heapMB.Store(int64(ResolveHeapMB(cfg, log)))
@@ -232,6 +236,10 @@ func (a *Agent) onChange(st supervisor.Status) {
 	if !a.draining.Load() {
 		a.health.Set(string(st.State), serving)
 	}
+	a.changedMu.Lock()
+	close(a.changed)
+	a.changed = make(chan struct{})
+	a.changedMu.Unlock()
 	line := a.statusLine(st)
 	a.lastSt.Store(&line)
 	a.notify.Status(line)
@@ -253,6 +261,28 @@ func (a *Agent) statusLine(st supervisor.Status) string {
 		return fmt.Sprintf("%s: %s", st.State, st.Message)
 	}
 	return string(st.State)
+}
+
+// waitSettled waits until cond holds for the supervisor's status, ctx ends
+// or timeout passes, and reports whether cond held.
+func (a *Agent) waitSettled(ctx context.Context, timeout time.Duration, cond func(supervisor.Status) bool) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		a.changedMu.Lock()
+		ch := a.changed
+		a.changedMu.Unlock()
+		if cond(a.sup.Status()) {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		}
+	}
 }
 
 // watchChild observes one app process: readiness and liveness probes, and

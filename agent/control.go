@@ -85,9 +85,17 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Status())
 	})
-	action := func(do func(context.Context) error) http.HandlerFunc {
+	// Each action answers once it has taken effect (the old process gone,
+	// the new one started), or after the stop timeout and a margin.
+	action := func(do func(context.Context) error, done func(before, now supervisor.Status) bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			if err := do(r.Context()); err != nil {
+			before := a.sup.Status()
+			err := do(r.Context())
+			if err == nil {
+				limit := a.cfg.Load().Stop.Timeout.D() + 10*time.Second
+				a.waitSettled(r.Context(), limit, func(now supervisor.Status) bool { return done(before, now) })
+			}
+			if err != nil {
 				code := http.StatusInternalServerError
 				if errors.Is(err, supervisor.ErrShuttingDown) {
 					code = http.StatusServiceUnavailable
@@ -98,9 +106,19 @@ func (a *Agent) controlHandler() http.Handler {
 			writeJSON(w, http.StatusOK, a.Status())
 		}
 	}
-	mux.HandleFunc("POST /v1/restart", action(a.sup.Restart))
-	mux.HandleFunc("POST /v1/stop", action(a.sup.Stop))
-	mux.HandleFunc("POST /v1/start", action(a.sup.Start))
+	started := func(st supervisor.Status) bool {
+		return st.State == supervisor.Starting || st.State == supervisor.Running ||
+			st.State == supervisor.Backoff || st.State == supervisor.Failed
+	}
+	mux.HandleFunc("POST /v1/restart", action(a.sup.Restart, func(before, now supervisor.Status) bool {
+		return now.Restarts > before.Restarts && started(now)
+	}))
+	mux.HandleFunc("POST /v1/stop", action(a.sup.Stop, func(_, now supervisor.Status) bool {
+		return now.State == supervisor.Stopped || now.State == supervisor.Failed
+	}))
+	mux.HandleFunc("POST /v1/start", action(a.sup.Start, func(_, now supervisor.Status) bool {
+		return started(now)
+	}))
 	mux.HandleFunc("GET /v1/logs", a.serveLogs)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A browser can be tricked into talking to a local socket through a

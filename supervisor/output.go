@@ -97,6 +97,10 @@ func (r *Ring) Add(l Line) {
 func (r *Ring) Last(n int) []Line {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.lastLocked(n)
+}
+
+func (r *Ring) lastLocked(n int) []Line {
 	if n > r.n || n < 0 {
 		n = r.n
 	}
@@ -111,8 +115,8 @@ func (r *Ring) Last(n int) []Line {
 // them; stop ends the subscription.
 func (r *Ring) Follow(n int) (last []Line, lines <-chan Line, stop func()) {
 	c := make(chan Line, 256)
-	last = r.Last(n) // before subscribing is fine: Add and Last share the lock
 	r.mu.Lock()
+	last = r.lastLocked(n)
 	r.followers[c] = struct{}{}
 	r.mu.Unlock()
 	var once sync.Once

@@ -1,0 +1,287 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/rs/zerolog"
+)
+
+// Paths that Install writes, relative to InstallOptions.Root.
+const (
+	installBinaryPath   = "/usr/bin/agent"
+	installCtlPath      = "/usr/bin/agentctl"
+	installUnitPath     = "/etc/systemd/system/agent.service"
+	installDefaultConf  = "/etc/agent/agent.toml"
+	installSystemdProbe = "/run/systemd/system"
+	installUnitName     = "agent.service"
+)
+
+// ErrNoSystemd reports that the host is not running systemd, so the unit was
+// written but could not be loaded or started.
+var ErrNoSystemd = errors.New("systemd is not running here")
+
+// InstallOptions says what `agent install` writes and where.
+type InstallOptions struct {
+	// Root is the file system root to install into: "/" in production.
+	Root string
+	// Binary is the path of the running binary (os.Executable()); it is copied
+	// to /usr/bin/agent unless it already is that file.
+	Binary string
+	// ConfigPath is the config the unit runs with; the example config is
+	// written there only when no file exists. Default /etc/agent/agent.toml.
+	ConfigPath string
+	// Unit is the systemd unit (packaging.Unit).
+	Unit []byte
+	// ExampleConfig is written to ConfigPath when no config exists there.
+	ExampleConfig []byte
+	// Systemctl runs systemctl with args; nil runs the real systemctl.
+	Systemctl func(args ...string) error
+}
+
+// Install puts the agent on a systemd host without a package: it copies the
+// binary to /usr/bin/agent, writes /etc/systemd/system/agent.service, links
+// /usr/bin/agentctl to agent, writes the example config if there is no config,
+// then runs systemctl daemon-reload and enable --now. Running it again changes
+// nothing that is already in place; a changed binary or unit restarts a running
+// agent. On a host without systemd it writes the files and returns an error
+// wrapping ErrNoSystemd.
+func Install(ctx context.Context, log zerolog.Logger, o InstallOptions) error {
+	if o.Root == "" {
+		o.Root = "/"
+	}
+	if o.ConfigPath == "" {
+		o.ConfigPath = installDefaultConf
+	}
+	if !filepath.IsAbs(o.ConfigPath) {
+		return fmt.Errorf("install: config path %q is not absolute", o.ConfigPath)
+	}
+	if len(o.Unit) == 0 {
+		return errors.New("install: no unit to write")
+	}
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("install: find own binary: %w", err)
+		}
+		o.Binary = exe
+	}
+	at := func(p string) string { return filepath.Join(o.Root, p) }
+
+	binChanged, err := installBinary(o.Binary, at(installBinaryPath))
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	log.Info().Str("path", installBinaryPath).Bool("changed", binChanged).Msg("install binary")
+
+	if err := installSymlink("agent", at(installCtlPath)); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+
+	unit := o.Unit
+	if o.ConfigPath != installDefaultConf {
+		unit = bytes.ReplaceAll(unit, []byte("--config "+installDefaultConf), []byte("--config "+o.ConfigPath))
+	}
+	unitChanged, err := writeIfChanged(at(installUnitPath), unit, 0o644)
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	log.Info().Str("path", installUnitPath).Bool("changed", unitChanged).Msg("install unit")
+
+	wrote, err := installConfig(at(o.ConfigPath), o.ExampleConfig)
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	if wrote {
+		log.Warn().Str("path", o.ConfigPath).Msg("no config found: wrote the example config; edit it for the app")
+	} else {
+		log.Info().Str("path", o.ConfigPath).Msg("config exists: left as is")
+	}
+
+	if fi, err := os.Stat(at(installSystemdProbe)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("install: %w (no %s); the unit was written to %s", ErrNoSystemd, installSystemdProbe, installUnitPath)
+	}
+	systemctl := o.Systemctl
+	if systemctl == nil {
+		path, err := exec.LookPath("systemctl")
+		if err != nil {
+			return fmt.Errorf("install: %w (no systemctl: %v); the unit was written to %s", ErrNoSystemd, err, installUnitPath)
+		}
+		systemctl = func(args ...string) error {
+			out, err := exec.CommandContext(ctx, path, args...).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		}
+	}
+	steps := [][]string{{"daemon-reload"}}
+	if binChanged || unitChanged {
+		// Only acts on a running agent, so that it runs the new binary or unit.
+		steps = append(steps, []string{"try-restart", installUnitName})
+	}
+	steps = append(steps, []string{"enable", "--now", installUnitName})
+	for _, args := range steps {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+		log.Info().Strs("args", args).Msg("systemctl")
+		if err := systemctl(args...); err != nil {
+			return fmt.Errorf("install: systemctl %s: %w", strings.Join(args, " "), err)
+		}
+	}
+	return nil
+}
+
+// installBinary copies src to dst (mode 0755) unless dst already is src or has
+// the same contents, and reports whether dst changed. The copy is renamed into
+// place, so a running dst is never written to.
+func installBinary(src, dst string) (bool, error) {
+	sfi, err := os.Stat(src)
+	if err != nil {
+		return false, fmt.Errorf("binary: %w", err)
+	}
+	if dfi, err := os.Stat(dst); err == nil {
+		if os.SameFile(sfi, dfi) {
+			return false, nil
+		}
+		if dfi.Size() == sfi.Size() && dfi.Mode().Perm() == 0o755 {
+			same, err := sameContents(src, dst)
+			if err != nil {
+				return false, fmt.Errorf("binary: %w", err)
+			}
+			if same {
+				return false, nil
+			}
+		}
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return false, fmt.Errorf("binary: %w", err)
+	}
+	defer in.Close()
+	if err := writeAtomic(dst, 0o755, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	}); err != nil {
+		return false, fmt.Errorf("binary: %w", err)
+	}
+	return true, nil
+}
+
+func sameContents(a, b string) (bool, error) {
+	da, err := os.ReadFile(a)
+	if err != nil {
+		return false, err
+	}
+	db, err := os.ReadFile(b)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(da, db), nil
+}
+
+// installSymlink makes path a symlink to target, replacing whatever is there.
+func installSymlink(target, path string) error {
+	if got, err := os.Readlink(path); err == nil && got == target {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("symlink: %w", err)
+	}
+	tmp := path + ".new"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("symlink: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("symlink: %w", err)
+	}
+	return nil
+}
+
+// installConfig writes example to path when no file is there, and reports
+// whether it wrote. An existing config is never touched.
+func installConfig(path string, example []byte) (bool, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("config: %w", err)
+	}
+	if len(example) == 0 {
+		return false, fmt.Errorf("config: no config at %s and no example to write", path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return false, fmt.Errorf("config: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return false, fmt.Errorf("config: %w", err)
+	}
+	if _, err := f.Write(example); err != nil {
+		f.Close()
+		return false, fmt.Errorf("config: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return false, fmt.Errorf("config: %w", err)
+	}
+	return true, nil
+}
+
+// writeIfChanged writes data to path (atomically, with mode) unless the file
+// already holds exactly that, and reports whether it wrote.
+func writeIfChanged(path string, data []byte, mode os.FileMode) (bool, error) {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == mode {
+			return false, nil
+		}
+	}
+	err := writeAtomic(path, mode, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// writeAtomic writes a temporary file beside path with fill, syncs it, sets mode
+// and renames it over path.
+func writeAtomic(path string, mode os.FileMode, fill func(io.Writer) error) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // after a successful rename this finds nothing
+	if err := fill(f); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}

@@ -37,7 +37,8 @@ type InstallOptions struct {
 	// to /usr/bin/agent unless it already is that file.
 	Binary string
 	// ConfigPath is the config the unit runs with; the example config is
-	// written there only when no file exists. Default /etc/agent/agent.toml.
+	// written there only when no file exists. Default /etc/agent/agent.toml; a
+	// relative path is taken from the working directory (with Root "/" only).
 	ConfigPath string
 	// Unit is the systemd unit (packaging.Unit).
 	Unit []byte
@@ -62,7 +63,14 @@ func Install(ctx context.Context, log zerolog.Logger, o InstallOptions) error {
 		o.ConfigPath = installDefaultConf
 	}
 	if !filepath.IsAbs(o.ConfigPath) {
-		return fmt.Errorf("install: config path %q is not absolute", o.ConfigPath)
+		if o.Root != "/" {
+			return fmt.Errorf("install: config path %q is not absolute", o.ConfigPath)
+		}
+		abs, err := filepath.Abs(o.ConfigPath)
+		if err != nil {
+			return fmt.Errorf("install: config path: %w", err)
+		}
+		o.ConfigPath = abs
 	}
 	if len(o.Unit) == 0 {
 		return errors.New("install: no unit to write")

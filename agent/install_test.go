@@ -327,7 +327,7 @@ func TestInstallErrors(t *testing.T) {
 		}
 		f.wantCalls()
 	})
-	t.Run("relative config path", func(t *testing.T) {
+	t.Run("relative config path under another root", func(t *testing.T) {
 		f := newInstallFixture(t, true)
 		f.opts.ConfigPath = "agent.toml"
 		if err := f.install(); err == nil {

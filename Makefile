@@ -1,0 +1,54 @@
+# Build, test and package the agent.
+#   make build     static binary bin/agent (+ bin/agentctl symlink)
+#   make test      go test -race ./...
+#   make lint      gofmt and go vet
+#   make package   .deb and .rpm into dist/
+#   make e2e       the end-to-end test on a real systemd (root; see deploy/e2e/prepare.sh)
+#   make bench     benchmarks
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0-dev)
+BINDIR ?= bin
+DISTDIR ?= dist
+GO ?= go
+GOARCH ?= $(shell $(GO) env GOARCH)
+
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all build test lint package e2e e2e-prepare bench clean
+
+all: lint test build
+
+build:
+	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BINDIR)/agent .
+	ln -sf agent $(BINDIR)/agentctl
+
+test:
+	$(GO) test -race ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Package version: v1.2.3-4-gabc -> 1.2.3+4+gabc (sorts after 1.2.3 for dpkg and
+# rpm); without a tag, git describe gives a bare hash -> 0.0.0+hash.
+PKG_VERSION := $(shell echo '$(VERSION)' | sed -E 's/^v//; s/-/+/g; /^[0-9]+\.[0-9]+/!s/^/0.0.0+/')
+
+package: build
+	mkdir -p $(DISTDIR)
+	VERSION='$(PKG_VERSION)' ARCH=$(GOARCH) BINDIR=$(BINDIR) \
+		$(GO) tool nfpm package --config packaging/nfpm.yaml --packager deb --target $(DISTDIR)/
+	VERSION='$(PKG_VERSION)' ARCH=$(GOARCH) BINDIR=$(BINDIR) \
+		$(GO) tool nfpm package --config packaging/nfpm.yaml --packager rpm --target $(DISTDIR)/
+
+e2e-prepare:
+	deploy/e2e/prepare.sh
+
+e2e:
+	$(GO) test -v -count=1 -timeout 30m -run 'TestEndToEnd' ./deploy/
+
+bench:
+	$(GO) test -run XXX -bench . ./...
+
+clean:
+	rm -rf $(BINDIR) $(DISTDIR)

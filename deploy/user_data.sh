@@ -1,0 +1,208 @@
+#!/bin/bash
+# EC2 user_data: bootstrap one Node.js web app supervised by the agent.
+#
+# Works on Amazon Linux 2023 (dnf) and Debian/Ubuntu (apt). Installs Node and
+# git, creates the app user, clones and builds the app, installs the agent (a
+# .deb/.rpm, or the static binary and `agent install`), writes
+# /etc/agent/agent.toml, validates it, and starts the agent. `systemctl enable
+# --now agent` returns once the app serves (the unit is Type=notify), so when this
+# script ends the instance is ready for the load balancer.
+#
+# This file is a Terraform template (deploy/terraform/main.tf renders it with
+# templatefile): the settings below are filled in there. To run it by hand,
+# export the same variables (empty for unused ones) and run it as root. The
+# script itself never uses the $-brace form, which Terraform would take for its own.
+#
+# Everything is logged to /var/log/agent-bootstrap.log and the console.
+set -euo pipefail
+set -o errtrace # the ERR trap below fires inside functions too
+
+# Settings.
+readonly APP_NAME="${APP_NAME}"           # name shown in status and logs
+readonly APP_REPO="${APP_REPO}"           # git URL of the app
+readonly APP_REF="${APP_REF}"             # branch or tag to deploy
+readonly APP_DIR="${APP_DIR}"             # where the app lives
+readonly APP_USER="${APP_USER}"           # system user the app runs as
+readonly APP_COMMAND="${APP_COMMAND}"     # argv, words separated by spaces: "npm start"
+readonly APP_PORT="${APP_PORT}"           # the app's PORT
+readonly NODE_MAJOR="${NODE_MAJOR}"       # Node major on Amazon Linux (nodejsNN); apt takes the distro's
+readonly MAX_RSS="${MAX_RSS}"             # memory.max_rss: "700MB", "0" = off
+readonly HEALTH_PORT="${HEALTH_PORT}"     # the agent's /health.html port (the target group checks it)
+readonly AGENT_PKG_URL="${AGENT_PKG_URL}" # URL of the agent .deb or .rpm; or empty and...
+readonly AGENT_BIN_URL="${AGENT_BIN_URL}" # ...URL of the static agent binary
+readonly AGENT_SHA256="${AGENT_SHA256}"   # sha256 of the download; empty = not checked
+
+exec > >(tee -a /var/log/agent-bootstrap.log) 2>&1
+trap 'echo "bootstrap: failed at line $LINENO (exit $?)" >&2' ERR
+
+log() { echo "bootstrap: $*"; }
+die() {
+  echo "bootstrap: $*" >&2
+  exit 1
+}
+
+# retry N CMD...: run CMD up to N times, 5 s apart (mirrors and git hosts blink).
+retry() {
+  local tries=$1 n=1
+  shift
+  until "$@"; do
+    if ((n >= tries)); then
+      return 1
+    fi
+    log "retrying ($n/$tries): $*"
+    n=$((n + 1))
+    sleep 5
+  done
+}
+
+[[ $(id -u) -eq 0 ]] || die "run as root"
+[[ -n $APP_REPO ]] || die "APP_REPO is empty"
+[[ -n $AGENT_PKG_URL || -n $AGENT_BIN_URL ]] || die "set AGENT_PKG_URL or AGENT_BIN_URL"
+
+# --- packages: Node, npm, git ------------------------------------------------
+if command -v dnf >/dev/null; then
+  pkg=dnf
+  retry 3 dnf install -y git tar
+  if ! retry 3 dnf install -y "nodejs$NODE_MAJOR" "nodejs$NODE_MAJOR-npm"; then
+    retry 3 dnf install -y nodejs npm
+  fi
+  # Versioned packages install node-NN and npm-NN; make `node` and `npm` resolve.
+  if ! command -v node >/dev/null && [[ -x /usr/bin/node-$NODE_MAJOR ]]; then
+    alternatives --set node "/usr/bin/node-$NODE_MAJOR" || true
+  fi
+  for tool in node npm npx; do
+    if ! command -v "$tool" >/dev/null && [[ -x /usr/bin/$tool-$NODE_MAJOR ]]; then
+      ln -sf "/usr/bin/$tool-$NODE_MAJOR" "/usr/bin/$tool"
+    fi
+  done
+elif command -v apt-get >/dev/null; then
+  pkg=apt
+  export DEBIAN_FRONTEND=noninteractive
+  retry 3 apt-get update -q
+  retry 3 apt-get install -y -q --no-install-recommends ca-certificates curl git nodejs npm
+else
+  die "neither dnf nor apt-get found"
+fi
+command -v node >/dev/null || die "node is not installed"
+command -v npm >/dev/null || die "npm is not installed"
+log "node $(node --version), npm $(npm --version)"
+
+# --- the app user and the app -------------------------------------------------
+app_home=/home/$APP_USER
+if ! id -u "$APP_USER" >/dev/null 2>&1; then
+  useradd --system --create-home --home-dir "$app_home" --shell /usr/sbin/nologin "$APP_USER"
+fi
+app_home=$(getent passwd "$APP_USER" | cut -d: -f6)
+
+# as_app CMD...: run CMD as the app user in the app directory, with its own HOME
+# (npm keeps its cache there), without a login shell.
+as_app() {
+  (cd "$APP_DIR" && runuser -u "$APP_USER" -- env HOME="$app_home" NODE_ENV=production "$@")
+}
+
+install -d -o "$APP_USER" -g "$APP_USER" -m 0755 "$APP_DIR"
+if [[ -d $APP_DIR/.git ]]; then
+  log "updating $APP_DIR to $APP_REF"
+  as_app git fetch --depth 1 origin "$APP_REF"
+  as_app git reset --hard FETCH_HEAD
+else
+  log "cloning $APP_REPO ($APP_REF) into $APP_DIR"
+  (cd / && retry 3 runuser -u "$APP_USER" -- env HOME="$app_home" \
+    git clone --depth 1 --branch "$APP_REF" "$APP_REPO" "$APP_DIR")
+fi
+if [[ -f $APP_DIR/package.json ]]; then
+  # Dev dependencies are needed by most build steps; npm ci installs them with
+  # --include=dev even when NODE_ENV is production.
+  if [[ -f $APP_DIR/package-lock.json || -f $APP_DIR/npm-shrinkwrap.json ]]; then
+    retry 3 as_app npm ci --include=dev --no-audit --no-fund
+  else
+    retry 3 as_app npm install --include=dev --no-audit --no-fund
+  fi
+  as_app npm run build --if-present
+fi
+
+# --- the agent ------------------------------------------------------------------
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# fetch URL FILE: download URL to FILE and check AGENT_SHA256 when set.
+fetch() {
+  retry 3 curl -fsSL --proto '=https,http' -o "$2" "$1"
+  if [[ -n $AGENT_SHA256 ]]; then
+    echo "$AGENT_SHA256  $2" | sha256sum -c - || die "checksum mismatch for $1"
+  fi
+}
+
+# write_config: /etc/agent/agent.toml from the settings above (mode 0640: it may
+# grow secrets in [app] env).
+write_config() {
+  local cmd="" sep="" word
+  set -f
+  # Word splitting is the point: APP_COMMAND is argv separated by spaces.
+  # shellcheck disable=SC2086
+  for word in $APP_COMMAND; do
+    cmd="$cmd$sep\"$word\""
+    sep=", "
+  done
+  set +f
+  install -d -m 0755 /etc/agent
+  cat >/etc/agent/agent.toml.new <<EOF
+# Written by user_data on $(date -u +%Y-%m-%dT%H:%M:%SZ). Keys: agent.toml.example.
+name = "$APP_NAME"
+
+[app]
+command = [$cmd]
+dir = "$APP_DIR"
+user = "$APP_USER"
+env = { NODE_ENV = "production", PORT = "$APP_PORT" }
+
+[node]
+max_old_space_size = "auto"
+
+[memory]
+max_rss = "$MAX_RSS"
+
+[probe]
+http = "http://127.0.0.1:$APP_PORT/"
+
+[health]
+listen = ":$HEALTH_PORT"
+path = "/health.html"
+
+[log]
+format = "json"
+EOF
+  chmod 0640 /etc/agent/agent.toml.new
+  mv -f /etc/agent/agent.toml.new /etc/agent/agent.toml
+}
+
+if [[ -n $AGENT_PKG_URL ]]; then
+  case $AGENT_PKG_URL in
+    *.deb) file=$tmp/agent.deb ;;
+    *.rpm) file=$tmp/agent.rpm ;;
+    *) die "AGENT_PKG_URL must end in .deb or .rpm: $AGENT_PKG_URL" ;;
+  esac
+  fetch "$AGENT_PKG_URL" "$file"
+  if [[ $pkg == apt ]]; then
+    retry 3 apt-get install -y -q "$file"
+  else
+    retry 3 dnf install -y "$file"
+  fi
+  write_config
+  /usr/bin/agent check --config /etc/agent/agent.toml
+else
+  fetch "$AGENT_BIN_URL" "$tmp/agent"
+  chmod 0755 "$tmp/agent"
+  write_config
+  "$tmp/agent" check --config /etc/agent/agent.toml
+  # Copies itself to /usr/bin/agent, writes the unit, links agentctl,
+  # daemon-reload, enable --now; keeps the config just written.
+  "$tmp/agent" install --config /etc/agent/agent.toml
+fi
+
+# Returns once the app serves (Type=notify), or fails if it cannot start.
+systemctl enable --now agent
+systemctl --no-pager --lines=0 status agent || true
+retry 6 curl -fsS -o /dev/null "http://127.0.0.1:$HEALTH_PORT/health.html"
+agentctl status || true
+log "done"

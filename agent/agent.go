@@ -38,7 +38,10 @@ type Agent struct {
 	treePIDs atomic.Pointer[[]int]  // the app tree, last sample
 	oomKills atomic.Int64           // kernel OOM kills of the app's processes
 	draining atomic.Bool            // health answers "draining" while set
-	lastSt   atomic.Pointer[string] // last STATUS= line sent
+
+	stMu     sync.Mutex // guards the STATUS= line last sent
+	lastSt   string
+	lastStAt time.Time
 
 	readyOnce sync.Once
 
@@ -240,14 +243,25 @@ func (a *Agent) onChange(st supervisor.Status) {
 	close(a.changed)
 	a.changed = make(chan struct{})
 	a.changedMu.Unlock()
-	line := a.statusLine(st)
-	a.lastSt.Store(&line)
-	a.notify.Status(line)
+	a.sendStatus(a.statusLine(st), true)
 	if serving || st.State == supervisor.Failed {
 		// READY=1 once: on first ready, or on failure before ever being
 		// ready, so `systemctl start` never hangs on a broken app.
 		a.readyOnce.Do(a.notify.Ready)
 	}
+}
+
+// sendStatus sends STATUS=line: always on a state change, otherwise (a new
+// RSS figure) only when it changed and at most every 10 s.
+func (a *Agent) sendStatus(line string, stateChange bool) {
+	a.stMu.Lock()
+	defer a.stMu.Unlock()
+	now := a.clk.Now()
+	if !stateChange && (line == a.lastSt || now.Sub(a.lastStAt) < 10*time.Second) {
+		return
+	}
+	a.lastSt, a.lastStAt = line, now
+	a.notify.Status(line)
 }
 
 func (a *Agent) statusLine(st supervisor.Status) string {
@@ -321,6 +335,9 @@ func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, g
 		}
 		a.rss.Store(s.RSS)
 		a.treePIDs.Store(&s.PIDs)
+		if st := a.sup.Status(); st.State == supervisor.Running && st.PID == c.PID {
+			a.sendStatus(a.statusLine(st), false)
+		}
 		if max == 0 {
 			return
 		}

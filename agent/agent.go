@@ -34,10 +34,10 @@ type Agent struct {
 	oom    *probe.OOMWatcher // nil when memory.watch_oom is off
 	output *supervisor.Ring
 
-	rss      atomic.Uint64          // the app tree's RSS, last sample
-	treePIDs atomic.Pointer[[]int]  // the app tree, last sample
-	oomKills atomic.Int64           // kernel OOM kills of the app's processes
-	draining atomic.Bool            // health answers "draining" while set
+	rss      atomic.Uint64         // the app tree's RSS, last sample
+	treePIDs atomic.Pointer[[]int] // the app tree, last sample
+	oomKills atomic.Int64          // kernel OOM kills of the app's processes
+	draining atomic.Bool           // health answers "draining" while set
 
 	stMu     sync.Mutex // guards the STATUS= line last sent
 	lastSt   string

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,13 +38,15 @@ type Agent struct {
 	rss      atomic.Uint64         // the app tree's RSS, last sample
 	treePIDs atomic.Pointer[[]int] // the app tree, last sample
 	oomKills atomic.Int64          // kernel OOM kills of the app's processes
+	healthMu sync.Mutex            // orders draining against health updates
 	draining atomic.Bool           // health answers "draining" while set
+	runHeap  atomic.Int64          // the heap cap of the running process
 
 	stMu     sync.Mutex // guards the STATUS= line last sent
 	lastSt   string
 	lastStAt time.Time
 
-	readyOnce sync.Once
+	readySent atomic.Bool // READY=1 was sent
 
 	changedMu sync.Mutex
 	changed   chan struct{} // closed and replaced on every state change
@@ -108,6 +111,11 @@ func (a *Agent) supervisorConfig(cfg *Config) supervisor.Config {
 			userEnv = []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
 		} else if u, err := user.LookupId(cfg.App.User); err == nil {
 			userEnv = []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
+		}
+	}
+	for _, arg := range cfg.App.Command[1:] {
+		if strings.HasPrefix(arg, "--max-old-space-size") || strings.HasPrefix(arg, "--max_old_space_size") {
+			a.log.Warn().Str("arg", arg).Msg("app.command sets the heap size itself; it wins over node.max_old_space_size")
 		}
 	}
 	env, warn := supervisor.BuildEnv(base, int(a.heapMB.Load()), userEnv, cfg.App.EnvFileVars, envPairs(cfg.App.Env))
@@ -199,8 +207,10 @@ func (a *Agent) shutdown(stopSup context.CancelFunc, supDone <-chan error) error
 	a.notify.Stopping()
 	a.notify.Status("stopping")
 	if d := cfg.Stop.Drain.D(); d > 0 {
+		a.healthMu.Lock()
 		a.draining.Store(true)
 		a.health.Set("draining", false)
+		a.healthMu.Unlock()
 		a.log.Info().Dur("drain", d).Msg("draining: health answers 503 before the app stops")
 		t := a.clk.NewTimer(d)
 		<-t.C()
@@ -216,38 +226,50 @@ func (a *Agent) shutdown(stopSup context.CancelFunc, supDone <-chan error) error
 func (a *Agent) reload() {
 	old := a.cfg.Load()
 	a.notify.Reloading()
-	defer a.notify.Ready()
+	defer func() {
+		// Reloading ends with READY=1, but a start that is not over must
+		// not be completed by a reload.
+		if a.readySent.Load() {
+			a.notify.Ready()
+		}
+	}()
 	cfg, err := Load(old.Path)
 	if err != nil {
 		a.log.Error().Err(err).Msg("reload refused: config invalid; keeping the running config")
 		a.notify.Status("reload refused: " + err.Error())
 		return
 	}
-	if cfg.Health != old.Health || cfg.Control.Socket != old.Control.Socket || cfg.Control.Group != old.Control.Group || cfg.Memory.WatchOOM != old.Memory.WatchOOM {
-		a.log.Warn().Msg("health, control and memory.watch_oom changes apply only when the agent restarts")
+	if cfg.Health != old.Health || cfg.Control.Socket != old.Control.Socket || cfg.Control.Group != old.Control.Group ||
+		cfg.Memory.WatchOOM != old.Memory.WatchOOM || cfg.Log != old.Log {
+		a.log.Warn().Msg("[health], [control], [log] and memory.watch_oom changes apply only when the agent restarts")
 	}
 	a.heapMB.Store(int64(ResolveHeapMB(cfg, a.log)))
 	a.cfg.Store(cfg)
 	a.sup.SetConfig(a.supervisorConfig(cfg))
-	a.log.Info().Str("config", cfg.Path).Msg("config reloaded; app settings apply from the next start (agentctl restart)")
-	a.onChange(a.sup.Status())
+	a.log.Info().Str("config", cfg.Path).Msg("config reloaded: [restart] and [stop] apply now; [app], [node], [probe] and [memory] from the app's next start (agentctl restart)")
+	a.sendStatus(a.statusLine(a.sup.Status()), true)
 }
 
 // onChange publishes a state change: health page, systemd status, readiness.
 func (a *Agent) onChange(st supervisor.Status) {
 	serving := st.State == supervisor.Running && st.Ready
+	a.healthMu.Lock()
 	if !a.draining.Load() {
 		a.health.Set(string(st.State), serving)
 	}
+	a.healthMu.Unlock()
 	a.changedMu.Lock()
 	close(a.changed)
 	a.changed = make(chan struct{})
 	a.changedMu.Unlock()
 	a.sendStatus(a.statusLine(st), true)
-	if serving || st.State == supervisor.Failed {
-		// READY=1 once: on first ready, or on failure before ever being
-		// ready, so `systemctl start` never hangs on a broken app.
-		a.readyOnce.Do(a.notify.Ready)
+	// READY=1 once: when the app is first ready, or when its start is over
+	// without that (failed, stopped, or not ready within startup_timeout),
+	// with the reason in STATUS=, so that `systemctl start` never hangs.
+	startOver := st.State == supervisor.Failed || st.State == supervisor.Stopped ||
+		(st.State == supervisor.Backoff && len(st.Exits) > 0 && st.Exits[0].Reason == supervisor.ReasonStartTimeout)
+	if (serving || startOver) && a.readySent.CompareAndSwap(false, true) {
+		a.notify.Ready()
 	}
 }
 
@@ -303,6 +325,7 @@ func (a *Agent) waitSettled(ctx context.Context, timeout time.Duration, cond fun
 // the RSS of its whole tree every second.
 func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
 	cfg := a.cfg.Load()
+	a.runHeap.Store(a.heapMB.Load())
 	spec := probe.ProbeSpec{
 		HTTP:             cfg.Probe.HTTP,
 		TCP:              cfg.Probe.TCP,

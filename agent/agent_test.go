@@ -437,3 +437,18 @@ func TestControlSocketGroup(t *testing.T) {
 		t.Errorf("group %d, want %d", st.Gid, gid)
 	}
 }
+
+func TestHumanDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		5 * time.Second:                "5s",
+		90 * time.Second:               "1m30s",
+		3*time.Hour + 4*time.Minute:    "3h04m",
+		58 * time.Hour:                 "2d10h",
+		10*24*time.Hour + 10*time.Hour: "10d10h",
+		72 * time.Hour:                 "3d",
+	} {
+		if got := humanDuration(d); got != want {
+			t.Errorf("humanDuration(%v) = %q, want %q", d, got, want)
+		}
+	}
+}

@@ -10,6 +10,9 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
+	"syscall"
+	"time"
 
 	"agent/supervisor"
 )
@@ -21,7 +24,9 @@ const DefaultSocket = "/run/agent/agent.sock"
 // uses DefaultSocket.
 type Client struct {
 	Socket string
-	hc     *http.Client
+
+	once sync.Once
+	hc   *http.Client
 }
 
 // UnreachableError means the agent could not be reached at all.
@@ -31,6 +36,9 @@ type UnreachableError struct {
 }
 
 func (e *UnreachableError) Error() string {
+	if errors.Is(e.Err, syscall.EACCES) {
+		return fmt.Sprintf("cannot reach the agent at %s: permission denied (run as root, or as a member of the config's control.group)", e.Socket)
+	}
 	return fmt.Sprintf("cannot reach the agent at %s: %v (is it running? try: systemctl status agent)", e.Socket, e.Err)
 }
 
@@ -52,15 +60,16 @@ func (c *Client) socket() string {
 }
 
 func (c *Client) client() *http.Client {
-	if c.hc == nil {
+	c.once.Do(func() {
 		sock := c.socket()
 		c.hc = &http.Client{Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
+				d := net.Dialer{Timeout: 5 * time.Second}
 				return d.DialContext(ctx, "unix", sock)
 			},
+			ResponseHeaderTimeout: 2 * time.Minute, // a restart answers once done
 		}}
-	}
+	})
 	return c.hc
 }
 

@@ -155,3 +155,35 @@ socket = "SOCKET"
 		t.Fatalf("got %q, want READY=1 so that systemctl start does not hang", m)
 	}
 }
+
+func TestReloadDoesNotCompleteAStartInProgress(t *testing.T) {
+	n := listenNotify(t)
+	port := freePort(t)
+	gate := filepath.Join(t.TempDir(), "never")
+	r := startAgent(t, serverConfig(t, port, fmt.Sprintf(`env_file = %q
+[probe]
+tcp = "127.0.0.1:%d"
+`, writeEnvFile(t, "LISTEN_WHEN="+gate), port)))
+	n.next("STATUS starting", func(m string) bool { return strings.HasPrefix(m, "STATUS=starting") })
+	r.reload <- struct{}{}
+	n.next("RELOADING=1", func(m string) bool {
+		if m == "READY=1" {
+			t.Fatal("READY=1 before the app was ready")
+		}
+		return strings.HasPrefix(m, "RELOADING=1")
+	})
+	if m := n.next("the status after reload", func(m string) bool { return notWatchdog(m) && !strings.HasPrefix(m, "MONOTONIC_USEC=") }); !strings.HasPrefix(m, "STATUS=starting") {
+		t.Fatalf("after RELOADING=1: %q, want STATUS=starting and no READY=1", m)
+	}
+	// Stopped before ever ready: the start is over, READY=1 so that
+	// systemctl does not wait for it.
+	if code, _, errs := r.ctl("stop"); code != 0 {
+		t.Fatalf("agentctl stop: %s", errs)
+	}
+	n.next("READY=1 after stop", func(m string) bool {
+		if strings.HasPrefix(m, "STATUS=") && strings.Contains(m, "running") {
+			t.Fatalf("unexpected %q", m)
+		}
+		return m == "READY=1"
+	})
+}

@@ -57,7 +57,7 @@ func (a *Agent) Status() Status {
 		Ready:     st.Ready,
 		Healthy:   st.State == supervisor.Running && st.Ready && !a.draining.Load(),
 		Restarts:  st.Restarts,
-		HeapCapMB: int(a.heapMB.Load()),
+		HeapCapMB: int(a.heapCap(st)),
 		OOMKills:  a.oomKills.Load(),
 		Message:   st.Message,
 		Exits:     make([]ExitStatus, 0, len(st.Exits)),
@@ -93,6 +93,15 @@ func (a *Agent) Status() Status {
 		s.LastExit = &s.Exits[0]
 	}
 	return s
+}
+
+// heapCap is the heap cap of the running process, or the one the next
+// process gets when none runs.
+func (a *Agent) heapCap(st supervisor.Status) int64 {
+	if st.PID != 0 && a.runHeap.Load() != 0 {
+		return a.runHeap.Load()
+	}
+	return a.heapMB.Load()
 }
 
 func seconds(d time.Duration) float64 {

@@ -118,6 +118,13 @@ func TestUnitDirectives(t *testing.T) {
 	if err != nil || stop < 30*time.Second {
 		t.Errorf("TimeoutStopSec=%q, want a duration of at least 30s", u["Service"]["TimeoutStopSec"])
 	}
+	// Starting waits for READY=1, which comes at the latest when a
+	// crash-looping app is failed (about 5 min with the defaults) or after
+	// probe.startup_timeout (5 min): the start timeout must cover both.
+	start, err := time.ParseDuration(u.one(t, "Service", "TimeoutStartSec"))
+	if err != nil || start < 6*time.Minute {
+		t.Errorf("TimeoutStartSec=%q, want a duration of at least 6m", u["Service"]["TimeoutStartSec"])
+	}
 	// A wedged agent gets SIGABRT from the watchdog, then SIGKILL after
 	// TimeoutAbortSec: keep that short so a stopped agent is replaced quickly.
 	abort, err := time.ParseDuration(u.one(t, "Service", "TimeoutAbortSec"))

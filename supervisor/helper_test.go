@@ -62,6 +62,23 @@ func runApp(mode string, args []string) {
 		c := spawnSelf("ignore-term", &syscall.SysProcAttr{Setsid: true})
 		fmt.Println("pid", c) // reaches the app's stdout: the daemon inherited it
 		os.Exit(0)
+	case "detach": // detach N: N detached processes that exit at once
+		n, _ := strconv.Atoi(args[0])
+		for i := 0; i < n; i++ {
+			spawnSelf("detach-mid", nil)
+		}
+		fmt.Println("detached", n)
+		select {}
+	case "detach-mid":
+		c := spawnSelf("exit-quiet", &syscall.SysProcAttr{Setsid: true})
+		fmt.Println("orphan", c)
+		os.Exit(0)
+	case "exit-quiet":
+		os.Exit(0)
+	case "exit-leave-child": // exit 1, leaving a child that ignores SIGTERM
+		c := spawnSelf("ignore-term", nil)
+		fmt.Println("child", c)
+		os.Exit(1)
 	case "flood": // flood BYTES: one line of BYTES without a newline, then exit 0
 		n, _ := strconv.Atoi(args[0])
 		chunk := []byte(strings.Repeat("x", 1<<20))

@@ -70,7 +70,9 @@ func (b *Tracker) Decide(e Exit, readyFor time.Duration, now time.Time) Decision
 	}
 	d := b.delay()
 	b.attempt++
-	b.restarts = append(b.restarts, now)
+	if b.Policy.MaxRestarts > 0 {
+		b.restarts = append(b.restarts, now)
+	}
 	return Decision{Restart: true, Delay: d}
 }
 

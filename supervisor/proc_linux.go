@@ -84,8 +84,9 @@ func allProcs() []procStat {
 // appTree returns the live processes of an app: every member of process
 // group pgid, and every descendant of this process (the agent owns no
 // children but its app's, and as subreaper it inherits the app's orphans).
-// Zombies are left out: they hold nothing but a PID.
-func appTree(pgid int) []int {
+// Zombies are left out: they hold nothing but a PID. group reports whether
+// any process is still in group pgid.
+func appTree(pgid int) (pids []int, group bool) {
 	procs := allProcs()
 	children := make(map[int][]int)
 	for _, p := range procs {
@@ -115,11 +116,12 @@ func appTree(pgid int) []int {
 		walk(c)
 	}
 	for _, p := range procs {
-		if p.pgrp == pgid && p.pid != self {
+		if pgid > 0 && p.pgrp == pgid && p.pid != self {
+			group = true
 			walk(p.pid)
 		}
 	}
-	return out
+	return out, group
 }
 
 // signalTree sends sig to process group pgid and to each of pids.
@@ -133,13 +135,13 @@ func signalTree(pgid int, pids []int, sig syscall.Signal) {
 }
 
 // reapOrphans collects the exit status of zombies that are children of this
-// process other than except (the app's main process, whose status belongs to
-// its own cmd.Wait). These are the app's daemonized descendants that were
-// re-parented to the agent as subreaper.
-func reapOrphans(except int) {
+// process, except those for which owned reports true (an app's main process,
+// whose status belongs to its own cmd.Wait). These are the app's daemonized
+// descendants that were re-parented to the agent as subreaper.
+func reapOrphans(owned func(pid int) bool) {
 	self := os.Getpid()
 	for _, p := range allProcs() {
-		if p.ppid == self && p.pid != except && p.state == 'Z' {
+		if p.ppid == self && !owned(p.pid) && p.state == 'Z' {
 			var ws unix.WaitStatus
 			_, _ = unix.Wait4(p.pid, &ws, unix.WNOHANG, nil)
 		}

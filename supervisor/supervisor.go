@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -97,6 +98,11 @@ type Supervisor struct {
 	done   chan struct{} // closed when Run returns
 	status atomic.Pointer[Status]
 	gen    atomic.Uint64
+
+	// ownMu guards owned: the app processes whose exit status belongs to
+	// their cmd.Wait, never to the reaper of orphans.
+	ownMu sync.Mutex
+	owned map[int]bool
 }
 
 // New returns a supervisor for cfg. It starts nothing until Run.
@@ -112,6 +118,7 @@ func New(cfg Config, opts Options) *Supervisor {
 		reqs:   make(chan request),
 		events: make(chan event, 16),
 		done:   make(chan struct{}),
+		owned:  make(map[int]bool),
 	}
 	s.status.Store(&Status{State: Starting})
 	return s
@@ -262,6 +269,7 @@ const (
 // budget is spent with ExitOnExhausted.
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer close(s.done)
+	go s.reapOnSIGCHLD()
 	l := &loop{s: s, ctx: ctx, track: Tracker{Policy: s.config().Policy}, st: Status{State: Stopped}}
 	var tick <-chan time.Time
 	if s.opts.Tick > 0 && s.opts.OnTick != nil {
@@ -375,8 +383,11 @@ func (l *loop) event(e event) {
 		c.exited, c.exitedAt, c.waitErr = true, e.exit.At, nil
 		c.cancel()
 		if !c.stopping {
-			// It died by itself: clear away what is left of its tree.
+			// It died by itself: stop answering for it at once, then clear
+			// away what is left of its tree (a wrapper's child, workers).
 			c.stopping = true
+			l.st.Ready = false
+			l.setState(Stopping, "exited; clearing its process tree")
 			l.s.goStopTree(c)
 		}
 		go l.s.explain(l.ctx, c, e.exit)
@@ -413,6 +424,7 @@ func (l *loop) stop(r Reason, detail string) {
 		return
 	}
 	c.stopping = true
+	l.st.Ready = false
 	l.setState(Stopping, detail)
 	l.s.goStopTree(c)
 }
@@ -583,7 +595,12 @@ func (s *Supervisor) spawn() (*Child, error) {
 		return nil, fmt.Errorf("start app: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW // stdin: /dev/null
+	s.ownMu.Lock()
 	err = cmd.Start()
+	if err == nil {
+		s.owned[cmd.Process.Pid] = true
+	}
+	s.ownMu.Unlock()
 	outW.Close() // the app holds the write ends now
 	errW.Close()
 	if err != nil {
@@ -602,6 +619,9 @@ func (s *Supervisor) spawn() (*Child, error) {
 	go func() {
 		// The one place the main process is reaped.
 		err := cmd.Wait()
+		s.ownMu.Lock()
+		delete(s.owned, c.PID)
+		s.ownMu.Unlock()
 		s.send(event{kind: evExited, child: c, exit: exitOf(cmd.ProcessState, err, s.clk.Now(), c)})
 	}()
 	return c, nil
@@ -637,7 +657,7 @@ func (s *Supervisor) explain(ctx context.Context, c *Child, e Exit) {
 	e = s.classify(ctx, c, e)
 	s.send(event{kind: evExplained, child: c, exit: e})
 	killed := e.Signal == "SIGKILL" || (e.Code != nil && *e.Code == 137)
-	if s.opts.Explain != nil && killed && (e.Reason == ReasonSignaled || e.Reason == ReasonCrashed) {
+	if req, _ := c.requested(); req == "" && s.opts.Explain != nil && killed && (e.Reason == ReasonSignaled || e.Reason == ReasonCrashed) {
 		if r, d, ok := s.opts.Explain(ctx, c, e, true); ok {
 			e.Reason, e.Detail = r, d
 			s.send(event{kind: evAmend, child: c, exit: e})
@@ -645,22 +665,31 @@ func (s *Supervisor) explain(ctx context.Context, c *Child, e Exit) {
 	}
 }
 
+// classify settles the reason of an exit from what is known at once. The
+// evidence of a memory death (V8's line, the kernel's record) wins over the
+// reason the agent was stopping the process for, since a process stopped for
+// failed probes may well have been dying of its heap.
 func (s *Supervisor) classify(ctx context.Context, c *Child, e Exit) Exit {
-	if r, d := c.requested(); r != "" {
-		e.Reason, e.Detail = r, d
+	req, reqDetail := c.requested()
+	during := ""
+	if req != "" {
+		during = " (while stopping it: " + string(req) + ")"
+	}
+	if e.Reason == ReasonExited && req == "" {
 		return e
 	}
-	if e.Reason == ReasonExited {
+	if line := c.heapOOM.Load(); line != nil && e.Reason != ReasonExited {
+		e.Reason, e.Detail = ReasonHeapOOM, *line+during
 		return e
 	}
-	if line := c.heapOOM.Load(); line != nil {
-		e.Reason, e.Detail = ReasonHeapOOM, *line
-		return e
-	}
-	if s.opts.Explain != nil {
+	if s.opts.Explain != nil && e.Reason != ReasonExited {
 		if r, d, ok := s.opts.Explain(ctx, c, e, false); ok {
-			e.Reason, e.Detail = r, d
+			e.Reason, e.Detail = r, d+during
+			return e
 		}
+	}
+	if req != "" {
+		e.Reason, e.Detail = req, reqDetail
 	}
 	return e
 }
@@ -673,7 +702,10 @@ func (s *Supervisor) goStopTree(c *Child) {
 	cfg := s.config()
 	go func() {
 		pgid := c.PID
-		tree := appTree(pgid)
+		tree, group := appTree(pgid)
+		if !group {
+			pgid = 0 // empty: its number may be reused; never signal it
+		}
 		if len(tree) > 0 {
 			sig := cfg.StopSignal
 			if sig == 0 {
@@ -686,7 +718,10 @@ func (s *Supervisor) goStopTree(c *Child) {
 			// Kill whatever is left, then look again: a process may have
 			// forked while we signalled.
 			for i := 0; i < 5; i++ {
-				tree = appTree(pgid)
+				tree, group = appTree(pgid)
+				if !group {
+					pgid = 0
+				}
 				if len(tree) == 0 {
 					break
 				}
@@ -694,9 +729,34 @@ func (s *Supervisor) goStopTree(c *Child) {
 				waitGone(tree, 5*time.Second)
 			}
 		}
-		reapOrphans(c.PID)
+		s.reap()
 		s.send(event{kind: evTreeGone, child: c})
 	}()
+}
+
+// reap collects the app's orphaned descendants that have exited.
+func (s *Supervisor) reap() {
+	s.ownMu.Lock()
+	defer s.ownMu.Unlock()
+	reapOrphans(func(pid int) bool { return s.owned[pid] })
+}
+
+// reapOnSIGCHLD reaps orphans as they exit while Run runs, so that an app
+// that keeps spawning detached processes does not fill the process table
+// with zombies of the agent (its subreaper). The process that runs a
+// supervisor must not start other children of its own meanwhile.
+func (s *Supervisor) reapOnSIGCHLD() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGCHLD)
+	defer signal.Stop(c)
+	for {
+		select {
+		case <-c:
+			s.reap()
+		case <-s.done:
+			return
+		}
+	}
 }
 
 // capture reads one of the app's output streams into the log and the ring.
@@ -709,7 +769,8 @@ func (s *Supervisor) capture(c *Child, r *os.File, stream string) {
 		if stream == "stderr" && c.heapOOM.Load() == nil && isHeapOOM(text) {
 			c.heapOOM.Store(&text)
 		}
-		ev := s.log.Info().Str("app", name).Str("stream", stream).Int("pid", c.PID)
+		// The app's output is logged whatever the agent's own log level.
+		ev := s.log.Log().Str("level", "info").Str("app", name).Str("stream", stream).Int("pid", c.PID)
 		if cut {
 			ev = ev.Bool("cut", true)
 		}

@@ -135,6 +135,31 @@ func (h *harness) waitLineWithout(prefix, not string) string {
 	}
 }
 
+// waitLines waits for n output lines with prefix and returns them.
+func (h *harness) waitLines(prefix string, n int) []string {
+	h.t.Helper()
+	last, c, stop := h.out.Follow(1000)
+	defer stop()
+	var got []string
+	for _, l := range last {
+		if strings.HasPrefix(l.Text, prefix) {
+			got = append(got, l.Text)
+		}
+	}
+	deadline := time.After(waitTime)
+	for len(got) < n {
+		select {
+		case l := <-c:
+			if strings.HasPrefix(l.Text, prefix) {
+				got = append(got, l.Text)
+			}
+		case <-deadline:
+			h.t.Fatalf("%d of %d output lines %q", len(got), n, prefix)
+		}
+	}
+	return got
+}
+
 // alive reports whether pid is a live (not zombie) process.
 func alive(pid int) bool {
 	st, err := readStat(pid)
@@ -534,5 +559,51 @@ func TestWatchdogStopsWhenLoopIsWedged(t *testing.T) {
 	case <-ticks:
 		t.Fatal("a wedged loop still pinged the watchdog")
 	default:
+	}
+}
+
+func TestOrphansAreReapedWhileAppRuns(t *testing.T) {
+	argv, env := appCommand("detach", "5")
+	h := start(t, defaultConfig(argv, env), Options{})
+	h.waitLine("detached 5")
+	var orphans []int
+	for _, l := range h.waitLines("orphan ", 5) {
+		orphans = append(orphans, pidsIn(l)...)
+	}
+	deadline := time.Now().Add(waitTime)
+	for _, pid := range orphans {
+		for {
+			// Reaped, not a zombie: the pid is gone from /proc.
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				st, _ := readStat(pid)
+				t.Fatalf("orphan %d not reaped (state %c, parent %d)", pid, st.state, st.ppid)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+func TestNaturalExitStopsServingAtOnce(t *testing.T) {
+	argv, env := appCommand("exit-leave-child")
+	cfg := defaultConfig(argv, env)
+	cfg.StopTimeout = 3 * time.Second
+	cfg.Policy = Policy{Mode: Never}
+	h := start(t, cfg, Options{Watch: func(ctx context.Context, c *Child) { c.Ready() }})
+	// While the leftover child is given its stop timeout, the app is no
+	// longer reported ready.
+	st := h.waitFor("stopping after the exit", func(st Status) bool { return st.State == Stopping })
+	if st.Ready {
+		t.Fatalf("still ready after the main process exited: %+v", st)
+	}
+	st = h.waitState(Failed)
+	if e := st.Exits[0]; e.Reason != ReasonCrashed || *e.Code != 1 {
+		t.Fatalf("exit %+v, want crashed with code 1", e)
+	}
+	child := pidsIn(h.waitLine("child "))[0]
+	if alive(child) {
+		t.Fatalf("leftover child %d survived", child)
 	}
 }

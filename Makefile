@@ -47,8 +47,11 @@ e2e-prepare:
 e2e:
 	$(GO) test -v -count=1 -timeout 30m -run 'TestEndToEnd' ./deploy/
 
-bench:
+# The Go benchmarks, then the side-by-side run against PM2 (about 17 min;
+# needs the npm registry). Not run by CI.
+bench: build
 	$(GO) test -run XXX -bench . ./...
+	$(GO) run ./bench/pm2 -agent $(BINDIR)/agent
 
 clean:
 	rm -rf $(BINDIR) $(DISTDIR)

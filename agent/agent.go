@@ -344,11 +344,14 @@ func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
 	a.watchRSS(ctx, c, uint64(cfg.Memory.MaxRSS), cfg.Memory.RSSGrace.D())
 }
 
+// rssInterval is how often the app tree's RSS is sampled.
+const rssInterval = time.Second
+
 // watchRSS samples the app tree's RSS every second; above max (if set) for
 // grace, it restarts the process once (reason rss-limit).
 func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, grace time.Duration) {
 	self := os.Getpid()
-	t := a.clk.NewTicker(time.Second)
+	t := a.clk.NewTicker(rssInterval)
 	defer t.Stop()
 	var over time.Time // when the tree first went above max; zero when below
 	sample := func() {
@@ -371,7 +374,9 @@ func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, g
 		case over.IsZero():
 			over = now
 			a.log.Warn().Uint64("rss_bytes", s.RSS).Uint64("max_rss", max).Dur("grace", grace).Msg("app above memory.max_rss")
-		case now.Sub(over) >= grace:
+		case now.Sub(over) >= grace-rssInterval/2:
+			// Samples land about a second apart, a little early or late: half
+			// an interval of slack keeps grace from turning into grace + 1 s.
 			detail := fmt.Sprintf("rss %d MB above max_rss %d MB for %s", s.RSS>>20, max>>20, now.Sub(over).Round(time.Second))
 			c.Restart(supervisor.ReasonRSSLimit, detail)
 			max = 0 // once per process: the supervisor restarts it

@@ -32,20 +32,7 @@ func startHealth(t *testing.T, tune func(*HealthServer)) (*HealthServer, string)
 	if err := h.Listen(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run after cancel: %v, want nil", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	runUntilCleanup(t, h.Run)
 	return h, "http://" + h.Addr().String()
 }
 

@@ -73,20 +73,7 @@ func (f *fakeKmsg) sendRead(t *testing.T, r fakeKmsgRead) {
 // nil promptly once cancelled.
 func startOOMWatcher(t *testing.T, w *OOMWatcher) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run = %v, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	runUntilCleanup(t, w.Run)
 }
 
 // killsTo returns an onKill that forwards kills to the returned channel.

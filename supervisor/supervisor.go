@@ -200,7 +200,6 @@ type Child struct {
 	readySince time.Time
 	stopping   bool
 	exitedAt   time.Time
-	waitErr    error
 	exited     bool
 	treeGone   bool
 	final      *Exit
@@ -380,7 +379,7 @@ func (l *loop) event(e event) {
 			l.stop(e.reason, e.detail)
 		}
 	case evExited:
-		c.exited, c.exitedAt, c.waitErr = true, e.exit.At, nil
+		c.exited, c.exitedAt = true, e.exit.At
 		c.cancel()
 		if !c.stopping {
 			// It died by itself: stop answering for it at once, then clear

@@ -461,7 +461,7 @@ func (l *loop) maybeFinish() {
 	if ex.Reason != ReasonExited && ex.Reason != ReasonStop && ex.Reason != ReasonRestart {
 		ev = l.s.log.Warn()
 	}
-	ev = ev.Int("pid", ex.PID).Str("reason", string(ex.Reason)).Dur("uptime", ex.Uptime)
+	ev = ev.Int("pid", ex.PID).Str("reason", string(ex.Reason)).Float64("uptime_seconds", ex.Uptime.Seconds())
 	if ex.Code != nil {
 		ev = ev.Int("code", *ex.Code)
 	}

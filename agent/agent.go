@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,20 +106,12 @@ func ResolveHeapMB(cfg *Config, log zerolog.Logger) int {
 // supervisorConfig translates the config for the supervisor.
 func (a *Agent) supervisorConfig(cfg *Config) supervisor.Config {
 	base := os.Environ()
-	var userEnv []string
-	if cfg.App.User != "" {
-		if u, err := user.Lookup(cfg.App.User); err == nil {
-			userEnv = []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
-		} else if u, err := user.LookupId(cfg.App.User); err == nil {
-			userEnv = []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
-		}
-	}
 	for _, arg := range cfg.App.Command[1:] {
 		if strings.HasPrefix(arg, "--max-old-space-size") || strings.HasPrefix(arg, "--max_old_space_size") {
 			a.log.Warn().Str("arg", arg).Msg("app.command sets the heap size itself; it wins over node.max_old_space_size")
 		}
 	}
-	env, warn := supervisor.BuildEnv(base, int(a.heapMB.Load()), userEnv, cfg.App.EnvFileVars, envPairs(cfg.App.Env))
+	env, warn := supervisor.BuildEnv(base, int(a.heapMB.Load()), userEnv(cfg.App.User), cfg.App.EnvFileVars, envPairs(cfg.App.Env))
 	if warn != "" {
 		a.log.Warn().Msg(warn)
 	}
@@ -142,11 +135,29 @@ func (a *Agent) supervisorConfig(cfg *Config) supervisor.Config {
 	}
 }
 
+// userEnv returns HOME, USER and LOGNAME for the app's user (a name or a
+// numeric uid), as systemd sets them for User=; nil for the agent's own.
+func userEnv(name string) []string {
+	if name == "" {
+		return nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return nil
+		}
+	}
+	return []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
+}
+
+// envPairs returns m as KEY=VALUE, sorted by key so the app's environment
+// is the same from one start to the next.
 func envPairs(m map[string]string) []string {
 	out := make([]string, 0, len(m))
 	for k, v := range m {
 		out = append(out, k+"="+v)
 	}
+	slices.Sort(out)
 	return out
 }
 

@@ -144,6 +144,10 @@ func runAgent(path string, stderr io.Writer) error {
 	// Signals first, before any slow start-up work.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A log reader that goes away (a crashed collector, a closed pipe) must
+	// cost log lines, never the agent: with SIGPIPE ignored a write to a
+	// broken stdout or stderr returns EPIPE instead of killing the process.
+	signal.Ignore(syscall.SIGPIPE)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	reload := make(chan struct{}, 1)

@@ -166,11 +166,14 @@ func envPairs(m map[string]string) []string {
 // clean shutdown.
 func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	cfg := a.cfg.Load()
-	if err := a.health.Listen(); err != nil {
-		return err
-	}
+	// The control socket first: a second agent must stop (exit 2) on it
+	// before it binds anything else.
 	ctl, err := listenControl(cfg.Control.Socket, cfg.Control.GID)
 	if err != nil {
+		return err
+	}
+	if err := a.health.Listen(); err != nil {
+		ctl.Close()
 		return err
 	}
 	a.log.Info().Str("version", a.version).Str("config", cfg.Path).Int64("heap_cap_mb", a.heapMB.Load()).

@@ -145,9 +145,11 @@ func runAgent(path string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A log reader that goes away (a crashed collector, a closed pipe) must
-	// cost log lines, never the agent: with SIGPIPE ignored a write to a
+	// cost log lines, never the agent: with SIGPIPE notified a write to a
 	// broken stdout or stderr returns EPIPE instead of killing the process.
-	signal.Ignore(syscall.SIGPIPE)
+	// Notify, not Ignore: an ignored signal stays ignored in the app across
+	// exec, a handled one is reset to the default there.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	reload := make(chan struct{}, 1)

@@ -18,17 +18,19 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 all: lint test build
 
+# GOWORK=off: the shipped binary is built from the main module's go.mod
+# alone (deploy/ is a module of its own for the deploy tests and nfpm).
 build:
-	CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BINDIR)/agent .
+	GOWORK=off CGO_ENABLED=0 GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BINDIR)/agent .
 	ln -sf agent $(BINDIR)/agentctl
 
 test:
-	$(GO) test -race ./...
+	$(GO) test -race ./... ./deploy/...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
+	$(GO) vet ./... ./deploy/...
 
 # Package version: v1.2.3-4-gabc -> 1.2.3+4+gabc (sorts after 1.2.3 for dpkg and
 # rpm); without a tag, git describe gives a bare hash -> 0.0.0+hash.
@@ -37,9 +39,9 @@ PKG_VERSION := $(shell echo '$(VERSION)' | sed -E 's/^v//; s/-/+/g; /^[0-9]+\.[0
 package: build
 	mkdir -p $(DISTDIR)
 	VERSION='$(PKG_VERSION)' ARCH=$(GOARCH) BINDIR=$(BINDIR) \
-		$(GO) tool nfpm package --config packaging/nfpm.yaml --packager deb --target $(DISTDIR)/
+		$$(cd deploy && $(GO) tool -n nfpm) package --config packaging/nfpm.yaml --packager deb --target $(DISTDIR)/
 	VERSION='$(PKG_VERSION)' ARCH=$(GOARCH) BINDIR=$(BINDIR) \
-		$(GO) tool nfpm package --config packaging/nfpm.yaml --packager rpm --target $(DISTDIR)/
+		$$(cd deploy && $(GO) tool -n nfpm) package --config packaging/nfpm.yaml --packager rpm --target $(DISTDIR)/
 
 e2e-prepare:
 	deploy/e2e/prepare.sh

@@ -121,10 +121,12 @@ func stage(t *testing.T) string {
 	return dir
 }
 
-// nfpm returns the path of the nfpm tool pinned in go.mod, building it if needed.
+// nfpm returns the path of the nfpm tool pinned in deploy/go.mod (a module
+// of its own, so that nfpm's modules stay out of the agent's), building it if
+// needed.
 func nfpm(t *testing.T) string {
 	t.Helper()
-	return strings.TrimSpace(run(t, repoRoot(t), nil, "go", "tool", "-n", "nfpm"))
+	return strings.TrimSpace(run(t, filepath.Join(repoRoot(t), "deploy"), nil, "go", "tool", "-n", "nfpm"))
 }
 
 func buildPackage(t *testing.T, packager string) string {

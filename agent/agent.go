@@ -166,6 +166,11 @@ func envPairs(m map[string]string) []string {
 // clean shutdown.
 func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	cfg := a.cfg.Load()
+	// Orphans of the app (daemonized workers) are re-parented to the agent,
+	// so that a stop can still reach them.
+	if err := supervisor.BecomeSubreaper(); err != nil {
+		return err
+	}
 	// The control socket first: a second agent must stop (exit 2) on it
 	// before it binds anything else.
 	ctl, err := listenControl(cfg.Control.Socket, cfg.Control.GID)

@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,24 +116,27 @@ func (r *running) waitState(state string) Status {
 	return r.a.Status()
 }
 
-// ctl runs agentctl against the agent and returns exit code and output.
-func (r *running) ctl(args ...string) (int, string, string) {
-	var out, errb bytes.Buffer
-	code := Ctl(context.Background(), append([]string{"--socket", r.socket}, args...), &out, &errb)
-	return code, out.String(), errb.String()
+// client talks to the agent over its control socket, as agentctl does.
+func (r *running) client() *Client { return &Client{Socket: r.socket} }
+
+// ask runs one control request (restart, stop, start) and fails the test
+// on an error.
+func (r *running) ask(what string, do func(context.Context) (*Status, error)) *Status {
+	r.t.Helper()
+	s, err := do(context.Background())
+	if err != nil {
+		r.t.Fatalf("%s: %v", what, err)
+	}
+	return s
 }
 
 func (r *running) ctlStatus() Status {
 	r.t.Helper()
-	code, out, errs := r.ctl("status", "--json")
-	if code != 0 {
-		r.t.Fatalf("agentctl status --json: exit %d: %s", code, errs)
+	s, err := r.client().Status(context.Background())
+	if err != nil {
+		r.t.Fatalf("status over the control socket: %v", err)
 	}
-	var s Status
-	if err := json.Unmarshal([]byte(out), &s); err != nil {
-		r.t.Fatalf("status JSON: %v\n%s", err, out)
-	}
-	return s
+	return *s
 }
 
 // healthGet returns the health page's status code and body.
@@ -211,22 +214,16 @@ startup_timeout = "5m"
 	r.waitHealth(503, "failed")
 
 	// agentctl restart clears it.
-	if code, out, errs := r.ctl("restart"); code != 0 {
-		t.Fatalf("agentctl restart: %d %s %s", code, out, errs)
-	}
+	r.ask("restart", r.client().Restart)
 	r.waitHealth(200, "")
 
 	// Stop and start.
-	if code, _, errs := r.ctl("stop"); code != 0 {
-		t.Fatalf("agentctl stop: %d %s", code, errs)
-	}
+	r.ask("stop", r.client().Stop)
 	r.waitHealth(503, "stopped")
 	if s := r.ctlStatus(); s.PID != nil || s.LastExit.Reason != "stop" {
 		t.Fatalf("after stop: %+v", s)
 	}
-	if code, _, errs := r.ctl("start"); code != 0 {
-		t.Fatalf("agentctl start: %d %s", code, errs)
-	}
+	r.ask("start", r.client().Start)
 	r.waitHealth(200, "")
 	pid := *r.ctlStatus().PID
 
@@ -305,23 +302,23 @@ http = "http://127.0.0.1:%d/"
 		t.Errorf("oom_watch %q", s.Agent.OOMWatch)
 	}
 	// The raw JSON has the contract's names, including nulls.
-	_, raw, _ := r.ctl("status", "--json")
+	resp, err := r.client().client().Get("http://agent/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rawb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	raw := string(rawb)
 	for _, key := range []string{`"name"`, `"state"`, `"pid"`, `"ready"`, `"healthy"`, `"uptime_seconds"`, `"restarts"`, `"rss_bytes"`, `"heap_cap_mb"`, `"oom_kills"`, `"last_exit": null`, `"exits": []`, `"oom_watch"`} {
 		if !strings.Contains(raw, key) {
 			t.Errorf("status JSON lacks %s:\n%s", key, raw)
 		}
 	}
 
-	// The table.
-	code, table, _ := r.ctl("status")
-	if code != 0 || !strings.Contains(table, "NAME") || !strings.Contains(table, "web") || !strings.Contains(table, "running") || !strings.Contains(table, "300 MB") {
-		t.Errorf("status table (exit %d):\n%s", code, table)
-	}
-
 	// restart: a new pid, reason restart.
 	old := *s.PID
-	if code, out, _ := r.ctl("restart"); code != 0 || !strings.HasPrefix(out, "restart: ") {
-		t.Fatalf("restart: %d %q", code, out)
+	if st := r.ask("restart", r.client().Restart); st.State != "running" && st.State != "starting" {
+		t.Fatalf("restart answered state %q", st.State)
 	}
 	r.waitFor("the new process", func() bool {
 		s := r.a.Status()
@@ -336,15 +333,20 @@ http = "http://127.0.0.1:%d/"
 	}
 
 	// logs.
-	code, logs, _ := r.ctl("logs", "-n", "5")
-	if code != 0 || !strings.Contains(logs, fmt.Sprintf("listening %d", port)) || !strings.Contains(logs, "stdout") {
-		t.Errorf("logs (exit %d):\n%s", code, logs)
+	var logs []supervisor.Line
+	if err := r.client().Logs(context.Background(), 5, false, func(l supervisor.Line) { logs = append(logs, l) }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(logs, func(l supervisor.Line) bool {
+		return strings.Contains(l.Text, fmt.Sprintf("listening %d", port)) && l.Stream == "stdout"
+	}) {
+		t.Errorf("logs: %+v", logs)
 	}
 	// logs -f delivers lines as they come.
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan supervisor.Line, 10)
 	go (&Client{Socket: r.socket}).Logs(ctx, 0, true, func(l supervisor.Line) { got <- l })
-	r.ctl("restart")
+	r.ask("restart", r.client().Restart)
 	select {
 	case l := <-got:
 		if !strings.Contains(l.Text, "listening") {
@@ -359,7 +361,7 @@ http = "http://127.0.0.1:%d/"
 	hc := (&Client{Socket: r.socket}).client()
 	req, _ := http.NewRequest("POST", "http://agent/v1/stop", nil)
 	req.Header.Set("Origin", "http://evil.example")
-	resp, err := hc.Do(req)
+	resp, err = hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,22 +379,6 @@ http = "http://127.0.0.1:%d/"
 	}
 	if _, err := os.Stat(r.socket); err != nil {
 		t.Errorf("live socket removed: %v", err)
-	}
-}
-
-func TestAgentctlWithoutAgent(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "none.sock")
-	var out, errb bytes.Buffer
-	code := Ctl(context.Background(), []string{"--socket", socket, "status"}, &out, &errb)
-	if code != CtlUnreachable {
-		t.Fatalf("exit %d, want %d", code, CtlUnreachable)
-	}
-	if !strings.Contains(errb.String(), socket) || !strings.Contains(errb.String(), "is it running") {
-		t.Fatalf("message %q does not name the socket", errb.String())
-	}
-	// Unknown command: usage.
-	if code := Ctl(context.Background(), []string{"--socket", socket, "frobnicate"}, &out, &errb); code != CtlUsage {
-		t.Fatalf("unknown command: exit %d", code)
 	}
 }
 
@@ -435,20 +421,5 @@ func TestControlSocketGroup(t *testing.T) {
 	}
 	if st := fi.Sys().(*syscall.Stat_t); int(st.Gid) != gid {
 		t.Errorf("group %d, want %d", st.Gid, gid)
-	}
-}
-
-func TestHumanDuration(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		5 * time.Second:                "5s",
-		90 * time.Second:               "1m30s",
-		3*time.Hour + 4*time.Minute:    "3h04m",
-		58 * time.Hour:                 "2d10h",
-		10*24*time.Hour + 10*time.Hour: "10d10h",
-		72 * time.Hour:                 "3d",
-	} {
-		if got := humanDuration(d); got != want {
-			t.Errorf("humanDuration(%v) = %q, want %q", d, got, want)
-		}
 	}
 }

@@ -177,9 +177,7 @@ tcp = "127.0.0.1:%d"
 	}
 	// Stopped before ever ready: the start is over, READY=1 so that
 	// systemctl does not wait for it.
-	if code, _, errs := r.ctl("stop"); code != 0 {
-		t.Fatalf("agentctl stop: %s", errs)
-	}
+	r.ask("stop", r.client().Stop)
 	n.next("READY=1 after stop", func(m string) bool {
 		if strings.HasPrefix(m, "STATUS=") && strings.Contains(m, "running") {
 			t.Fatalf("unexpected %q", m)

@@ -1,4 +1,4 @@
-package agent
+package packaging
 
 import (
 	"bytes"
@@ -40,7 +40,7 @@ type InstallOptions struct {
 	// written there only when no file exists. Default /etc/agent/agent.toml; a
 	// relative path is taken from the working directory (with Root "/" only).
 	ConfigPath string
-	// Unit is the systemd unit (packaging.Unit).
+	// Unit is the systemd unit to write; nil means the shipped one (Unit).
 	Unit []byte
 	// ExampleConfig is written to ConfigPath when no config exists there.
 	ExampleConfig []byte
@@ -73,7 +73,7 @@ func Install(ctx context.Context, log zerolog.Logger, o InstallOptions) error {
 		o.ConfigPath = abs
 	}
 	if len(o.Unit) == 0 {
-		return errors.New("install: no unit to write")
+		o.Unit = Unit
 	}
 	if o.Binary == "" {
 		exe, err := os.Executable()

@@ -1,4 +1,7 @@
-package agent
+// Package cli holds the command-line front ends of the one binary: `agent
+// run|check|install|version` and `agentctl`, which talks to a running agent
+// over its control socket.
+package cli
 
 import (
 	"context"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"agent/agent"
 	"agent/supervisor"
 )
 
@@ -49,7 +53,7 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return CtlUsage
 	}
-	c := &Client{Socket: ResolveSocket(*socket, *config)}
+	c := &agent.Client{Socket: ResolveSocket(*socket, *config)}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	var err error
 	switch cmd {
@@ -60,7 +64,7 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if sub.Parse(rest) != nil {
 			return CtlUsage
 		}
-		var s *Status
+		var s *agent.Status
 		if s, err = c.Status(ctx); err == nil {
 			if *asJSON {
 				enc := json.NewEncoder(stdout)
@@ -71,7 +75,7 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	case "restart", "stop", "start":
-		var s *Status
+		var s *agent.Status
 		switch cmd {
 		case "restart":
 			s, err = c.Restart(ctx)
@@ -101,7 +105,7 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "agentctl:", err)
-		var ue *UnreachableError
+		var ue *agent.UnreachableError
 		if errors.As(err, &ue) {
 			return CtlUnreachable
 		}
@@ -124,7 +128,7 @@ func ResolveSocket(flagSocket, flagConfig string) string {
 		path = os.Getenv("AGENT_CONFIG")
 	}
 	if path == "" {
-		path = DefaultConfigPath
+		path = agent.DefaultConfigPath
 	}
 	// Only the socket is wanted: read it leniently, so that agentctl works
 	// for a user who could not validate the whole config (app user, dirs).
@@ -136,11 +140,11 @@ func ResolveSocket(flagSocket, flagConfig string) string {
 	if _, err := toml.DecodeFile(path, &c); err == nil && c.Control.Socket != "" {
 		return c.Control.Socket
 	}
-	return DefaultSocket
+	return agent.DefaultSocket
 }
 
 // PrintStatus writes s as a table, like `pm2 status`.
-func PrintStatus(w io.Writer, s *Status, now time.Time) {
+func PrintStatus(w io.Writer, s *agent.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tPID\tSTATE\tREADY\tUPTIME\tRESTARTS\tRSS\tHEAP CAP\tLAST EXIT")
 	pid, uptime := "-", "-"

@@ -1,4 +1,4 @@
-package agent
+package packaging
 
 import (
 	"context"
@@ -334,11 +334,14 @@ func TestInstallErrors(t *testing.T) {
 			t.Errorf("Install with a relative config path succeeded")
 		}
 	})
-	t.Run("no unit", func(t *testing.T) {
+	t.Run("no unit given: the shipped one", func(t *testing.T) {
 		f := newInstallFixture(t, true)
 		f.opts.Unit = nil
-		if err := f.install(); err == nil {
-			t.Errorf("Install without a unit succeeded")
+		if err := f.install(); err != nil {
+			t.Fatal(err)
+		}
+		if data, _ := f.file("/etc/systemd/system/agent.service"); data != string(Unit) {
+			t.Errorf("unit written:\n%s\nwant the shipped one", data)
 		}
 	})
 }

@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"agent/agent"
+	"agent/packaging"
+)
+
+// Build is what main knows at build time.
+type Build struct {
+	Version       string // stamped with -ldflags "-X main.version=..."
+	ExampleConfig []byte // agent.toml.example, written by `agent install` when no config exists
+}
+
+// Main runs the binary with args (os.Args) and returns its exit code:
+// agentctl when invoked by that name, else the agent's commands.
+func Main(args []string, b Build, stdout, stderr io.Writer) int {
+	if filepath.Base(args[0]) == "agentctl" {
+		return ctlMain(args[1:], stdout, stderr)
+	}
+	err := run(args[1:], b, stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errCtlExit):
+		return err.(ctlExit).code
+	case errors.As(err, new(usageError)):
+		fmt.Fprintln(stderr, err)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "agent:", err)
+		return 1
+	}
+}
+
+// usageError is a command-line or config error: exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// ctlExit carries the exit code of `agent ctl ...` out of run.
+type ctlExit struct{ code int }
+
+var errCtlExit = errors.New("agentctl exit")
+
+func (e ctlExit) Error() string        { return fmt.Sprintf("agentctl exit %d", e.code) }
+func (e ctlExit) Is(target error) bool { return target == errCtlExit }
+
+func ctlMain(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Ctl(ctx, args, stdout, stderr)
+}
+
+const usage = `usage: agent <command> [--config PATH]
+
+commands:
+  run       run the agent in the foreground (systemd's ExecStart)
+  check     validate the config and print the effective config
+  install   install the systemd unit and start the agent
+  version   print the version
+  ctl ...   the same as agentctl ...
+
+The config is --config, else $AGENT_CONFIG, else /etc/agent/agent.toml.
+`
+
+func run(args []string, b Build, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usageError{errors.New("agent: no command")}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "version", "--version":
+		fmt.Fprintf(stdout, "agent %s\n", b.Version)
+		return nil
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "ctl":
+		if code := ctlMain(rest, stdout, stderr); code != 0 {
+			return ctlExit{code}
+		}
+		return nil
+	}
+	fs := flag.NewFlagSet("agent "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "config `path`")
+	if err := fs.Parse(rest); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("agent %s: unexpected argument %q", cmd, fs.Arg(0))}
+	}
+	path := *configPath
+	if path == "" {
+		path = os.Getenv("AGENT_CONFIG")
+	}
+	if path == "" {
+		path = agent.DefaultConfigPath
+	}
+	switch cmd {
+	case "run":
+		return runAgent(path, b.Version, stderr)
+	case "check":
+		cfg, err := agent.Load(path)
+		if err != nil {
+			return usageError{err}
+		}
+		heap := agent.ResolveHeapMB(cfg, zerolog.New(stderr))
+		if err := cfg.WriteEffective(stdout, heap); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "%s: ok\n", path)
+		return nil
+	case "install":
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).With().Timestamp().Logger()
+		return packaging.Install(ctx, log, packaging.InstallOptions{
+			Root:          "/",
+			Binary:        exe,
+			ConfigPath:    path,
+			ExampleConfig: b.ExampleConfig,
+		})
+	}
+	fmt.Fprint(stderr, usage)
+	return usageError{fmt.Errorf("agent: unknown command %q", cmd)}
+}
+
+// runAgent is `agent run`: nil on a clean shutdown, a usageError (exit 2)
+// on a bad config or a control socket held by another agent, any other
+// error (exit 1) on a runtime failure.
+func runAgent(path, version string, stderr io.Writer) error {
+	// Signals first, before any slow start-up work.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// A log reader that goes away (a crashed collector, a closed pipe) must
+	// cost log lines, never the agent: with SIGPIPE notified a write to a
+	// broken stdout or stderr returns EPIPE instead of killing the process.
+	// Notify, not Ignore: an ignored signal stays ignored in the app across
+	// exec, a handled one is reset to the default there.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+
+	cfg, err := agent.Load(path)
+	if err != nil {
+		return usageError{err}
+	}
+	log := newLogger(cfg, stderr)
+	a := agent.New(cfg, log, version)
+	err = a.Run(ctx, reload)
+	if errors.Is(err, agent.ErrSocketInUse) {
+		return usageError{err}
+	}
+	return err
+}
+
+func newLogger(cfg *agent.Config, w io.Writer) zerolog.Logger {
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	if cfg.Log.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+	}
+	level, err := zerolog.ParseLevel(cfg.Log.Level)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}

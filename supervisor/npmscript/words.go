@@ -34,6 +34,9 @@ const special = " \t\n\\'\"$|&;<>()`*?[#~"
 // lex splits line into words. why is non-empty when the line is not one simple command this
 // reader understands; the words are then meaningless.
 func lex(line string) (words []word, why string) {
+	if strings.IndexByte(line, 0) >= 0 {
+		return nil, "a NUL byte" // no exec can pass it; npm fails the same way
+	}
 	var cur *word
 	start := func() {
 		if cur == nil {

@@ -115,7 +115,7 @@ type shRunner struct{ dir string }
 func newShRunner(t testing.TB) *shRunner {
 	dir := t.TempDir()
 	show := filepath.Join(dir, "node")
-	script := "#!/bin/sh\nfor a; do printf '%s\\0' \"$a\"; done\nprintf '\\1\\0'\nexec env -0\n"
+	script := "#!/bin/sh\nfor a; do printf '%s\\0' \"$a\"; done\nprintf '%s\\0' __env_follows_9c1e__\nexec env -0\n"
 	if err := os.WriteFile(show, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func (r *shRunner) check(t testing.TB, line string, want simple) {
 	if err != nil {
 		t.Fatalf("%q: sh: %v", line, err)
 	}
-	args, envOut, _ := bytes.Cut(out, []byte("\x01\x00"))
+	args, envOut, _ := bytes.Cut(out, []byte("__env_follows_9c1e__\x00"))
 	got := []string{"node"}
 	for _, a := range bytes.Split(args, []byte{0}) {
 		got = append(got, string(a))

@@ -123,7 +123,11 @@ func lex(line string) (words []word, why string) {
 			cur.add(p)
 			i += n - 1
 		case '|', '&', ';', '<', '>', '(', ')':
-			return nil, "the operator " + string(c)
+			op := line[i : i+1]
+			if i+1 < len(line) && line[i+1] == c && (c == '|' || c == '&' || c == ';' || c == '<' || c == '>') {
+				op = line[i : i+2]
+			}
+			return nil, "the operator " + op
 		case '`':
 			return nil, "a command substitution"
 		case '*', '?', '[':

@@ -143,6 +143,7 @@ func TestAgainstNpm(t *testing.T) {
 		procs   int      // processes that print (pre + main, or two under sh)
 		failPre bool     // prestart fails: npm and Pre both exit non-zero, main never runs
 		post    int      // npm's last processes are post<NAME>, which the plan leaves out
+		link    bool     // run in a symlink to the package dir (a release symlink)
 	}{{
 		name: "prestart",
 		files: map[string]string{"package.json": `{` + pkgHead + `, "scripts": {
@@ -207,6 +208,10 @@ func TestAgainstNpm(t *testing.T) {
 		files:   map[string]string{"package.json": `{` + pkgHead + `, "scripts": {"start": "NODE_ENV=production MYVAR=\"$MYVAR+x\" node app.js"}}`},
 		npmArgs: []string{"start"}, direct: true, procs: 1,
 	}, {
+		name:    "through a symlink",
+		files:   map[string]string{"package.json": `{` + pkgHead + `, "scripts": {"start": "node app.js"}}`},
+		npmArgs: []string{"start"}, direct: true, procs: 1, link: true,
+	}, {
 		name:    "exec prefix",
 		files:   map[string]string{"package.json": `{` + pkgHead + `, "scripts": {"start": "exec node ./app.js"}}`},
 		npmArgs: []string{"start"}, direct: true, procs: 1,
@@ -220,6 +225,13 @@ func TestAgainstNpm(t *testing.T) {
 			}
 			dir := filepath.Join(root, tt.sub)
 			writePkg(t, dir, tt.files)
+			if tt.link {
+				link := filepath.Join(t.TempDir(), "current")
+				if err := os.Symlink(dir, link); err != nil {
+					t.Fatal(err)
+				}
+				dir = link
+			}
 			env := testEnv(tt.env...)
 
 			want, out, npmErr := runNpm(t, dir, env, tt.npmArgs...)

@@ -1,6 +1,7 @@
 package npmscript
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -63,5 +64,51 @@ func TestParse(t *testing.T) {
 		if ok != tt.ok || name != tt.name || strings.Join(args, "\x00") != strings.Join(tt.args, "\x00") || (ok && args == nil) {
 			t.Errorf("Parse(%q) = %q, %q, %v; want %q, %q, %v", tt.argv, name, args, ok, tt.name, tt.args, tt.ok)
 		}
+	}
+}
+
+// FuzzParsePackage checks that any package.json gives a package or an error naming the
+// file, never a panic.
+func FuzzParsePackage(f *testing.F) {
+	for _, seed := range []string{
+		`{"name": "a", "version": "1.0.0", "scripts": {"start": "node s.js"}}`,
+		`{"config": {"a": [1, {"b": null}, true, false, 1e30, 0.5]}, "bin": "x.js", "name": "@s/n"}`,
+		`{"bin": ["./a", "b/c"], "engines": {"node": ">=18"}}`, `{"bin": {"a:b": "../x"}}`,
+		"\xef\xbb\xbf{}", `[]`, `null`, `{`, "{\n\"a\": }", ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := parsePackage("/app/package.json", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "/app/package.json") {
+				t.Fatalf("error %q does not name the file", err)
+			}
+			return
+		}
+		for _, kv := range p.env {
+			if !strings.HasPrefix(kv[0], "npm_package_") {
+				t.Fatalf("variable %q", kv[0])
+			}
+		}
+	})
+}
+
+// BenchmarkParseSimple shows the reader is linear: ns/op grows with the line, per byte flat.
+func BenchmarkParseSimple(b *testing.B) {
+	for _, n := range []int{1 << 10, 1 << 16, 1 << 22} {
+		var line strings.Builder
+		line.WriteString("node server.js")
+		for line.Len() < n {
+			line.WriteString(` --opt="a b" 'c' \d ${PORT:-3000} $A`)
+		}
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			b.SetBytes(int64(line.Len()))
+			for b.Loop() {
+				if _, why := parseSimple(line.String(), testLookup); why != "" {
+					b.Fatal(why)
+				}
+			}
+		})
 	}
 }

@@ -297,6 +297,11 @@ func readPackage(path string) (*pkg, error) {
 	if err != nil {
 		return nil, unwrapPath(path, err)
 	}
+	return parsePackage(path, data)
+}
+
+// parsePackage is readPackage without the I/O; path only names the file in errors.
+func parsePackage(path string, data []byte) (*pkg, error) {
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(data, &top); err != nil {

@@ -22,11 +22,10 @@ type part struct {
 
 // word is one shell word before expansion.
 type word struct {
-	parts  []part
-	quotes bool // it had quotes or escapes, so it stays a field even when empty
+	parts    []part
+	quotes   bool // it had quotes or escapes, so it stays a field even when empty
+	from, to int  // while lexing: the word's parts in the shared slice
 }
-
-func (w *word) add(p part) { w.parts = append(w.parts, p) }
 
 // special are the bytes that end a run of plain text outside quotes.
 const special = " \t\n\\'\"$|&;<>()`*?[#~"
@@ -37,13 +36,25 @@ func lex(line string) (words []word, why string) {
 	if strings.IndexByte(line, 0) >= 0 {
 		return nil, "a NUL byte" // no exec can pass it; npm fails the same way
 	}
+	// All words' parts live in one slice (a word's are contiguous), so a long line costs
+	// a few growing slices, not one per word.
+	var all []part
 	var cur *word
 	start := func() {
 		if cur == nil {
-			words = append(words, word{})
+			words = append(words, word{from: len(all), to: len(all)})
 			cur = &words[len(words)-1]
 		}
 	}
+	add := func(p part) {
+		all = append(all, p)
+		cur.to = len(all)
+	}
+	defer func() {
+		for i := range words {
+			words[i].parts = all[words[i].from:words[i].to:words[i].to]
+		}
+	}()
 	for i := 0; i < len(line); i++ {
 		c := line[i]
 		switch c {
@@ -61,7 +72,7 @@ func lex(line string) (words []word, why string) {
 			}
 			start()
 			cur.quotes = true
-			cur.add(part{text: line[i : i+1], quoted: true})
+			add(part{text: line[i : i+1], quoted: true})
 		case '\'':
 			end := strings.IndexByte(line[i+1:], '\'')
 			if end < 0 {
@@ -69,7 +80,7 @@ func lex(line string) (words []word, why string) {
 			}
 			start()
 			cur.quotes = true
-			cur.add(part{text: line[i+1 : i+1+end], quoted: true})
+			add(part{text: line[i+1 : i+1+end], quoted: true})
 			i += 1 + end
 		case '"':
 			start()
@@ -98,9 +109,9 @@ func lex(line string) (words []word, why string) {
 						lit.WriteByte('$')
 						continue
 					}
-					cur.add(part{text: lit.String(), quoted: true})
+					add(part{text: lit.String(), quoted: true})
 					lit.Reset()
-					cur.add(p)
+					add(p)
 					i += n - 1
 				default:
 					lit.WriteByte(line[i])
@@ -109,7 +120,7 @@ func lex(line string) (words []word, why string) {
 			if i == len(line) {
 				return nil, "an unterminated quote"
 			}
-			cur.add(part{text: lit.String(), quoted: true})
+			add(part{text: lit.String(), quoted: true})
 		case '$':
 			p, n, why := param(line[i:], false)
 			if why != "" {
@@ -117,10 +128,10 @@ func lex(line string) (words []word, why string) {
 			}
 			start()
 			if !p.param {
-				cur.add(part{text: "$"})
+				add(part{text: "$"})
 				continue
 			}
-			cur.add(p)
+			add(p)
 			i += n - 1
 		case '|', '&', ';', '<', '>', '(', ')':
 			op := line[i : i+1]
@@ -138,14 +149,14 @@ func lex(line string) (words []word, why string) {
 			if cur == nil {
 				return nil, "a comment"
 			}
-			cur.add(part{text: "#"})
+			add(part{text: "#"})
 		default:
 			j := i + 1
 			for j < len(line) && strings.IndexByte(special, line[j]) < 0 {
 				j++
 			}
 			start()
-			cur.add(part{text: line[i:j]})
+			add(part{text: line[i:j]})
 			i = j - 1
 		}
 	}

@@ -212,6 +212,10 @@ func TestAgainstNpm(t *testing.T) {
 		files:   map[string]string{"package.json": `{` + pkgHead + `, "scripts": {"start": "node app.js"}}`},
 		npmArgs: []string{"start"}, direct: true, procs: 1, link: true,
 	}, {
+		name:    "command word from npm's variable",
+		files:   map[string]string{"package.json": `{` + pkgHead + `, "scripts": {"start": "\"$npm_node_execpath\" app.js \"$npm_package_name\""}}`},
+		npmArgs: []string{"start"}, direct: true, procs: 1,
+	}, {
 		name:    "exec prefix",
 		files:   map[string]string{"package.json": `{` + pkgHead + `, "scripts": {"start": "exec node ./app.js"}}`},
 		npmArgs: []string{"start"}, direct: true, procs: 1,

@@ -505,3 +505,8 @@ func (r *agentRun) fixProbePort() {
 		r.t.Fatal(err)
 	}
 }
+
+func sorted(s []string) []string {
+	slices.Sort(s)
+	return s
+}

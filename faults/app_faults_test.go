@@ -36,8 +36,7 @@ func (r *agentRun) recovered(old int, from time.Time) time.Duration {
 func TestAppSIGKILL(t *testing.T) {
 	row := newRow(t, "app SIGKILL")
 	t.Parallel()
-	r := newAgentRun(t, appSpec{Probe: `http = "http://127.0.0.1:PORT/"`})
-	r.fixProbePort()
+	r := newAgentRun(t, appSpec{})
 	r.start(nil)
 	r.waitHealthy(60 * time.Second)
 	pid := r.appPID()
@@ -64,7 +63,6 @@ func TestAppSIGSTOP(t *testing.T) {
 interval = "250ms"
 timeout = "250ms"
 failure_threshold = 3`})
-	r.fixProbePort()
 	r.start(nil)
 	r.waitHealthy(60 * time.Second)
 	pid := r.appPID()
@@ -117,7 +115,6 @@ func TestAppNeverListens(t *testing.T) {
 		Env:   map[string]string{"APP_MODE": "never-listen"},
 		Probe: "tcp = \"127.0.0.1:PORT\"\ninterval = \"100ms\"\nstartup_timeout = \"1s\"",
 	})
-	r.fixProbePort()
 	at := time.Now()
 	r.start(nil)
 	var st agentStatus

@@ -153,7 +153,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 type appSpec struct {
 	Env     map[string]string // the app's env besides PORT
 	Restart string            // body of [restart]; default: fast restarts
-	Probe   string            // body of [probe]; "" = none
+	Probe   string            // body of [probe]; default: an HTTP probe of the app; PORT is the app's port
 	Memory  string            // body of [memory]; default: watch_oom = false
 	Socket  string            // control.socket; default: in the test's dir
 	Health  int               // health port; default: a free one
@@ -256,9 +256,11 @@ socket = %q
 [log]
 level = "info"
 `, app, dir, strings.Join(envs, ", "), restart, memory, hp, r.socket)
-	if spec.Probe != "" {
-		cfg += "\n[probe]\n" + spec.Probe + "\n"
+	probe := spec.Probe
+	if probe == "" {
+		probe = `http = "http://127.0.0.1:PORT/"`
 	}
+	cfg += "\n[probe]\n" + strings.ReplaceAll(probe, "127.0.0.1:PORT", "127.0.0.1:"+strconv.Itoa(r.appPort)) + "\n"
 	if err := os.WriteFile(r.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -491,19 +493,6 @@ func (l *loadLoop) end() string {
 	l.stop()
 	<-l.done
 	return fmt.Sprintf("%d of %d", l.failed.Load(), l.sent.Load())
-}
-
-// fixProbePort puts the app's port where the config says PORT in [probe].
-func (r *agentRun) fixProbePort() {
-	r.t.Helper()
-	b, err := os.ReadFile(r.config)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	s := strings.ReplaceAll(string(b), "127.0.0.1:PORT", "127.0.0.1:"+strconv.Itoa(r.appPort))
-	if err := os.WriteFile(r.config, []byte(s), 0o644); err != nil {
-		r.t.Fatal(err)
-	}
 }
 
 func sorted(s []string) []string {

@@ -570,7 +570,7 @@ func BenchmarkHealthLoopback(b *testing.B) {
 
 // keepAliveClient opens a connection to addr, makes one GET of the health
 // page on it and leaves it open and silent, as an idle keep-alive client.
-func keepAliveClient(t *testing.T, addr string) net.Conn {
+func keepAliveClient(t testing.TB, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -688,5 +688,58 @@ func TestHealthStalledConnsMakeRoom(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("fresh check: %d, want 200", resp.StatusCode)
+	}
+}
+
+// BenchmarkHealthFreshCheck measures a fresh check (a new connection, one
+// GET, closed) with no other client, and while 1,100 idle keep-alive
+// connections hold every slot, so that each check makes the server close
+// the oldest idle one first.
+func BenchmarkHealthFreshCheck(b *testing.B) {
+	b.Run("alone", func(b *testing.B) { benchmarkFreshCheck(b, 0) })
+	b.Run("beside-1100-idle", func(b *testing.B) { benchmarkFreshCheck(b, 1100) })
+}
+
+func benchmarkFreshCheck(b *testing.B, idle int) {
+	h := NewHealthServer("127.0.0.1:0", healthPath, zerolog.Nop())
+	if err := h.Listen(); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	h.Set("running", true)
+	addr := h.Addr().String()
+
+	var conns []net.Conn
+	for range idle {
+		conns = append(conns, keepAliveClient(b, addr))
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	url := "http://" + addr + healthPath
+	b.ResetTimer()
+	for range b.N {
+		resp, err := c.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatal(resp.Status)
+		}
+		if idle == 0 {
+			continue
+		}
+		// Keep the cap full: a new idle connection for the one closed.
+		b.StopTimer()
+		conns = append(conns, keepAliveClient(b, addr))
+		b.StartTimer()
 	}
 }

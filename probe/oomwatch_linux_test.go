@@ -479,6 +479,7 @@ func TestOOMWatcherWaitKillByCgroup(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC))
 	w, src, kills := fakeWatcher(t, fake)
 	startOOMWatcher(t, w)
+	memPollUntil(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
 	since := fake.Now()
 	unit := MemoryCgroup{Path: "/system.slice/agent.service", Version: 2}
 	match := func(k OOMKill) bool { return OOMKillIsOurs(k, unit, func(pid int) bool { return pid == 100 }) }

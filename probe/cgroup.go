@@ -134,8 +134,8 @@ func ParseOOMKillCount(content string) (uint64, bool) {
 // memory cgroup, below the cgroup file system mounted at sysfs
 // ("/sys/fs/cgroup"): v1 memory/<path>/memory.oom_control; v2
 // <path>/memory.events, or unified/<path>/memory.events on a hybrid host
-// whose unified hierarchy is mounted there. Both count kills in the cgroup
-// and below it.
+// whose unified hierarchy is mounted there. The v2 counter covers the
+// cgroup and every cgroup below it; the v1 one only the cgroup itself.
 func (m MemoryCgroup) OOMKillsFile(sysfs string) string {
 	p := filepath.FromSlash(path.Clean("/" + m.Path))
 	if m.Version == 1 {
@@ -155,7 +155,7 @@ func (m MemoryCgroup) OOMKillsFile(sysfs string) string {
 var ErrNoOOMKillCount = errors.New("no oom_kill counter")
 
 // OOMKills reads how many processes the kernel's OOM killer has killed in
-// the memory cgroup and below it since the cgroup was created. A counter
+// the memory cgroup (v2: and below it) since the cgroup was created. A counter
 // that goes up between an app process's start and its exit by SIGKILL says
 // the kernel killed one of its processes, even when the kernel log cannot be
 // read.

@@ -16,16 +16,42 @@ import (
 	"agent/supervisor"
 )
 
+// ErrSocketPathTaken is returned by Run when the control socket's path is
+// taken by something other than a socket (a file, a directory, a symbolic
+// link): the agent never removes it, so it cannot start until the path is
+// freed or control.socket changed.
+var ErrSocketPathTaken = errors.New("control socket path taken by something that is not a socket")
+
+// maxSocketPath is the longest path a unix socket can be bound to
+// (sizeof(sun_path) - 1).
+const maxSocketPath = 107
+
+// Limits of the control server. Its clients are agentctl on this host;
+// a stuck or odd one must not hold the agent's resources.
+const (
+	controlReadHeaderTimeout = 5 * time.Second
+	controlIdleTimeout       = 30 * time.Second
+	controlMaxHeaderBytes    = 16 << 10
+	// controlMaxBody bounds what is read of a request body; the API takes
+	// none.
+	controlMaxBody = 4 << 10
+)
+
 // listenControl creates the control socket at path: 0600, or 0660 owned by
 // group gid when gid >= 0. A live socket of another agent is never
-// removed; a stale one (nobody listening) is.
+// removed; a stale one (nobody listening) is. Anything else at the path
+// (a file, a directory, a symbolic link, even one to a socket) is left
+// alone and is an error wrapping ErrSocketPathTaken.
 func listenControl(path string, gid int) (net.Listener, error) {
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("control socket: path %s is %d bytes long, a unix socket's can be at most %d", path, len(path), maxSocketPath)
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("control socket: %s exists and is not a socket; not removing it", path)
+			return nil, fmt.Errorf("%w: %s is %s; not removing it (remove it or set control.socket)", ErrSocketPathTaken, path, describeMode(fi.Mode()))
 		}
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
@@ -59,9 +85,37 @@ func listenControl(path string, gid int) (net.Listener, error) {
 	return ln, nil
 }
 
-// serveControl serves h on ln until ctx is cancelled.
+// describeMode names the kind of file mode is, for an error message.
+func describeMode(mode os.FileMode) string {
+	switch {
+	case mode.IsRegular():
+		return "a regular file"
+	case mode.IsDir():
+		return "a directory"
+	case mode&os.ModeSymlink != 0:
+		return "a symbolic link"
+	case mode&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case mode&os.ModeDevice != 0:
+		return "a device"
+	}
+	return "not a socket"
+}
+
+// serveControl serves h on ln until ctx is cancelled. Malformed requests
+// get net/http's 400 and the connection closed; a client that sends a
+// header slowly, or not at all, is dropped after the header timeout; a
+// body is never read past a few KiB.
 func serveControl(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Body = http.MaxBytesReader(w, r.Body, controlMaxBody)
+			h.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: controlReadHeaderTimeout,
+		IdleTimeout:       controlIdleTimeout,
+		MaxHeaderBytes:    controlMaxHeaderBytes,
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)

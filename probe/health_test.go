@@ -384,8 +384,10 @@ func TestHealthConcurrentSet(t *testing.T) {
 	}
 }
 
-// TestHealthConnLimit shows the connection cap: with all slots held, a new
-// connection waits until one is freed.
+// TestHealthConnLimit shows the connection cap: with all slots held by
+// connections busy with a request, a new connection waits until one ends;
+// one that falls idle is closed to make room, and a second Close of a
+// connection frees no second slot.
 func TestHealthConnLimit(t *testing.T) {
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -400,44 +402,74 @@ func TestHealthConnLimit(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for range 3 {
+	dial := func() net.Conn {
 		c, err := net.Dial("tcp", inner.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		clients = append(clients, c)
+		return c
+	}
+	for range 4 {
+		dial()
 	}
 	a, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ln.Accept(); err != nil {
+	b, err := ln.Accept()
+	if err != nil {
 		t.Fatal(err)
 	}
-	third := make(chan net.Conn, 1)
+	ln.connState(a, http.StateActive)
+	ln.connState(b, http.StateActive)
+
+	accepted := make(chan net.Conn, 2)
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			t.Error(err)
+		for range 2 {
+			c, err := ln.Accept()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ln.connState(c, http.StateActive) // as a server does before its next Accept
+			accepted <- c
 		}
-		third <- c
 	}()
 	select {
-	case <-third:
-		t.Fatal("a third connection was accepted while two slots were taken")
+	case <-accepted:
+		t.Fatal("a third connection was accepted while two busy connections held the slots")
 	case <-time.After(100 * time.Millisecond):
 	}
 	a.Close()
 	a.Close() // a second Close must not free a second slot
+	var third net.Conn
 	select {
-	case c := <-third:
-		c.Close()
+	case third = <-accepted:
+		defer third.Close()
 	case <-time.After(30 * time.Second):
 		t.Fatal("third connection not accepted after a slot was freed")
 	}
+	select {
+	case <-accepted:
+		t.Fatal("a fourth connection was accepted: a double Close freed two slots")
+	case <-time.After(100 * time.Millisecond):
+	}
 
-	// Both slots are free again... one is taken by the next Accept; a
-	// waiting Accept returns when the listener closes.
+	// b falls idle between requests: it is closed to make room.
+	ln.connState(b, http.StateIdle)
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(30 * time.Second):
+		t.Fatal("fourth connection not accepted after a connection fell idle")
+	}
+	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read on the idle connection: %v, want it closed", err)
+	}
+
+	// A waiting Accept returns when the listener closes.
+	ln.connState(third, http.StateActive)
 	blocked := make(chan error, 1)
 	go func() {
 		for {
@@ -446,14 +478,13 @@ func TestHealthConnLimit(t *testing.T) {
 				blocked <- err
 				return
 			}
+			ln.connState(c, http.StateActive)
 			defer c.Close()
 		}
 	}()
-	c4, err := net.Dial("tcp", inner.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	clients = append(clients, c4)
+	dial()
+	dial()
+	healthPoll(t, 30*time.Second, "both slots busy", func() bool { return ln.openConns() == 2 })
 	ln.Close()
 	select {
 	case err := <-blocked:
@@ -535,4 +566,180 @@ func BenchmarkHealthLoopback(b *testing.B) {
 			}
 		}
 	})
+}
+
+// keepAliveClient opens a connection to addr, makes one GET of the health
+// page on it and leaves it open and silent, as an idle keep-alive client.
+func keepAliveClient(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "GET /health.html HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		c.Close()
+		t.Fatalf("GET on keep-alive connection: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	c.SetReadDeadline(time.Time{})
+	return c
+}
+
+// TestHealthIdleKeepAliveFlood holds 1,100 idle keep-alive connections (one
+// GET each, then silence), more than the connection cap. The server must
+// close idle connections, oldest first, to make room, so every one of them
+// got its answer and a fresh check is answered at once rather than after
+// the 65 s idle timeout.
+func TestHealthIdleKeepAliveFlood(t *testing.T) {
+	h, base := startHealth(t, nil)
+	h.Set("running", true)
+	addr := h.Addr().String()
+
+	const n = 1100
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		conns = append(conns, keepAliveClient(t, addr))
+	}
+
+	// A fresh check, as the load balancer makes it: a new connection and
+	// its 5 s timeout, well below the 65 s the idle ones could hold a slot.
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := range 3 {
+		resp, err := c.Get(base + healthPath)
+		if err != nil {
+			t.Fatalf("fresh check %d beside %d idle connections: %v", i, n, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("fresh check %d: %d, want 200", i, resp.StatusCode)
+		}
+	}
+
+	// The oldest idle connection was closed by the server: a read ends
+	// (EOF or reset) instead of waiting. The newest is still open.
+	oldest := conns[0]
+	oldest.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := oldest.Read(make([]byte, 1)); err == nil {
+		t.Error("oldest idle connection: read data, want it closed")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Error("oldest idle connection still open after the cap was passed")
+	}
+	newest := conns[len(conns)-1]
+	if _, err := io.WriteString(newest, "GET /health.html HTTP/1.1\r\nHost: t\r\n\r\n"); err != nil {
+		t.Fatalf("newest connection: %v", err)
+	}
+	newest.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(newest), nil)
+	if err != nil {
+		t.Fatalf("newest idle connection was closed, want it kept: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("second GET on newest connection: %d, want 200", resp.StatusCode)
+	}
+}
+
+// TestHealthStalledConnsMakeRoom fills every slot with connections that
+// never finish a request (some send nothing, some half a header) and checks
+// that a fresh check is still answered: at the cap the server closes the
+// connection stalled longest instead of waiting for its header timeout.
+func TestHealthStalledConnsMakeRoom(t *testing.T) {
+	// A header timeout far above the client's: only closing a stalled
+	// connection can free a slot in time.
+	h, base := startHealth(t, func(h *HealthServer) { h.maxConns, h.readHeaderTimeout = 16, 5*time.Minute })
+	h.Set("running", true)
+	addr := h.Addr().String()
+
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range 16 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if i%2 == 1 {
+			io.WriteString(c, "GET /health.html HTTP/1.1\r\nX-Slow: ")
+		}
+	}
+	healthPoll(t, 30*time.Second, "all slots taken", func() bool { return h.openConns() == 16 })
+
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(base + healthPath)
+	if err != nil {
+		t.Fatalf("fresh check with every slot stalled: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("fresh check: %d, want 200", resp.StatusCode)
+	}
+}
+
+// BenchmarkHealthFreshCheck measures a fresh check (a new connection, one
+// GET, closed) with no other client, and while 1,100 idle keep-alive
+// connections hold every slot, so that each check makes the server close
+// the oldest idle one first.
+func BenchmarkHealthFreshCheck(b *testing.B) {
+	b.Run("alone", func(b *testing.B) { benchmarkFreshCheck(b, 0) })
+	b.Run("beside-1100-idle", func(b *testing.B) { benchmarkFreshCheck(b, 1100) })
+}
+
+func benchmarkFreshCheck(b *testing.B, idle int) {
+	h := NewHealthServer("127.0.0.1:0", healthPath, zerolog.Nop())
+	if err := h.Listen(); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	h.Set("running", true)
+	addr := h.Addr().String()
+
+	var conns []net.Conn
+	for range idle {
+		conns = append(conns, keepAliveClient(b, addr))
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	url := "http://" + addr + healthPath
+	b.ResetTimer()
+	for range b.N {
+		resp, err := c.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatal(resp.Status)
+		}
+		if idle == 0 {
+			continue
+		}
+		// Keep the cap full: a new idle connection for the one closed.
+		b.StopTimer()
+		conns = append(conns, keepAliveClient(b, addr))
+		b.StartTimer()
+	}
 }

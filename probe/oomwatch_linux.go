@@ -180,18 +180,34 @@ func (w *OOMWatcher) Status() string {
 // Recent returns the newest kill received at or after since whose PID
 // satisfies pids (any PID when pids is nil), and reports whether there is one.
 func (w *OOMWatcher) Recent(pids func(pid int) bool, since time.Time) (OOMKill, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.recentLocked(pids, since)
+	return w.RecentKill(byPID(pids), since)
 }
 
-func (w *OOMWatcher) recentLocked(pids func(pid int) bool, since time.Time) (OOMKill, bool) {
+// RecentKill returns the newest kill received at or after since that match
+// accepts (any kill when match is nil), and reports whether there is one.
+// With OOMKillIsOurs, a kill is matched by the victim's memory cgroup as
+// well as its PID.
+func (w *OOMWatcher) RecentKill(match func(OOMKill) bool, since time.Time) (OOMKill, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.recentLocked(match, since)
+}
+
+// byPID turns a PID predicate into a kill predicate; nil stays nil.
+func byPID(pids func(pid int) bool) func(OOMKill) bool {
+	if pids == nil {
+		return nil
+	}
+	return func(k OOMKill) bool { return pids(k.PID) }
+}
+
+func (w *OOMWatcher) recentLocked(match func(OOMKill) bool, since time.Time) (OOMKill, bool) {
 	for i := 1; i <= w.count; i++ {
 		r := w.ring[(w.next-i+len(w.ring))%len(w.ring)]
 		if r.at.Before(since) {
 			break // older ones are older still
 		}
-		if pids == nil || pids(r.kill.PID) {
+		if match == nil || match(r.kill) {
 			return r.kill, true
 		}
 	}
@@ -202,7 +218,12 @@ func (w *OOMWatcher) recentLocked(pids func(pid int) bool, since time.Time) (OOM
 // one to be read: the kernel's record can arrive after the victim's exit
 // has been seen. It returns at once when the watcher is not reading, and
 // with nothing when ctx is done.
-func (w *OOMWatcher) Wait(ctx context.Context, match func(pid int) bool, since time.Time, timeout time.Duration) (OOMKill, bool) {
+func (w *OOMWatcher) Wait(ctx context.Context, pids func(pid int) bool, since time.Time, timeout time.Duration) (OOMKill, bool) {
+	return w.WaitKill(ctx, byPID(pids), since, timeout)
+}
+
+// WaitKill is Wait with a predicate on the whole kill, as RecentKill.
+func (w *OOMWatcher) WaitKill(ctx context.Context, match func(OOMKill) bool, since time.Time, timeout time.Duration) (OOMKill, bool) {
 	var timer clock.Timer
 	for {
 		w.mu.Lock()
@@ -219,7 +240,7 @@ func (w *OOMWatcher) Wait(ctx context.Context, match func(pid int) bool, since t
 		select {
 		case <-arrived:
 		case <-timer.C():
-			return w.Recent(match, since)
+			return w.RecentKill(match, since)
 		case <-ctx.Done():
 			return OOMKill{}, false
 		}

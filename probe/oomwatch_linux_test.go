@@ -471,3 +471,57 @@ func memPollUntil(t *testing.T, timeout time.Duration, what string, cond func() 
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestOOMWatcherWaitKillByCgroup waits for a kill matched by the victim's
+// memory cgroup, as the agent does: the kernel's summary line names the
+// cgroup; a kill of another unit is not the answer.
+func TestOOMWatcherWaitKillByCgroup(t *testing.T) {
+	fake := clock.NewFake(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC))
+	w, src, kills := fakeWatcher(t, fake)
+	startOOMWatcher(t, w)
+	memPollUntil(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
+	since := fake.Now()
+	unit := MemoryCgroup{Path: "/system.slice/agent.service", Version: 2}
+	match := func(k OOMKill) bool { return OOMKillIsOurs(k, unit, func(pid int) bool { return pid == 100 }) }
+
+	type result struct {
+		k  OOMKill
+		ok bool
+	}
+	got := make(chan result, 1)
+	go func() {
+		k, ok := w.WaitKill(context.Background(), match, since, 2*time.Second)
+		got <- result{k, ok}
+	}()
+	if !fake.WaitForWaiters(1, 10*time.Second) {
+		t.Fatal("WaitKill armed no timer")
+	}
+	summary := func(seq int, memcg string, pid int) string {
+		return fmt.Sprintf("6,%d,227801472,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=%s,task_memcg=%s,task=node,pid=%d,uid=0", seq, memcg, memcg, pid)
+	}
+	src.send(t, summary(1, "/system.slice/other.service", 300))
+	src.send(t, killRecord(2, 300))
+	nextKill(t, kills)
+	select {
+	case r := <-got:
+		t.Fatalf("WaitKill returned %+v, a kill of another unit", r)
+	default:
+	}
+	src.send(t, summary(3, "/system.slice/agent.service", 4242)) // a worker no sample has seen
+	src.send(t, killRecord(4, 4242))
+	select {
+	case r := <-got:
+		if !r.ok || r.k.PID != 4242 || r.k.TaskMemcg != unit.Path {
+			t.Fatalf("WaitKill = %+v, want the kill of 4242 in %s", r, unit.Path)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WaitKill did not return when the kill arrived")
+	}
+	nextKill(t, kills)
+	if k, ok := w.RecentKill(match, since); !ok || k.PID != 4242 {
+		t.Errorf("RecentKill = %+v, %v; want the kill of 4242", k, ok)
+	}
+	if k, ok := w.Recent(func(pid int) bool { return pid == 4242 }, since); !ok || k.PID != 4242 {
+		t.Errorf("Recent by pid = %+v, %v", k, ok)
+	}
+}

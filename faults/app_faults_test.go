@@ -1,0 +1,131 @@
+package faults
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// appPID returns the running app's pid, waiting for the agent to have one.
+func (r *agentRun) appPID() int {
+	r.t.Helper()
+	var pid int
+	waitFor(r.t, 30*time.Second, "an app pid", func() bool {
+		st, err := r.status()
+		if err == nil && st.PID != nil {
+			pid = *st.PID
+		}
+		return pid > 0
+	})
+	return pid
+}
+
+// recovered waits until a new app process (not old) serves and the health
+// page answers 200 again, and returns the time since from.
+func (r *agentRun) recovered(old int, from time.Time) time.Duration {
+	r.t.Helper()
+	waitFor(r.t, 60*time.Second, "a new app process, ready", func() bool {
+		st, err := r.status()
+		return err == nil && st.PID != nil && *st.PID != old && st.Healthy && r.healthy()
+	})
+	return time.Since(from)
+}
+
+func TestAppSIGKILL(t *testing.T) {
+	row := newRow(t, "app SIGKILL")
+	t.Parallel()
+	r := newAgentRun(t, appSpec{})
+	r.start(nil)
+	r.waitHealthy(60 * time.Second)
+	pid := r.appPID()
+
+	load := startLoad(r.appURL(), 50)
+	waitFor(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
+	at := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	took := r.recovered(pid, at)
+	lost := load.end()
+	st := r.mustStatus()
+	if st.LastExit == nil || st.LastExit.Reason != "signaled" || st.LastExit.Signal == nil || *st.LastExit.Signal != "SIGKILL" {
+		t.Errorf("last exit %+v, want signaled by SIGKILL", st.LastExit)
+	}
+	row.set(fmt.Sprintf("recorded `signaled` (SIGKILL), restarted (pid %d → %d), health 200", pid, *st.PID), ms(took), lost)
+}
+
+func TestAppSIGSTOP(t *testing.T) {
+	row := newRow(t, "app SIGSTOP (hung, probe configured)")
+	t.Parallel()
+	r := newAgentRun(t, appSpec{Probe: `http = "http://127.0.0.1:PORT/"
+interval = "250ms"
+timeout = "250ms"
+failure_threshold = 3`})
+	r.start(nil)
+	r.waitHealthy(60 * time.Second)
+	pid := r.appPID()
+
+	load := startLoad(r.appURL(), 50)
+	waitFor(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
+	at := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	took := r.recovered(pid, at)
+	lost := load.end()
+	st := r.mustStatus()
+	if st.LastExit == nil || st.LastExit.Reason != "liveness" {
+		t.Errorf("last exit %+v, want liveness", st.LastExit)
+	}
+	row.set(fmt.Sprintf("3 failed probes → `liveness` restart of the stopped process (pid %d → %d), health 200", pid, *st.PID), ms(took), lost)
+}
+
+func TestAppExitLoop(t *testing.T) {
+	row := newRow(t, "app exits 1 in a loop")
+	t.Parallel()
+	r := newAgentRun(t, appSpec{
+		Env:     map[string]string{"APP_MODE": "exit1"},
+		Restart: "delay = \"50ms\"\nmax_delay = \"200ms\"\nmax_restarts = 3\nwindow = \"1m\"",
+	})
+	at := time.Now()
+	r.start(nil)
+	waitFor(t, 60*time.Second, "state failed", func() bool {
+		st, err := r.status()
+		return err == nil && st.State == "failed"
+	})
+	took := time.Since(at)
+	code, body, _, err := r.healthCheck()
+	if err != nil || code != 503 || strings.TrimSpace(body) != "failed" {
+		t.Errorf("health: %d %q %v, want 503 failed", code, body, err)
+	}
+	st := r.mustStatus()
+	if r.exited() {
+		t.Error("agent exited; on_exhausted = unhealthy must keep it up")
+	}
+	row.set(fmt.Sprintf("%d restarts, then `failed`: health 503 \"failed\", agent stays up (%s)", st.Restarts, st.Message), "— (failed in "+ms(took)+")", "—")
+}
+
+func TestAppNeverListens(t *testing.T) {
+	row := newRow(t, "app never listens")
+	t.Parallel()
+	r := newAgentRun(t, appSpec{
+		Env:   map[string]string{"APP_MODE": "never-listen"},
+		Probe: "tcp = \"127.0.0.1:PORT\"\ninterval = \"100ms\"\nstartup_timeout = \"1s\"",
+	})
+	at := time.Now()
+	r.start(nil)
+	var st agentStatus
+	waitFor(t, 60*time.Second, "a start-timeout exit", func() bool {
+		var err error
+		st, err = r.status()
+		return err == nil && st.LastExit != nil && st.LastExit.Reason == "start-timeout"
+	})
+	took := time.Since(at)
+	if code, _, _, _ := r.healthCheck(); code != 503 {
+		t.Errorf("health %d while never ready, want 503", code)
+	}
+	row.set(fmt.Sprintf("`start-timeout` after startup_timeout 1s, restarted; health 503 throughout (state %s)", st.State), "— (first start-timeout in "+ms(took)+")", "—")
+}

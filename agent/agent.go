@@ -34,7 +34,15 @@ type Agent struct {
 	health *probe.HealthServer
 	notify *Notifier
 	oom    *probe.OOMWatcher // nil when memory.watch_oom is off
-	output *supervisor.Ring
+	// memcg is the agent's memory cgroup, which the app shares in a systemd
+	// unit: kernel OOM kills are the app's when the victim's task_memcg is
+	// in it (a worker too new for any tree sample included). The root
+	// cgroup (no unit) matches nothing, and then only PIDs count.
+	memcg probe.MemoryCgroup
+	// oomCountAtStart is the cgroup's oom_kill counter when the running
+	// app process started, -1 when the cgroup keeps none.
+	oomCountAtStart atomic.Int64
+	output          *supervisor.Ring
 
 	rss      atomic.Uint64         // the app tree's RSS, last sample
 	treePIDs atomic.Pointer[[]int] // the app tree, last sample
@@ -73,7 +81,13 @@ func New(cfg *Config, log zerolog.Logger, version string) *Agent {
 	a.health = probe.NewHealthServer(cfg.Health.Listen, cfg.Health.Path, log)
 	if cfg.Memory.WatchOOM {
 		a.oom = probe.NewOOMWatcher(log.With().Str("component", "oom").Logger(), "/dev/kmsg", a.onOOMKill)
+		if m, err := probe.ReadMemoryCgroup("/", "self"); err != nil {
+			log.Warn().Err(err).Msg("own memory cgroup unknown: kernel OOM kills are matched by PID only")
+		} else {
+			a.memcg = m
+		}
 	}
+	a.oomCountAtStart.Store(-1)
 	a.sup = supervisor.New(a.supervisorConfig(cfg), supervisor.Options{
 		Log:      log,
 		Clock:    a.clk,
@@ -344,6 +358,7 @@ func (a *Agent) waitSettled(ctx context.Context, timeout time.Duration, cond fun
 // the RSS of its whole tree every second.
 func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
 	cfg := a.cfg.Load()
+	a.oomCountAtStart.Store(a.cgroupOOMKills())
 	a.runHeap.Store(a.heapMB.Load())
 	spec := probe.ProbeSpec{
 		HTTP:             cfg.Probe.HTTP,
@@ -412,51 +427,70 @@ func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, g
 	}
 }
 
+// cgroupOOMKills returns the oom_kill counter of the agent's memory cgroup
+// (cgroup v2 memory.events, v1 memory.oom_control), -1 when there is none
+// to read: memory.watch_oom off, the root cgroup, no memory controller.
+func (a *Agent) cgroupOOMKills() int64 {
+	if a.oom == nil || a.memcg.IsRoot() {
+		return -1
+	}
+	n, err := a.memcg.OOMKills("/sys/fs/cgroup")
+	if err != nil {
+		return -1
+	}
+	return int64(n)
+}
+
+// isAppKill reports whether the kernel's OOM kill k was of the app: by the
+// victim's memory cgroup (see memcg), or by its PID being the app's or one
+// of the last sample of its tree (plus extra, if not nil).
+func (a *Agent) isAppKill(k probe.OOMKill, extra map[int]bool) bool {
+	return probe.OOMKillIsOurs(k, a.memcg, func(pid int) bool {
+		if extra[pid] || pid == a.sup.Status().PID {
+			return true
+		}
+		if p := a.treePIDs.Load(); p != nil {
+			return slices.Contains(*p, pid)
+		}
+		return false
+	})
+}
+
 // explainExit looks for the kernel's OOM kill of a process of the app's
 // tree behind an exit (a SIGKILL, a wrapper's code 137, a crash after a
-// child was killed). With wait it waits for the kernel's record, which can
-// land about a second after the exit is seen.
+// child was killed): a kernel log record of a victim in the agent's memory
+// cgroup or with a PID of the tree, or else the cgroup's oom_kill counter
+// gone up since the process started. With wait it waits for the kernel's
+// record, which can land about a second after the exit is seen.
 func (a *Agent) explainExit(ctx context.Context, c *supervisor.Child, e supervisor.Exit, wait bool) (supervisor.Reason, string, bool) {
 	if a.oom == nil {
 		return "", "", false
 	}
-	pids := map[int]bool{c.PID: true}
-	if p := a.treePIDs.Load(); p != nil {
-		for _, pid := range *p {
-			pids[pid] = true
-		}
-	}
-	match := func(pid int) bool { return pids[pid] }
+	match := func(k probe.OOMKill) bool { return a.isAppKill(k, map[int]bool{c.PID: true}) }
 	since := c.Started
 	var k probe.OOMKill
 	var ok bool
 	if wait {
-		k, ok = a.oom.Wait(ctx, match, since, 1500*time.Millisecond)
+		k, ok = a.oom.WaitKill(ctx, match, since, 1500*time.Millisecond)
 	} else {
-		k, ok = a.oom.Recent(match, since)
+		k, ok = a.oom.RecentKill(match, since)
 	}
-	if !ok {
-		return "", "", false
+	if ok {
+		return supervisor.ReasonOOMKill, k.Line, true
 	}
-	return supervisor.ReasonOOMKill, k.Line, true
+	if before, now := a.oomCountAtStart.Load(), a.cgroupOOMKills(); before >= 0 && now > before {
+		return supervisor.ReasonOOMKill, fmt.Sprintf("kernel OOM killer: oom_kill of memory cgroup %s went from %d to %d (no kernel log record)", a.memcg.Path, before, now), true
+	}
+	return "", "", false
 }
 
 // onOOMKill counts kernel OOM kills of the app's processes and logs those of
 // other processes as host events.
 func (a *Agent) onOOMKill(k probe.OOMKill) {
-	ours := k.PID == a.sup.Status().PID
-	if p := a.treePIDs.Load(); p != nil && !ours {
-		for _, pid := range *p {
-			if pid == k.PID {
-				ours = true
-				break
-			}
-		}
-	}
-	if ours {
+	if a.isAppKill(k, nil) {
 		a.oomKills.Add(1)
-		a.log.Error().Int("pid", k.PID).Str("comm", k.Comm).Str("kernel", k.Line).Msg("kernel OOM killer killed an app process")
+		a.log.Error().Int("pid", k.PID).Str("comm", k.Comm).Str("task_memcg", k.TaskMemcg).Str("kernel", k.Line).Msg("kernel OOM killer killed an app process")
 		return
 	}
-	a.log.Warn().Int("pid", k.PID).Str("comm", k.Comm).Str("kernel", k.Line).Msg("kernel OOM killer killed a process outside the app (host event)")
+	a.log.Warn().Int("pid", k.PID).Str("comm", k.Comm).Str("task_memcg", k.TaskMemcg).Str("kernel", k.Line).Msg("kernel OOM killer killed a process outside the app (host event)")
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,84 +40,84 @@ func TestParseErrors(t *testing.T) {
 
 		// Unknown keys.
 		{"unknown table", head + "[memroy]\n", "agent.toml:3:1: ", "unknown key memroy (did you mean memory?)"},
-		{"unknown key", "[app]\ncomand = [\"node\"]\n", "agent.toml:2:1: ", "unknown key app.comand (did you mean app.command?)"},
-		{"unknown key indented", head + "  usr = \"x\"\n", "agent.toml:3:3: ", "unknown key app.usr (did you mean app.user?)"},
+		{"unknown key", "[app]\ncomand = [\"node\"]\n", "agent.toml:2:11: ", "unknown key app.comand (did you mean app.command?)"},
+		{"unknown key indented", head + "  usr = \"x\"\n", "agent.toml:3:10: ", "unknown key app.usr (did you mean app.user?)"},
 		{"unknown key in inline table", "app = { command = [\"x\"], dri = \"/\" }\n", "agent.toml:1:26: ", "unknown key app.dri (did you mean app.dir?)"},
-		{"unknown key no suggestion", head + "[log]\nverbosity = 3\n", "agent.toml:4:1: ", "unknown key log.verbosity"},
+		{"unknown key no suggestion", head + "[log]\nverbosity = 3\n", "agent.toml:4:13: ", "unknown key log.verbosity"},
 		{"keys are case-sensitive", "[App]\ncommand = [\"x\"]\n", "agent.toml:1:1: ", "unknown key App (did you mean app?)"},
-		{"unknown dotted key at top", "restart.dealy = \"1s\"\n" + head, "agent.toml:1:1: ", "unknown key restart.dealy (did you mean restart.delay?)"},
-		{"dotted key in the wrong table", head + "restart.delay = \"1s\"\n", "agent.toml:3:1: ", "unknown key app.restart"},
+		{"unknown dotted key at top", "restart.dealy = \"1s\"\n" + head, "agent.toml:1:18: ", "unknown key restart.dealy (did you mean restart.delay?)"},
+		{"dotted key in the wrong table", head + "restart.delay = \"1s\"\n", "agent.toml:3:18: ", "unknown key app.restart"},
 
 		// Wrong types.
 		{"name not string", "name = 1\n" + head, "agent.toml:1:8: ", "name: expected a string, got integer 1"},
-		{"bool as string", head + "[memory]\nwatch_oom = \"yes\"\n", "agent.toml:4:13: ", `memory.watch_oom: expected true or false, got string "yes"`},
-		{"command as string", "[app]\ncommand = \"node server.js\"\n", "agent.toml:2:11: ", "app.command: expected an array of strings, got string"},
-		{"command element not string", "[app]\ncommand = [\"node\", 3]\n", "agent.toml:2:11: ", "app.command: expected an array of strings, element 1 is integer 3"},
-		{"int as string", head + "[restart]\nmax_restarts = \"10\"\n", "agent.toml:4:16: ", `restart.max_restarts: expected an integer, got string "10"`},
+		{"bool as string", head + "[memory]\nwatch_oom = \"yes\"\n", "agent.toml:4:14: ", `memory.watch_oom: expected true or false, got string "yes"`},
+		{"command as string", "[app]\ncommand = \"node server.js\"\n", "agent.toml:2:12: ", "app.command: expected an array of strings, got string"},
+		{"command element not string", "[app]\ncommand = [\"node\", 3]\n", "agent.toml:2:12: ", "app.command: expected an array of strings, element 1 is integer 3"},
+		{"int as string", head + "[restart]\nmax_restarts = \"10\"\n", "agent.toml:4:17: ", `restart.max_restarts: expected an integer, got string "10"`},
 		{"int as float", head + "[probe]\nfailure_threshold = 2.5\n", "agent.toml:4:21: ", "probe.failure_threshold: expected an integer, got float 2.5"},
 		{"duration as integer", head + "[restart]\nwindow = 600\n", "agent.toml:4:10: ", `restart.window: expected a duration string such as "10s", got integer 600`},
-		{"table as value", "app = \"node\"\n", "agent.toml:1:7: ", "app: expected a table, got string"},
+		{"table as value", "app = \"node\"\n", "agent.toml:1:8: ", "app: expected a table, got string"},
 		{"array of tables", "[[app]]\ncommand = [\"x\"]\n", "agent.toml:1:1: ", "app: expected a table, got array of tables"},
-		{"dotted key below a value", head + "dir.x = 1\n", "agent.toml:3:1: ", "app.dir: expected a string, got table"},
+		{"dotted key below a value", head + "dir.x = 1\n", "agent.toml:3:9: ", "app.dir: expected a string, got table"},
 		{"env value not string", head + "[app.env]\nPORT = 3000\n", "agent.toml:4:8: ", "app.env.PORT: expected a string, got integer 3000"},
-		{"env value not string inline", head + "env = { A = \"x\", B = true }\n", "agent.toml:3:22: ", "app.env.B: expected a string, got boolean true"},
-		{"env value a table", head + "env.A.B = \"x\"\n", "agent.toml:3:1: ", "app.env.A: expected a string, got table"},
+		{"env value not string inline", head + "env = { A = \"x\", B = true }\n", "agent.toml:3:18: ", "app.env.B: expected a string, got boolean true"},
+		{"env value a table", head + "env.A.B = \"x\"\n", "agent.toml:3:12: ", "app.env.A: expected a string, got table"},
 
 		// Malformed values.
-		{"bad duration", head + "[restart]\ndelay = \"1x\"\n", "agent.toml:4:9: ", `restart.delay: invalid duration "1x": time: unknown unit "x"`},
-		{"negative duration", head + "[stop]\ntimeout = \"-1s\"\n", "agent.toml:4:11: ", `stop.timeout: invalid duration "-1s": must not be negative`},
-		{"bad size", head + "[memory]\nmax_rss = \"700XB\"\n", "agent.toml:4:11: ", `memory.max_rss: invalid size "700XB": unknown unit "XB"`},
-		{"negative size", head + "[memory]\nmax_rss = \"-1M\"\n", "agent.toml:4:11: ", "must not be negative"},
-		{"unknown signal", head + "[stop]\nsignal = \"SIGFOO\"\n", "agent.toml:4:10: ", `stop.signal: unknown signal "SIGFOO"`},
+		{"bad duration", head + "[restart]\ndelay = \"1x\"\n", "agent.toml:4:10: ", `restart.delay: invalid duration "1x": time: unknown unit "x"`},
+		{"negative duration", head + "[stop]\ntimeout = \"-1s\"\n", "agent.toml:4:12: ", `stop.timeout: invalid duration "-1s": must not be negative`},
+		{"bad size", head + "[memory]\nmax_rss = \"700XB\"\n", "agent.toml:4:12: ", `memory.max_rss: invalid size "700XB": unknown unit "XB"`},
+		{"negative size", head + "[memory]\nmax_rss = \"-1M\"\n", "agent.toml:4:12: ", "must not be negative"},
+		{"unknown signal", head + "[stop]\nsignal = \"SIGFOO\"\n", "agent.toml:4:11: ", `stop.signal: unknown signal "SIGFOO"`},
 		{"signal number", head + "[stop]\nsignal = 15\n", "agent.toml:4:10: ", "stop.signal: expected a signal name"},
 		{"heap negative", head + "[node]\nmax_old_space_size = -1\n", "agent.toml:4:22: ", "node.max_old_space_size: -1 is negative"},
-		{"heap bad string", head + "[node]\nmax_old_space_size = \"lots\"\n", "agent.toml:4:22: ", `node.max_old_space_size: invalid value "lots"`},
+		{"heap bad string", head + "[node]\nmax_old_space_size = \"lots\"\n", "agent.toml:4:23: ", `node.max_old_space_size: invalid value "lots"`},
 		{"heap float", head + "[node]\nmax_old_space_size = 512.5\n", "agent.toml:4:22: ", "expected \"auto\" or a number of MB, got float"},
-		{"NUL in env value", head + "env = { A = \"a\\u0000b\" }\n", "agent.toml:3:13: ", "app.env.A: must not contain a NUL character"},
+		{"NUL in env value", head + "env = { A = \"a\\u0000b\" }\n", "agent.toml:3:9: ", "app.env.A: must not contain a NUL character"},
 		{"env name invalid", head + "env = { \"1A\" = \"x\" }\n", "agent.toml:3:9: ", `app.env: invalid variable name "1A"`},
 		{"env name with comma", head + "dir = \"a,b\"\nenv = { \"a,b\" = \"x\" }\n", "agent.toml:4:9: ", `app.env: invalid variable name "a,b"`},
-		{"env name empty", head + "dir = \"\"\nenv = { \"\" = \"x\" }\n", "agent.toml:4:9: ", `app.env: invalid variable name ""`},
-		{"unknown key with comma", head + "\"x,y\" = 1\n", "agent.toml:3:1: ", `unknown key app."x,y"`},
+		{"env name empty", head + "dir = \"\"\nenv = { \"\" = \"x\" }\n", "agent.toml: ", `app.env: invalid variable name ""`},
+		{"unknown key with comma", head + "\"x,y\" = 1\n", "agent.toml:3:9: ", `unknown key app."x,y"`},
 
 		// Validation.
 		{"missing command", "name = \"web\"\n", "agent.toml: app.command: ", "is required"},
-		{"empty command", "[app]\ncommand = []\n", "agent.toml:2:11: ", "app.command: must not be empty"},
-		{"empty program", "[app]\ncommand = [\"\", \"server.js\"]\n", "agent.toml:2:11: ", "app.command: the program (first element) must not be empty"},
-		{"empty name", "name = \"\"\n" + head, "agent.toml:1:8: ", "name: must not be empty"},
-		{"dir missing", head + "dir = \"/nonexistent/dir\"\n", "agent.toml:3:7: ", `app.dir: "/nonexistent/dir": no such directory`},
-		{"dir is a file", head + "dir = \"/etc/passwd\"\n", "agent.toml:3:7: ", `app.dir: "/etc/passwd": not a directory`},
-		{"unknown user", head + "user = \"nosuch-user\"\n", "agent.toml:3:8: ", `app.user: unknown user "nosuch-user"`},
-		{"unknown uid", head + "user = \"4000000\"\n", "agent.toml:3:8: ", `app.user: unknown user "4000000"`},
-		{"env file missing", head + "env_file = \"/nonexistent.env\"\n", "agent.toml:3:12: ", "app.env_file: open /nonexistent.env: no such file or directory"},
+		{"empty command", "[app]\ncommand = []\n", "agent.toml:2:12: ", "app.command: must not be empty"},
+		{"empty program", "[app]\ncommand = [\"\", \"server.js\"]\n", "agent.toml:2:12: ", "app.command: the program (first element) must not be empty"},
+		{"empty name", "name = \"\"\n" + head, "agent.toml:1:9: ", "name: must not be empty"},
+		{"dir missing", head + "dir = \"/nonexistent/dir\"\n", "agent.toml:3:8: ", `app.dir: "/nonexistent/dir": no such directory`},
+		{"dir is a file", head + "dir = \"/etc/passwd\"\n", "agent.toml:3:8: ", `app.dir: "/etc/passwd": not a directory`},
+		{"unknown user", head + "user = \"nosuch-user\"\n", "agent.toml:3:9: ", `app.user: unknown user "nosuch-user"`},
+		{"unknown uid", head + "user = \"4000000\"\n", "agent.toml:3:9: ", `app.user: unknown user "4000000"`},
+		{"env file missing", head + "env_file = \"/nonexistent.env\"\n", "agent.toml:3:13: ", "app.env_file: open /nonexistent.env: no such file or directory"},
 		{"env file malformed", head + "env_file = \"ENVFILE\"\n", "ENVFILE:2: ", "expected KEY=VALUE"},
-		{"policy", head + "[restart]\npolicy = \"sometimes\"\n", "agent.toml:4:10: ", `restart.policy: "sometimes" is not one of always, on-failure, never`},
-		{"on_exhausted", head + "[restart]\non_exhausted = \"retry\"\n", "agent.toml:4:16: ", `restart.on_exhausted: "retry" is not one of unhealthy, exit`},
-		{"max_delay below delay", head + "[restart]\ndelay = \"10s\"\nmax_delay = \"5s\"\n", "agent.toml:5:13: ", "restart.max_delay: 5s is less than restart.delay (10s)"},
-		{"delay above default max_delay", head + "[restart]\ndelay = \"2m\"\n", "agent.toml:4:9: ", "restart.delay: 2m is more than restart.max_delay (60s)"},
+		{"policy", head + "[restart]\npolicy = \"sometimes\"\n", "agent.toml:4:11: ", `restart.policy: "sometimes" is not one of always, on-failure, never`},
+		{"on_exhausted", head + "[restart]\non_exhausted = \"retry\"\n", "agent.toml:4:17: ", `restart.on_exhausted: "retry" is not one of unhealthy, exit`},
+		{"max_delay below delay", head + "[restart]\ndelay = \"10s\"\nmax_delay = \"5s\"\n", "agent.toml:5:14: ", "restart.max_delay: 5s is less than restart.delay (10s)"},
+		{"delay above default max_delay", head + "[restart]\ndelay = \"2m\"\n", "agent.toml:4:10: ", "restart.delay: 2m is more than restart.max_delay (60s)"},
 		{"max_restarts negative", head + "[restart]\nmax_restarts = -1\n", "agent.toml:4:16: ", "restart.max_restarts: -1 is negative"},
-		{"window zero", head + "[restart]\nwindow = \"0s\"\n", "agent.toml:4:10: ", "restart.window: must be more than 0s when restart.max_restarts is set"},
-		{"stop timeout zero", head + "[stop]\ntimeout = \"0s\"\n", "agent.toml:4:11: ", "stop.timeout: must be more than 0s"},
-		{"rss_grace zero", head + "[memory]\nmax_rss = \"700MB\"\nrss_grace = \"0s\"\n", "agent.toml:5:13: ", "memory.rss_grace: must be more than 0s when memory.max_rss is set"},
-		{"both probes", head + "[probe]\nhttp = \"http://127.0.0.1:3000/\"\ntcp = \"127.0.0.1:3000\"\n", "agent.toml:5:7: ", "probe.tcp: set either probe.http or probe.tcp, not both"},
-		{"probe https", head + "[probe]\nhttp = \"https://example.com/\"\n", "agent.toml:4:8: ", `probe.http: "https://example.com/" is not an http:// URL`},
-		{"probe no host", head + "[probe]\nhttp = \"http:///health\"\n", "agent.toml:4:8: ", "has no host"},
-		{"probe bad url", head + "[probe]\nhttp = \"http://[::1\"\n", "agent.toml:4:8: ", "probe.http: invalid URL"},
-		{"probe tcp no port", head + "[probe]\ntcp = \"localhost\"\n", "agent.toml:4:7: ", `probe.tcp: "localhost" is not host:port: missing port in address`},
-		{"probe tcp port 0", head + "[probe]\ntcp = \"127.0.0.1:0\"\n", "agent.toml:4:7: ", "port 0 is not allowed here"},
-		{"probe interval", head + "[probe]\ninterval = \"0s\"\n", "agent.toml:4:12: ", "probe.interval: must be more than 0s"},
-		{"probe timeout", head + "[probe]\ntimeout = \"0s\"\n", "agent.toml:4:11: ", "probe.timeout: must be more than 0s"},
+		{"window zero", head + "[restart]\nwindow = \"0s\"\n", "agent.toml:4:11: ", "restart.window: must be more than 0s when restart.max_restarts is set"},
+		{"stop timeout zero", head + "[stop]\ntimeout = \"0s\"\n", "agent.toml:4:12: ", "stop.timeout: must be more than 0s"},
+		{"rss_grace zero", head + "[memory]\nmax_rss = \"700MB\"\nrss_grace = \"0s\"\n", "agent.toml:5:14: ", "memory.rss_grace: must be more than 0s when memory.max_rss is set"},
+		{"both probes", head + "[probe]\nhttp = \"http://127.0.0.1:3000/\"\ntcp = \"127.0.0.1:3000\"\n", "agent.toml:5:8: ", "probe.tcp: set either probe.http or probe.tcp, not both"},
+		{"probe https", head + "[probe]\nhttp = \"https://example.com/\"\n", "agent.toml:4:9: ", `probe.http: "https://example.com/" is not an http:// URL`},
+		{"probe no host", head + "[probe]\nhttp = \"http:///health\"\n", "agent.toml:4:9: ", "has no host"},
+		{"probe bad url", head + "[probe]\nhttp = \"http://[::1\"\n", "agent.toml:4:9: ", "probe.http: invalid URL"},
+		{"probe tcp no port", head + "[probe]\ntcp = \"localhost\"\n", "agent.toml:4:8: ", `probe.tcp: "localhost" is not host:port: missing port in address`},
+		{"probe tcp port 0", head + "[probe]\ntcp = \"127.0.0.1:0\"\n", "agent.toml:4:8: ", "port 0 is not allowed here"},
+		{"probe interval", head + "[probe]\ninterval = \"0s\"\n", "agent.toml:4:13: ", "probe.interval: must be more than 0s"},
+		{"probe timeout", head + "[probe]\ntimeout = \"0s\"\n", "agent.toml:4:12: ", "probe.timeout: must be more than 0s"},
 		{"failure_threshold", head + "[probe]\nfailure_threshold = 0\n", "agent.toml:4:21: ", "probe.failure_threshold: 0 is less than 1"},
-		{"startup_timeout", head + "[probe]\nstartup_timeout = \"0s\"\n", "agent.toml:4:19: ", "probe.startup_timeout: must be more than 0s"},
-		{"health listen", head + "[health]\nlisten = \"8081\"\n", "agent.toml:4:10: ", `health.listen: "8081" is not host:port`},
-		{"health port", head + "[health]\nlisten = \":http\"\n", "agent.toml:4:10: ", `port "http" is not a number`},
-		{"health path", head + "[health]\npath = \"health.html\"\n", "agent.toml:4:8: ", `health.path: "health.html" does not start with /`},
-		{"control socket relative", head + "[control]\nsocket = \"agent.sock\"\n", "agent.toml:4:10: ", `control.socket: "agent.sock" is not an absolute path`},
-		{"control group unknown", head + "[control]\ngroup = \"nosuch-group\"\n", "agent.toml:4:9: ", `control.group: unknown group "nosuch-group"`},
-		{"log level", head + "[log]\nlevel = \"verbose\"\n", "agent.toml:4:9: ", `log.level: "verbose" is not one of debug, info, warn, error`},
-		{"log format", head + "[log]\nformat = \"text\"\n", "agent.toml:4:10: ", `log.format: "text" is not one of json, console`},
+		{"startup_timeout", head + "[probe]\nstartup_timeout = \"0s\"\n", "agent.toml:4:20: ", "probe.startup_timeout: must be more than 0s"},
+		{"health listen", head + "[health]\nlisten = \"8081\"\n", "agent.toml:4:11: ", `health.listen: "8081" is not host:port`},
+		{"health port", head + "[health]\nlisten = \":http\"\n", "agent.toml:4:11: ", `port "http" is not a number`},
+		{"health path", head + "[health]\npath = \"health.html\"\n", "agent.toml:4:9: ", `health.path: "health.html" does not start with /`},
+		{"control socket relative", head + "[control]\nsocket = \"agent.sock\"\n", "agent.toml:4:11: ", `control.socket: "agent.sock" is not an absolute path`},
+		{"control group unknown", head + "[control]\ngroup = \"nosuch-group\"\n", "agent.toml:4:10: ", `control.group: unknown group "nosuch-group"`},
+		{"log level", head + "[log]\nlevel = \"verbose\"\n", "agent.toml:4:10: ", `log.level: "verbose" is not one of debug, info, warn, error`},
+		{"log format", head + "[log]\nformat = \"text\"\n", "agent.toml:4:11: ", `log.format: "text" is not one of json, console`},
 
 		// The first error in the file wins, whatever its keyKind.
-		{"first of two value errors", head + "[restart]\ndelay = \"1x\"\n[stop]\nsignal = \"FOO\"\n", "agent.toml:4:9: ", "restart.delay"},
+		{"first of two value errors", head + "[restart]\ndelay = \"1x\"\n[stop]\nsignal = \"FOO\"\n", "agent.toml:4:10: ", "restart.delay"},
 		{"type error before unknown key", head + "[stop]\nsignal = 15\n[bogus]\n", "agent.toml:4:10: ", "stop.signal"},
 		{"unknown key before type error", head + "[bogus]\n[stop]\nsignal = 15\n", "agent.toml:3:1: ", "unknown key bogus"},
 	}
@@ -161,7 +162,7 @@ func TestConfigErrorFields(t *testing.T) {
 	if !errors.As(err, &ce) {
 		t.Fatalf("error %T: %v", err, err)
 	}
-	want := ConfigError{Path: "/etc/agent/agent.toml", Line: 5, Col: 13, Key: "restart.max_delay"}
+	want := ConfigError{Path: "/etc/agent/agent.toml", Line: 5, Col: 14, Key: "restart.max_delay"}
 	if ce.Path != want.Path || ce.Line != want.Line || ce.Col != want.Col || ce.Key != want.Key {
 		t.Errorf("got %+v, want %+v", *ce, want)
 	}
@@ -229,6 +230,7 @@ func gidOf(t *testing.T, group string) int {
 
 func TestParseFull(t *testing.T) {
 	dir := t.TempDir()
+	logFile := filepath.Join(dir, "log", "web.log")
 	envFile := filepath.Join(dir, "app.env")
 	if err := os.WriteFile(envFile, []byte("# secrets\nDB_PASSWORD='hunter2'\nexport REGION=eu-west-1\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -241,6 +243,7 @@ dir = "` + dir + `"
 user = "nobody"
 env = { NODE_ENV = "production", PORT = "3000" }
 env_file = "` + envFile + `"
+npm = "npm"
 
 [node]
 max_old_space_size = 384
@@ -279,9 +282,22 @@ path = "/lb"
 socket = "/run/web/agent.sock"
 group = "nogroup"
 
+[proxy]
+listen = ":80"
+upstream = "127.0.0.1:3000"
+spare_upstream = "[::1]:3001"
+hold = "10s"
+idle_timeout = "90s"
+
 [log]
 level = "debug"
 format = "console"
+file = "` + logFile + `"
+max_size = "10MB"
+max_files = 3
+
+[metrics]
+listen = "127.0.0.1:9100"
 `
 	c, err := Parse("web.toml", []byte(data))
 	if err != nil {
@@ -299,6 +315,7 @@ format = "console"
 			User:        "nobody",
 			Env:         map[string]string{"NODE_ENV": "production", "PORT": "3000"},
 			EnvFile:     envFile,
+			NPM:         "npm",
 			Credential:  &syscall.Credential{Uid: ids[0], Gid: gids[0], Groups: groups},
 			EnvFileVars: []string{"DB_PASSWORD=hunter2", "REGION=eu-west-1"},
 		},
@@ -323,13 +340,25 @@ format = "console"
 		},
 		Health:  HealthConfig{Listen: "0.0.0.0:9000", Path: "/lb"},
 		Control: ControlConfig{Socket: "/run/web/agent.sock", Group: "nogroup", GID: gidOf(t, "nogroup")},
-		Log:     LogConfig{Level: "debug", Format: "console"},
+		Proxy: ProxyConfig{
+			Listen:        ":80",
+			Upstream:      "127.0.0.1:3000",
+			SpareUpstream: "[::1]:3001",
+			Hold:          Duration(10 * time.Second),
+			IdleTimeout:   Duration(90 * time.Second),
+		},
+		Log: LogConfig{Level: "debug", Format: "console", File: logFile,
+			MaxSize: 10 << 20, MaxFiles: 3},
+		Metrics: MetricsConfig{Listen: "127.0.0.1:9100"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
 	}
 	if !c.Probe.Enabled() {
 		t.Error("Probe.Enabled() = false with probe.http set")
+	}
+	if !c.ProxyEnabled() {
+		t.Error("ProxyEnabled() = false with proxy.listen set")
 	}
 	if c.Stop.Signal.Sys() != syscall.SIGINT || c.Restart.Delay.D() != 500*time.Millisecond {
 		t.Errorf("Sys/D: %v %v", c.Stop.Signal.Sys(), c.Restart.Delay.D())
@@ -382,6 +411,17 @@ func TestDefaults(t *testing.T) {
 		{"control.gid", d.Control.GID, -1},
 		{"log.level", d.Log.Level, "info"},
 		{"log.format", d.Log.Format, "json"},
+		{"app.npm", d.App.NPM, "direct"},
+		{"proxy.listen", d.Proxy.Listen, ""},
+		{"proxy.upstream", d.Proxy.Upstream, "127.0.0.1:3000"},
+		{"proxy.spare_upstream", d.Proxy.SpareUpstream, ""},
+		{"proxy.hold", d.Proxy.Hold.D(), 30 * time.Second},
+		{"proxy.idle_timeout", d.Proxy.IdleTimeout.D(), 75 * time.Second},
+		{"proxy enabled", d.ProxyEnabled(), false},
+		{"log.file", d.Log.File, ""},
+		{"log.max_size", d.Log.MaxSize, ByteSize(100 << 20)},
+		{"log.max_files", d.Log.MaxFiles, 5},
+		{"metrics.listen", d.Metrics.Listen, ""},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -390,55 +430,37 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// TestSchemaMatchesStruct checks that every key of the configSchema decodes into
-// a field of Config, so the two lists cannot drift apart.
-func TestSchemaMatchesStruct(t *testing.T) {
-	var b strings.Builder
-	values := map[keyKind]string{
-		kindString: `"x"`, kindInt: "1", kindBool: "true", kindArgv: `["x"]`,
-		kindEnv: `{ A = "b" }`, kindDuration: `"1s"`, kindByteSize: `"1M"`,
-		kindSignal: `"TERM"`, kindHeap: `"auto"`,
-	}
-	for _, s := range configSchema {
-		if s.keyKind == kindTable {
-			continue
-		}
-		b.WriteString(s.key + " = " + values[s.keyKind] + "\n")
-	}
-	var c Config
-	md, err := toml.Decode(b.String(), &c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u := md.Undecoded(); len(u) > 0 {
-		t.Errorf("configSchema keys without a field: %v", u)
-	}
-	// And every field of Config is in the configSchema.
-	fields := 0
-	rt := reflect.TypeOf(c)
+// configKeys lists every key of the config file, tables and their keys,
+// in the order of the Config struct's fields (the contract's order).
+func configKeys() []string {
+	var keys []string
+	rt := reflect.TypeFor[Config]()
 	for i := range rt.NumField() {
-		f := rt.Field(i)
-		if f.Tag.Get("toml") == "-" {
+		name := tomlName(rt.Field(i))
+		if name == "" {
 			continue
 		}
-		if f.Type.Kind() != reflect.Struct || f.Type == reflect.TypeOf(HeapSetting{}) {
-			fields++
-			continue
-		}
-		for j := range f.Type.NumField() {
-			if f.Type.Field(j).Tag.Get("toml") != "-" {
-				fields++
+		keys = append(keys, name)
+		if ft := rt.Field(i).Type; ft.Kind() == reflect.Struct && isTable(ft) {
+			for j := range ft.NumField() {
+				if sub := tomlName(ft.Field(j)); sub != "" {
+					keys = append(keys, name+"."+sub)
+				}
 			}
 		}
 	}
-	leaves := 0
-	for _, s := range configSchema {
-		if s.keyKind != kindTable {
-			leaves++
+	return keys
+}
+
+func TestConfigKeys(t *testing.T) {
+	keys := configKeys()
+	for _, want := range []string{"name", "app", "app.npm", "proxy.spare_upstream", "log.max_files", "metrics.listen"} {
+		if !slices.Contains(keys, want) {
+			t.Errorf("configKeys() lacks %s: %q", want, keys)
 		}
 	}
-	if fields != leaves {
-		t.Errorf("Config has %d keys, the configSchema %d", fields, leaves)
+	if len(keys) < 50 {
+		t.Errorf("only %d keys: %q", len(keys), keys)
 	}
 }
 
@@ -491,11 +513,7 @@ func TestExample(t *testing.T) {
 		}
 		uncommented.WriteString(line + "\n")
 	}
-	var keys []string
-	for _, s := range configSchema {
-		keys = append(keys, s.key)
-	}
-	if !reflect.DeepEqual(seen, keys) {
+	if keys := configKeys(); !reflect.DeepEqual(seen, keys) {
 		t.Errorf("keys of the example:\n%q\nwant\n%q", seen, keys)
 	}
 
@@ -571,9 +589,9 @@ group = "nogroup"
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range configSchema {
-		if !md.IsDefined(strings.Split(s.key, ".")...) {
-			t.Errorf("effective config lacks %s", s.key)
+	for _, key := range configKeys() {
+		if !md.IsDefined(strings.Split(key, ".")...) {
+			t.Errorf("effective config lacks %s", key)
 		}
 	}
 
@@ -639,7 +657,7 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(path, []byte(head+"[log]\nlevel = \"loud\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(path); err == nil || !strings.HasPrefix(err.Error(), path+":4:9: log.level:") {
+	if _, err := Load(path); err == nil || !strings.HasPrefix(err.Error(), path+":4:10: log.level:") {
 		t.Errorf("Load of a bad file: %v", err)
 	}
 }

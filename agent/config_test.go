@@ -116,6 +116,37 @@ func TestParseErrors(t *testing.T) {
 		{"log level", head + "[log]\nlevel = \"verbose\"\n", "agent.toml:4:10: ", `log.level: "verbose" is not one of debug, info, warn, error`},
 		{"log format", head + "[log]\nformat = \"text\"\n", "agent.toml:4:11: ", `log.format: "text" is not one of json, console`},
 
+		// New keys: app.npm, [proxy], [log] file rotation, [metrics].
+		{"npm", head + "npm = \"yarn\"\n", "agent.toml:3:8: ", `app.npm: "yarn" is not one of direct, npm`},
+		{"npm not string", head + "npm = true\n", "agent.toml:3:7: ", "app.npm: expected a string, got boolean true"},
+		{"proxy unknown key", head + "[proxy]\nupstrem = \"127.0.0.1:3000\"\n", "agent.toml:4:12: ", "unknown key proxy.upstrem (did you mean proxy.upstream?)"},
+		{"proxy listen", head + "[proxy]\nlisten = \"80\"\n", "agent.toml:4:11: ", `proxy.listen: "80" is not host:port`},
+		{"proxy upstream not loopback", head + "[proxy]\nupstream = \"10.0.0.5:3000\"\n", "agent.toml:4:13: ", `proxy.upstream: "10.0.0.5:3000" is not a loopback address`},
+		{"proxy upstream all addresses", head + "[proxy]\nupstream = \":3000\"\n", "agent.toml:4:13: ", `proxy.upstream: ":3000" is not a loopback address`},
+		{"proxy upstream no port", head + "[proxy]\nupstream = \"127.0.0.1\"\n", "agent.toml:4:13: ", `proxy.upstream: "127.0.0.1" is not host:port: missing port in address`},
+		{"proxy upstream port 0", head + "[proxy]\nupstream = \"127.0.0.1:0\"\n", "agent.toml:4:13: ", "proxy.upstream: \"127.0.0.1:0\": port 0 is not allowed here"},
+		{"proxy spare not loopback", head + "[proxy]\nspare_upstream = \"0.0.0.0:3001\"\n", "agent.toml:4:19: ", `proxy.spare_upstream: "0.0.0.0:3001" is not a loopback address`},
+		{"proxy hold zero", head + "[proxy]\nhold = \"0s\"\n", "agent.toml:4:9: ", "proxy.hold: must be more than 0s"},
+		{"proxy hold integer", head + "[proxy]\nhold = 30\n", "agent.toml:4:8: ", `proxy.hold: expected a duration string such as "10s", got integer 30`},
+		{"proxy idle_timeout zero", head + "[proxy]\nidle_timeout = \"0s\"\n", "agent.toml:4:17: ", "proxy.idle_timeout: must be more than 0s"},
+		{"proxy listen is health port", head + "[proxy]\nlisten = \":8081\"\n", "agent.toml:4:11: ", `proxy.listen: port 8081 is also health.listen (":8081")`},
+		{"proxy listen on the app port", head + "[proxy]\nlisten = \":3000\"\n", "agent.toml: ", `proxy.upstream: port 3000 is also proxy.listen (":3000")`},
+		{"proxy spare is upstream", head + "[proxy]\nlisten = \":80\"\nspare_upstream = \"localhost:3000\"\n", "agent.toml:5:19: ", `proxy.spare_upstream: port 3000 is also proxy.upstream ("127.0.0.1:3000")`},
+		{"health on the app port", head + "[health]\nlisten = \"127.0.0.1:3000\"\n[proxy]\nlisten = \":80\"\n", "agent.toml: ", `proxy.upstream: port 3000 is also health.listen ("127.0.0.1:3000")`},
+		{"metrics listen", head + "[metrics]\nlisten = \"localhost\"\n", "agent.toml:4:11: ", `metrics.listen: "localhost" is not host:port`},
+		{"metrics not string", head + "[metrics]\nlisten = 9100\n", "agent.toml:4:10: ", "metrics.listen: expected a string, got integer 9100"},
+		{"metrics is health port", head + "[metrics]\nlisten = \"127.0.0.1:8081\"\n", "agent.toml:4:11: ", `metrics.listen: port 8081 is also health.listen (":8081")`},
+		{"metrics is proxy port", head + "[proxy]\nlisten = \"[::]:80\"\n[metrics]\nlisten = \"[::1]:80\"\n", "agent.toml:6:11: ", `metrics.listen: port 80 is also proxy.listen ("[::]:80")`},
+		{"log file relative", head + "[log]\nfile = \"agent.log\"\n", "agent.toml:4:9: ", `log.file: "agent.log" is not an absolute path`},
+		{"log file dir not creatable", head + "[log]\nfile = \"/etc/passwd/agent/web.log\"\n", "agent.toml:4:9: ", `log.file: create directory "/etc/passwd/agent": not a directory`},
+		{"log file is a directory", head + "[log]\nfile = \"/tmp\"\n", "agent.toml:4:9: ", `log.file: "/tmp": cannot open for append: is a directory`},
+		{"log max_size zero", head + "[log]\nmax_size = 0\n", "agent.toml:4:12: ", "log.max_size: must be more than 0"},
+		{"log max_size bool", head + "[log]\nmax_size = true\n", "agent.toml:4:12: ", `log.max_size: expected a size such as "700MB", got boolean true`},
+		{"log max_size bad", head + "[log]\nmax_size = \"1PB\"\n", "agent.toml:4:13: ", `log.max_size: invalid size "1PB": unknown unit "PB"`},
+		{"log max_files zero", head + "[log]\nmax_files = 0\n", "agent.toml:4:13: ", "log.max_files: 0 is less than 1"},
+		{"log max_files string", head + "[log]\nmax_files = \"5\"\n", "agent.toml:4:14: ", `log.max_files: expected an integer, got string "5"`},
+		{"unknown section", head + "[metric]\nlisten = \"\"\n", "agent.toml:3:1: ", "unknown key metric (did you mean metrics?)"},
+
 		// The first error in the file wins, whatever its keyKind.
 		{"first of two value errors", head + "[restart]\ndelay = \"1x\"\n[stop]\nsignal = \"FOO\"\n", "agent.toml:4:10: ", "restart.delay"},
 		{"type error before unknown key", head + "[stop]\nsignal = 15\n[bogus]\n", "agent.toml:4:10: ", "stop.signal"},
@@ -878,4 +909,72 @@ func FuzzParse(f *testing.F) {
 func readExampleForFuzz() []byte {
 	data, _ := os.ReadFile("../agent.toml.example")
 	return data
+}
+
+func TestProxyAccepted(t *testing.T) {
+	for _, tt := range []struct {
+		name, toml string
+		enabled    bool
+	}{
+		{"off by default", "", false},
+		{"upstream set, proxy off", "[proxy]\nupstream = \"127.0.0.1:8081\"\n", false},
+		{"on", "[proxy]\nlisten = \":80\"\n", true},
+		{"all keys", "[proxy]\nlisten = \":80\"\nupstream = \"[::1]:3000\"\nspare_upstream = \"localhost:3001\"\nhold = \"5s\"\nidle_timeout = \"120s\"\n", true},
+		{"upstream in 127/8", "[proxy]\nlisten = \":80\"\nupstream = \"127.0.0.2:3000\"\nspare_upstream = \"127.0.0.3:3000\"\n", true},
+		{"same port, other addresses", "[health]\nlisten = \"10.0.0.1:8081\"\n[proxy]\nlisten = \"10.0.0.2:8081\"\n[metrics]\nlisten = \"127.0.0.1:8081\"\n", true},
+		{"ephemeral ports", "[health]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n", true},
+		{"metrics on", "[metrics]\nlisten = \"127.0.0.1:9100\"\n", false},
+		{"short idle timeout is allowed", "[proxy]\nlisten = \":80\"\nidle_timeout = \"5s\"\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("a.toml", []byte(head+tt.toml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ProxyEnabled() != tt.enabled {
+				t.Errorf("ProxyEnabled() = %v", !tt.enabled)
+			}
+		})
+	}
+}
+
+func TestLogFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "var", "log", "agent")
+	path := filepath.Join(dir, "web.log")
+	conf := []byte(head + "[log]\nfile = \"" + path + "\"\n")
+	if _, err := Parse("a.toml", conf); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o750&^fs.FileMode(umask()) {
+		t.Errorf("directory mode %v, want 0750", fi.Mode().Perm())
+	}
+	fi, err = os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o640&^fs.FileMode(umask()) || fi.Size() != 0 {
+		t.Errorf("file mode %v size %d, want 0640 and empty", fi.Mode().Perm(), fi.Size())
+	}
+	// An existing file is kept as it is, never truncated.
+	if err := os.WriteFile(path, []byte("old line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse("a.toml", conf); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(path); err != nil || string(data) != "old line\n" {
+		t.Errorf("existing file: %q %v", data, err)
+	}
+	// A path that cannot be opened for append: see TestParseErrors.
+}
+
+// umask returns the process's umask.
+func umask() int {
+	m := syscall.Umask(0)
+	syscall.Umask(m)
+	return m
 }

@@ -90,7 +90,7 @@ func (d *decoder) decodeKey(v reflect.Value, key toml.Key) error {
 			return d.decodeValue(v, at, key)
 		}
 		if i == len(key)-1 {
-			return d.checkTable(v.Type(), at)
+			return d.checkTable(v, at)
 		}
 	}
 	return nil
@@ -119,16 +119,21 @@ func (d *decoder) decodeValue(v reflect.Value, at, key toml.Key) error {
 	return nil
 }
 
-// checkTable checks that the value of the key at, whose field has type t,
-// is a table.
-func (d *decoder) checkTable(t reflect.Type, at toml.Key) error {
+// checkTable checks that the value of the key at, whose field is f, is a
+// table.
+func (d *decoder) checkTable(f reflect.Value, at toml.Key) error {
+	t := f.Type()
 	p, _ := d.primitive(at)
 	var v any
 	if err := d.md.PrimitiveDecode(p, &v); err != nil {
 		return d.errAt(at, at, err.Error(), err)
 	}
-	if _, ok := v.(map[string]any); !ok {
+	m, ok := v.(map[string]any)
+	if !ok {
 		return d.errAt(at, at, "expected "+typeName(t)+", got "+describeValue(v), nil)
+	}
+	if f.Kind() == reflect.Map && f.IsNil() && len(m) > 0 {
+		f.Set(reflect.MakeMapWithSize(t, len(m))) // its keys come next
 	}
 	return nil
 }
@@ -163,8 +168,13 @@ func (d *decoder) primitive(key toml.Key) (toml.Primitive, bool) {
 			if !ok {
 				return toml.Primitive{}, false
 			}
-			// A value that is not a table decodes to an empty map.
-			sub = map[string]toml.Primitive{}
+			// Sized from the table's raw value (decoding into any only
+			// takes it as it is); a value that is not a table leaves the
+			// map empty.
+			var raw any
+			_ = d.md.PrimitiveDecode(p, &raw)
+			m, _ := raw.(map[string]any)
+			sub = make(map[string]toml.Primitive, len(m))
 			_ = d.md.PrimitiveDecode(p, &sub)
 			d.tables[parent] = sub
 		}

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -977,4 +978,60 @@ func umask() int {
 	m := syscall.Umask(0)
 	syscall.Umask(m)
 	return m
+}
+
+// bigConfig returns a valid config of about size bytes, nearly all of it
+// an [app.env] table, with inline tables and dotted keys as well.
+func bigConfig(size int) (data string, vars int) {
+	var b strings.Builder
+	b.WriteString(head + "[restart]\ndelay = \"2s\"\n[app.env]\n")
+	for i := 0; b.Len() < size; i++ {
+		fmt.Fprintf(&b, "VAR_%d = \"value number %d, with \\\"escapes\\\" and \\u00e9\"\n", i, i)
+		vars++
+	}
+	return b.String(), vars
+}
+
+// TestParseLarge parses a 4 MiB config: it works, and every variable is
+// there.
+func TestParseLarge(t *testing.T) {
+	data, n := bigConfig(4 << 20)
+	c, err := Parse("big.toml", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.App.Env) != n || c.Restart.Delay.D() != 2*time.Second {
+		t.Fatalf("%d variables, want %d; delay %v", len(c.App.Env), n, c.Restart.Delay)
+	}
+	if got, want := c.App.Env["VAR_7"], "value number 7, with \"escapes\" and é"; got != want {
+		t.Errorf("VAR_7 = %q, want %q", got, want)
+	}
+	// An error at the end of a large file is found and positioned.
+	bad := data + "[stop]\nsignal = \"SIGFOO\"\n"
+	_, err = Parse("big.toml", []byte(bad))
+	line := strings.Count(bad, "\n")
+	if want := fmt.Sprintf("big.toml:%d:11: stop.signal: unknown signal", line); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %v, want %q...", err, want)
+	}
+}
+
+func BenchmarkParseConfig4MiB(b *testing.B) {
+	data, _ := bigConfig(4 << 20)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse("big.toml", []byte(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkParseExample(b *testing.B) {
+	data := readExampleForFuzz()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse("agent.toml.example", data); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

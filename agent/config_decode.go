@@ -107,7 +107,9 @@ func (d *decoder) decodeValue(v reflect.Value, at, key toml.Key) error {
 	case errors.As(err, &pe):
 		// One of the value types of units.go refused the value.
 		e := &ConfigError{Path: d.path, Key: at.String(), Msg: pe.Message}
-		e.Line, e.Col = lineCol(d.data, pe.Position)
+		if e.Line, e.Col = lineCol(d.data, pe.Position); e.Line == 0 {
+			e.Line, e.Col = d.position(key)
+		}
 		return e
 	case err != nil:
 		// A plain field (string, int, bool, list) of another type.

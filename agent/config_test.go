@@ -62,6 +62,7 @@ func TestParseErrors(t *testing.T) {
 		{"dotted key below a value", head + "dir.x = 1\n", "agent.toml:3:9: ", "app.dir: expected a string, got table"},
 		{"env value not string", head + "[app.env]\nPORT = 3000\n", "agent.toml:4:8: ", "app.env.PORT: expected a string, got integer 3000"},
 		{"env value not string inline", head + "env = { A = \"x\", B = true }\n", "agent.toml:3:18: ", "app.env.B: expected a string, got boolean true"},
+		{"duration a table", head + "[restart]\ndelay.x = 1\n", "agent.toml:4:11: ", `restart.delay: expected a duration string such as "10s", got table`},
 		{"env value a table", head + "env.A.B = \"x\"\n", "agent.toml:3:12: ", "app.env.A: expected a string, got table"},
 
 		// Malformed values.

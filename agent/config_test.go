@@ -580,6 +580,16 @@ delay = "1500ms"
 max_delay = "90s"
 [control]
 group = "nogroup"
+[proxy]
+listen = "0.0.0.0:80"
+spare_upstream = "127.0.0.1:3001"
+hold = "2500ms"
+[log]
+file = "` + filepath.Join(dir, "agent.log") + `"
+max_size = "64M"
+max_files = 2
+[metrics]
+listen = "127.0.0.1:9100"
 `
 	c, err := Parse("agent.toml", []byte(data))
 	if err != nil {
@@ -601,6 +611,14 @@ group = "nogroup"
 		`max_delay = "90s"`,
 		`user = "nobody"  # uid 65534`,
 		`group = "nogroup"  # gid `,
+		`listen = "0.0.0.0:80"`,
+		`spare_upstream = "127.0.0.1:3001"`,
+		`hold = "2500ms"`,
+		`idle_timeout = "75s"`,
+		`max_size = "64MiB"`,
+		`max_files = 2`,
+		`listen = "127.0.0.1:9100"`,
+		`npm = "direct"  # npm scripts run without npm`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("effective config lacks %q:\n%s", want, text)

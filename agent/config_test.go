@@ -3,12 +3,14 @@ package agent
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,84 +41,116 @@ func TestParseErrors(t *testing.T) {
 
 		// Unknown keys.
 		{"unknown table", head + "[memroy]\n", "agent.toml:3:1: ", "unknown key memroy (did you mean memory?)"},
-		{"unknown key", "[app]\ncomand = [\"node\"]\n", "agent.toml:2:1: ", "unknown key app.comand (did you mean app.command?)"},
-		{"unknown key indented", head + "  usr = \"x\"\n", "agent.toml:3:3: ", "unknown key app.usr (did you mean app.user?)"},
+		{"unknown key", "[app]\ncomand = [\"node\"]\n", "agent.toml:2:11: ", "unknown key app.comand (did you mean app.command?)"},
+		{"unknown key indented", head + "  usr = \"x\"\n", "agent.toml:3:10: ", "unknown key app.usr (did you mean app.user?)"},
 		{"unknown key in inline table", "app = { command = [\"x\"], dri = \"/\" }\n", "agent.toml:1:26: ", "unknown key app.dri (did you mean app.dir?)"},
-		{"unknown key no suggestion", head + "[log]\nverbosity = 3\n", "agent.toml:4:1: ", "unknown key log.verbosity"},
+		{"unknown key no suggestion", head + "[log]\nverbosity = 3\n", "agent.toml:4:13: ", "unknown key log.verbosity"},
 		{"keys are case-sensitive", "[App]\ncommand = [\"x\"]\n", "agent.toml:1:1: ", "unknown key App (did you mean app?)"},
-		{"unknown dotted key at top", "restart.dealy = \"1s\"\n" + head, "agent.toml:1:1: ", "unknown key restart.dealy (did you mean restart.delay?)"},
-		{"dotted key in the wrong table", head + "restart.delay = \"1s\"\n", "agent.toml:3:1: ", "unknown key app.restart"},
+		{"unknown dotted key at top", "restart.dealy = \"1s\"\n" + head, "agent.toml:1:18: ", "unknown key restart.dealy (did you mean restart.delay?)"},
+		{"dotted key in the wrong table", head + "restart.delay = \"1s\"\n", "agent.toml:3:18: ", "unknown key app.restart"},
 
 		// Wrong types.
 		{"name not string", "name = 1\n" + head, "agent.toml:1:8: ", "name: expected a string, got integer 1"},
-		{"bool as string", head + "[memory]\nwatch_oom = \"yes\"\n", "agent.toml:4:13: ", `memory.watch_oom: expected true or false, got string "yes"`},
-		{"command as string", "[app]\ncommand = \"node server.js\"\n", "agent.toml:2:11: ", "app.command: expected an array of strings, got string"},
-		{"command element not string", "[app]\ncommand = [\"node\", 3]\n", "agent.toml:2:11: ", "app.command: expected an array of strings, element 1 is integer 3"},
-		{"int as string", head + "[restart]\nmax_restarts = \"10\"\n", "agent.toml:4:16: ", `restart.max_restarts: expected an integer, got string "10"`},
+		{"bool as string", head + "[memory]\nwatch_oom = \"yes\"\n", "agent.toml:4:14: ", `memory.watch_oom: expected true or false, got string "yes"`},
+		{"command as string", "[app]\ncommand = \"node server.js\"\n", "agent.toml:2:12: ", "app.command: expected an array of strings, got string"},
+		{"command element not string", "[app]\ncommand = [\"node\", 3]\n", "agent.toml:2:12: ", "app.command: expected an array of strings, element 1 is integer 3"},
+		{"int as string", head + "[restart]\nmax_restarts = \"10\"\n", "agent.toml:4:17: ", `restart.max_restarts: expected an integer, got string "10"`},
 		{"int as float", head + "[probe]\nfailure_threshold = 2.5\n", "agent.toml:4:21: ", "probe.failure_threshold: expected an integer, got float 2.5"},
 		{"duration as integer", head + "[restart]\nwindow = 600\n", "agent.toml:4:10: ", `restart.window: expected a duration string such as "10s", got integer 600`},
-		{"table as value", "app = \"node\"\n", "agent.toml:1:7: ", "app: expected a table, got string"},
+		{"table as value", "app = \"node\"\n", "agent.toml:1:8: ", "app: expected a table, got string"},
 		{"array of tables", "[[app]]\ncommand = [\"x\"]\n", "agent.toml:1:1: ", "app: expected a table, got array of tables"},
-		{"dotted key below a value", head + "dir.x = 1\n", "agent.toml:3:1: ", "app.dir: expected a string, got table"},
+		{"dotted key below a value", head + "dir.x = 1\n", "agent.toml:3:9: ", "app.dir: expected a string, got table"},
 		{"env value not string", head + "[app.env]\nPORT = 3000\n", "agent.toml:4:8: ", "app.env.PORT: expected a string, got integer 3000"},
-		{"env value not string inline", head + "env = { A = \"x\", B = true }\n", "agent.toml:3:22: ", "app.env.B: expected a string, got boolean true"},
-		{"env value a table", head + "env.A.B = \"x\"\n", "agent.toml:3:1: ", "app.env.A: expected a string, got table"},
+		{"env value not string inline", head + "env = { A = \"x\", B = true }\n", "agent.toml:3:18: ", "app.env.B: expected a string, got boolean true"},
+		{"duration a table", head + "[restart]\ndelay.x = 1\n", "agent.toml:4:11: ", `restart.delay: expected a duration string such as "10s", got table`},
+		{"env value a table", head + "env.A.B = \"x\"\n", "agent.toml:3:12: ", "app.env.A: expected a string, got table"},
 
 		// Malformed values.
-		{"bad duration", head + "[restart]\ndelay = \"1x\"\n", "agent.toml:4:9: ", `restart.delay: invalid duration "1x": time: unknown unit "x"`},
-		{"negative duration", head + "[stop]\ntimeout = \"-1s\"\n", "agent.toml:4:11: ", `stop.timeout: invalid duration "-1s": must not be negative`},
-		{"bad size", head + "[memory]\nmax_rss = \"700XB\"\n", "agent.toml:4:11: ", `memory.max_rss: invalid size "700XB": unknown unit "XB"`},
-		{"negative size", head + "[memory]\nmax_rss = \"-1M\"\n", "agent.toml:4:11: ", "must not be negative"},
-		{"unknown signal", head + "[stop]\nsignal = \"SIGFOO\"\n", "agent.toml:4:10: ", `stop.signal: unknown signal "SIGFOO"`},
+		{"bad duration", head + "[restart]\ndelay = \"1x\"\n", "agent.toml:4:10: ", `restart.delay: invalid duration "1x": time: unknown unit "x"`},
+		{"negative duration", head + "[stop]\ntimeout = \"-1s\"\n", "agent.toml:4:12: ", `stop.timeout: invalid duration "-1s": must not be negative`},
+		{"bad size", head + "[memory]\nmax_rss = \"700XB\"\n", "agent.toml:4:12: ", `memory.max_rss: invalid size "700XB": unknown unit "XB"`},
+		{"negative size", head + "[memory]\nmax_rss = \"-1M\"\n", "agent.toml:4:12: ", "must not be negative"},
+		{"unknown signal", head + "[stop]\nsignal = \"SIGFOO\"\n", "agent.toml:4:11: ", `stop.signal: unknown signal "SIGFOO"`},
 		{"signal number", head + "[stop]\nsignal = 15\n", "agent.toml:4:10: ", "stop.signal: expected a signal name"},
 		{"heap negative", head + "[node]\nmax_old_space_size = -1\n", "agent.toml:4:22: ", "node.max_old_space_size: -1 is negative"},
-		{"heap bad string", head + "[node]\nmax_old_space_size = \"lots\"\n", "agent.toml:4:22: ", `node.max_old_space_size: invalid value "lots"`},
+		{"heap bad string", head + "[node]\nmax_old_space_size = \"lots\"\n", "agent.toml:4:23: ", `node.max_old_space_size: invalid value "lots"`},
 		{"heap float", head + "[node]\nmax_old_space_size = 512.5\n", "agent.toml:4:22: ", "expected \"auto\" or a number of MB, got float"},
-		{"NUL in env value", head + "env = { A = \"a\\u0000b\" }\n", "agent.toml:3:13: ", "app.env.A: must not contain a NUL character"},
+		{"NUL in env value", head + "env = { A = \"a\\u0000b\" }\n", "agent.toml:3:9: ", "app.env.A: must not contain a NUL character"},
 		{"env name invalid", head + "env = { \"1A\" = \"x\" }\n", "agent.toml:3:9: ", `app.env: invalid variable name "1A"`},
 		{"env name with comma", head + "dir = \"a,b\"\nenv = { \"a,b\" = \"x\" }\n", "agent.toml:4:9: ", `app.env: invalid variable name "a,b"`},
-		{"env name empty", head + "dir = \"\"\nenv = { \"\" = \"x\" }\n", "agent.toml:4:9: ", `app.env: invalid variable name ""`},
-		{"unknown key with comma", head + "\"x,y\" = 1\n", "agent.toml:3:1: ", `unknown key app."x,y"`},
+		{"env name empty", head + "dir = \"\"\nenv = { \"\" = \"x\" }\n", "agent.toml: ", `app.env: invalid variable name ""`},
+		{"unknown key with comma", head + "\"x,y\" = 1\n", "agent.toml:3:9: ", `unknown key app."x,y"`},
 
 		// Validation.
 		{"missing command", "name = \"web\"\n", "agent.toml: app.command: ", "is required"},
-		{"empty command", "[app]\ncommand = []\n", "agent.toml:2:11: ", "app.command: must not be empty"},
-		{"empty program", "[app]\ncommand = [\"\", \"server.js\"]\n", "agent.toml:2:11: ", "app.command: the program (first element) must not be empty"},
-		{"empty name", "name = \"\"\n" + head, "agent.toml:1:8: ", "name: must not be empty"},
-		{"dir missing", head + "dir = \"/nonexistent/dir\"\n", "agent.toml:3:7: ", `app.dir: "/nonexistent/dir": no such directory`},
-		{"dir is a file", head + "dir = \"/etc/passwd\"\n", "agent.toml:3:7: ", `app.dir: "/etc/passwd": not a directory`},
-		{"unknown user", head + "user = \"nosuch-user\"\n", "agent.toml:3:8: ", `app.user: unknown user "nosuch-user"`},
-		{"unknown uid", head + "user = \"4000000\"\n", "agent.toml:3:8: ", `app.user: unknown user "4000000"`},
-		{"env file missing", head + "env_file = \"/nonexistent.env\"\n", "agent.toml:3:12: ", "app.env_file: open /nonexistent.env: no such file or directory"},
+		{"empty command", "[app]\ncommand = []\n", "agent.toml:2:12: ", "app.command: must not be empty"},
+		{"empty program", "[app]\ncommand = [\"\", \"server.js\"]\n", "agent.toml:2:12: ", "app.command: the program (first element) must not be empty"},
+		{"empty name", "name = \"\"\n" + head, "agent.toml:1:9: ", "name: must not be empty"},
+		{"dir missing", head + "dir = \"/nonexistent/dir\"\n", "agent.toml:3:8: ", `app.dir: "/nonexistent/dir": no such directory`},
+		{"dir is a file", head + "dir = \"/etc/passwd\"\n", "agent.toml:3:8: ", `app.dir: "/etc/passwd": not a directory`},
+		{"unknown user", head + "user = \"nosuch-user\"\n", "agent.toml:3:9: ", `app.user: unknown user "nosuch-user"`},
+		{"unknown uid", head + "user = \"4000000\"\n", "agent.toml:3:9: ", `app.user: unknown user "4000000"`},
+		{"env file missing", head + "env_file = \"/nonexistent.env\"\n", "agent.toml:3:13: ", "app.env_file: open /nonexistent.env: no such file or directory"},
 		{"env file malformed", head + "env_file = \"ENVFILE\"\n", "ENVFILE:2: ", "expected KEY=VALUE"},
-		{"policy", head + "[restart]\npolicy = \"sometimes\"\n", "agent.toml:4:10: ", `restart.policy: "sometimes" is not one of always, on-failure, never`},
-		{"on_exhausted", head + "[restart]\non_exhausted = \"retry\"\n", "agent.toml:4:16: ", `restart.on_exhausted: "retry" is not one of unhealthy, exit`},
-		{"max_delay below delay", head + "[restart]\ndelay = \"10s\"\nmax_delay = \"5s\"\n", "agent.toml:5:13: ", "restart.max_delay: 5s is less than restart.delay (10s)"},
-		{"delay above default max_delay", head + "[restart]\ndelay = \"2m\"\n", "agent.toml:4:9: ", "restart.delay: 2m is more than restart.max_delay (60s)"},
+		{"policy", head + "[restart]\npolicy = \"sometimes\"\n", "agent.toml:4:11: ", `restart.policy: "sometimes" is not one of always, on-failure, never`},
+		{"on_exhausted", head + "[restart]\non_exhausted = \"retry\"\n", "agent.toml:4:17: ", `restart.on_exhausted: "retry" is not one of unhealthy, exit`},
+		{"max_delay below delay", head + "[restart]\ndelay = \"10s\"\nmax_delay = \"5s\"\n", "agent.toml:5:14: ", "restart.max_delay: 5s is less than restart.delay (10s)"},
+		{"delay above default max_delay", head + "[restart]\ndelay = \"2m\"\n", "agent.toml:4:10: ", "restart.delay: 2m is more than restart.max_delay (60s)"},
 		{"max_restarts negative", head + "[restart]\nmax_restarts = -1\n", "agent.toml:4:16: ", "restart.max_restarts: -1 is negative"},
-		{"window zero", head + "[restart]\nwindow = \"0s\"\n", "agent.toml:4:10: ", "restart.window: must be more than 0s when restart.max_restarts is set"},
-		{"stop timeout zero", head + "[stop]\ntimeout = \"0s\"\n", "agent.toml:4:11: ", "stop.timeout: must be more than 0s"},
-		{"rss_grace zero", head + "[memory]\nmax_rss = \"700MB\"\nrss_grace = \"0s\"\n", "agent.toml:5:13: ", "memory.rss_grace: must be more than 0s when memory.max_rss is set"},
-		{"both probes", head + "[probe]\nhttp = \"http://127.0.0.1:3000/\"\ntcp = \"127.0.0.1:3000\"\n", "agent.toml:5:7: ", "probe.tcp: set either probe.http or probe.tcp, not both"},
-		{"probe https", head + "[probe]\nhttp = \"https://example.com/\"\n", "agent.toml:4:8: ", `probe.http: "https://example.com/" is not an http:// URL`},
-		{"probe no host", head + "[probe]\nhttp = \"http:///health\"\n", "agent.toml:4:8: ", "has no host"},
-		{"probe bad url", head + "[probe]\nhttp = \"http://[::1\"\n", "agent.toml:4:8: ", "probe.http: invalid URL"},
-		{"probe tcp no port", head + "[probe]\ntcp = \"localhost\"\n", "agent.toml:4:7: ", `probe.tcp: "localhost" is not host:port: missing port in address`},
-		{"probe tcp port 0", head + "[probe]\ntcp = \"127.0.0.1:0\"\n", "agent.toml:4:7: ", "port 0 is not allowed here"},
-		{"probe interval", head + "[probe]\ninterval = \"0s\"\n", "agent.toml:4:12: ", "probe.interval: must be more than 0s"},
-		{"probe timeout", head + "[probe]\ntimeout = \"0s\"\n", "agent.toml:4:11: ", "probe.timeout: must be more than 0s"},
+		{"window zero", head + "[restart]\nwindow = \"0s\"\n", "agent.toml:4:11: ", "restart.window: must be more than 0s when restart.max_restarts is set"},
+		{"stop timeout zero", head + "[stop]\ntimeout = \"0s\"\n", "agent.toml:4:12: ", "stop.timeout: must be more than 0s"},
+		{"rss_grace zero", head + "[memory]\nmax_rss = \"700MB\"\nrss_grace = \"0s\"\n", "agent.toml:5:14: ", "memory.rss_grace: must be more than 0s when memory.max_rss is set"},
+		{"both probes", head + "[probe]\nhttp = \"http://127.0.0.1:3000/\"\ntcp = \"127.0.0.1:3000\"\n", "agent.toml:5:8: ", "probe.tcp: set either probe.http or probe.tcp, not both"},
+		{"probe https", head + "[probe]\nhttp = \"https://example.com/\"\n", "agent.toml:4:9: ", `probe.http: "https://example.com/" is not an http:// URL`},
+		{"probe no host", head + "[probe]\nhttp = \"http:///health\"\n", "agent.toml:4:9: ", "has no host"},
+		{"probe bad url", head + "[probe]\nhttp = \"http://[::1\"\n", "agent.toml:4:9: ", "probe.http: invalid URL"},
+		{"probe tcp no port", head + "[probe]\ntcp = \"localhost\"\n", "agent.toml:4:8: ", `probe.tcp: "localhost" is not host:port: missing port in address`},
+		{"probe tcp port 0", head + "[probe]\ntcp = \"127.0.0.1:0\"\n", "agent.toml:4:8: ", "port 0 is not allowed here"},
+		{"probe interval", head + "[probe]\ninterval = \"0s\"\n", "agent.toml:4:13: ", "probe.interval: must be more than 0s"},
+		{"probe timeout", head + "[probe]\ntimeout = \"0s\"\n", "agent.toml:4:12: ", "probe.timeout: must be more than 0s"},
 		{"failure_threshold", head + "[probe]\nfailure_threshold = 0\n", "agent.toml:4:21: ", "probe.failure_threshold: 0 is less than 1"},
-		{"startup_timeout", head + "[probe]\nstartup_timeout = \"0s\"\n", "agent.toml:4:19: ", "probe.startup_timeout: must be more than 0s"},
-		{"health listen", head + "[health]\nlisten = \"8081\"\n", "agent.toml:4:10: ", `health.listen: "8081" is not host:port`},
-		{"health port", head + "[health]\nlisten = \":http\"\n", "agent.toml:4:10: ", `port "http" is not a number`},
-		{"health path", head + "[health]\npath = \"health.html\"\n", "agent.toml:4:8: ", `health.path: "health.html" does not start with /`},
-		{"control socket relative", head + "[control]\nsocket = \"agent.sock\"\n", "agent.toml:4:10: ", `control.socket: "agent.sock" is not an absolute path`},
-		{"control group unknown", head + "[control]\ngroup = \"nosuch-group\"\n", "agent.toml:4:9: ", `control.group: unknown group "nosuch-group"`},
-		{"log level", head + "[log]\nlevel = \"verbose\"\n", "agent.toml:4:9: ", `log.level: "verbose" is not one of debug, info, warn, error`},
-		{"log format", head + "[log]\nformat = \"text\"\n", "agent.toml:4:10: ", `log.format: "text" is not one of json, console`},
+		{"startup_timeout", head + "[probe]\nstartup_timeout = \"0s\"\n", "agent.toml:4:20: ", "probe.startup_timeout: must be more than 0s"},
+		{"health listen", head + "[health]\nlisten = \"8081\"\n", "agent.toml:4:11: ", `health.listen: "8081" is not host:port`},
+		{"health port", head + "[health]\nlisten = \":http\"\n", "agent.toml:4:11: ", `port "http" is not a number`},
+		{"health path", head + "[health]\npath = \"health.html\"\n", "agent.toml:4:9: ", `health.path: "health.html" does not start with /`},
+		{"control socket relative", head + "[control]\nsocket = \"agent.sock\"\n", "agent.toml:4:11: ", `control.socket: "agent.sock" is not an absolute path`},
+		{"control group unknown", head + "[control]\ngroup = \"nosuch-group\"\n", "agent.toml:4:10: ", `control.group: unknown group "nosuch-group"`},
+		{"log level", head + "[log]\nlevel = \"verbose\"\n", "agent.toml:4:10: ", `log.level: "verbose" is not one of debug, info, warn, error`},
+		{"log format", head + "[log]\nformat = \"text\"\n", "agent.toml:4:11: ", `log.format: "text" is not one of json, console`},
+
+		// New keys: app.npm, [proxy], [log] file rotation, [metrics].
+		{"npm", head + "npm = \"yarn\"\n", "agent.toml:3:8: ", `app.npm: "yarn" is not one of direct, npm`},
+		{"npm not string", head + "npm = true\n", "agent.toml:3:7: ", "app.npm: expected a string, got boolean true"},
+		{"proxy unknown key", head + "[proxy]\nupstrem = \"127.0.0.1:3000\"\n", "agent.toml:4:12: ", "unknown key proxy.upstrem (did you mean proxy.upstream?)"},
+		{"proxy listen", head + "[proxy]\nlisten = \"80\"\n", "agent.toml:4:11: ", `proxy.listen: "80" is not host:port`},
+		{"proxy upstream not loopback", head + "[proxy]\nupstream = \"10.0.0.5:3000\"\n", "agent.toml:4:13: ", `proxy.upstream: "10.0.0.5:3000" is not a loopback address`},
+		{"proxy upstream all addresses", head + "[proxy]\nupstream = \":3000\"\n", "agent.toml:4:13: ", `proxy.upstream: ":3000" is not a loopback address`},
+		{"proxy upstream no port", head + "[proxy]\nupstream = \"127.0.0.1\"\n", "agent.toml:4:13: ", `proxy.upstream: "127.0.0.1" is not host:port: missing port in address`},
+		{"proxy upstream port 0", head + "[proxy]\nupstream = \"127.0.0.1:0\"\n", "agent.toml:4:13: ", "proxy.upstream: \"127.0.0.1:0\": port 0 is not allowed here"},
+		{"proxy spare not loopback", head + "[proxy]\nspare_upstream = \"0.0.0.0:3001\"\n", "agent.toml:4:19: ", `proxy.spare_upstream: "0.0.0.0:3001" is not a loopback address`},
+		{"proxy hold zero", head + "[proxy]\nhold = \"0s\"\n", "agent.toml:4:9: ", "proxy.hold: must be more than 0s"},
+		{"proxy hold integer", head + "[proxy]\nhold = 30\n", "agent.toml:4:8: ", `proxy.hold: expected a duration string such as "10s", got integer 30`},
+		{"proxy idle_timeout zero", head + "[proxy]\nidle_timeout = \"0s\"\n", "agent.toml:4:17: ", "proxy.idle_timeout: must be more than 0s"},
+		{"proxy listen is health port", head + "[proxy]\nlisten = \":8081\"\n", "agent.toml:4:11: ", `proxy.listen: port 8081 is also health.listen (":8081")`},
+		{"proxy listen on the app port", head + "[proxy]\nlisten = \":3000\"\n", "agent.toml: ", `proxy.upstream: port 3000 is also proxy.listen (":3000")`},
+		{"proxy spare is upstream", head + "[proxy]\nlisten = \":80\"\nspare_upstream = \"localhost:3000\"\n", "agent.toml:5:19: ", `proxy.spare_upstream: port 3000 is also proxy.upstream ("127.0.0.1:3000")`},
+		{"health on the app port", head + "[health]\nlisten = \"127.0.0.1:3000\"\n[proxy]\nlisten = \":80\"\n", "agent.toml: ", `proxy.upstream: port 3000 is also health.listen ("127.0.0.1:3000")`},
+		{"metrics listen", head + "[metrics]\nlisten = \"localhost\"\n", "agent.toml:4:11: ", `metrics.listen: "localhost" is not host:port`},
+		{"metrics not string", head + "[metrics]\nlisten = 9100\n", "agent.toml:4:10: ", "metrics.listen: expected a string, got integer 9100"},
+		{"metrics is health port", head + "[metrics]\nlisten = \"127.0.0.1:8081\"\n", "agent.toml:4:11: ", `metrics.listen: port 8081 is also health.listen (":8081")`},
+		{"metrics is proxy port", head + "[proxy]\nlisten = \"[::]:80\"\n[metrics]\nlisten = \"[::1]:80\"\n", "agent.toml:6:11: ", `metrics.listen: port 80 is also proxy.listen ("[::]:80")`},
+		{"log file relative", head + "[log]\nfile = \"agent.log\"\n", "agent.toml:4:9: ", `log.file: "agent.log" is not an absolute path`},
+		{"log file dir not creatable", head + "[log]\nfile = \"/etc/passwd/agent/web.log\"\n", "agent.toml:4:9: ", `log.file: create directory "/etc/passwd/agent": not a directory`},
+		{"log file is a directory", head + "[log]\nfile = \"/tmp\"\n", "agent.toml:4:9: ", `log.file: "/tmp": cannot open for append: is a directory`},
+		{"log max_size zero", head + "[log]\nmax_size = 0\n", "agent.toml:4:12: ", "log.max_size: must be more than 0"},
+		{"log max_size bool", head + "[log]\nmax_size = true\n", "agent.toml:4:12: ", `log.max_size: expected a size such as "700MB", got boolean true`},
+		{"log max_size bad", head + "[log]\nmax_size = \"1PB\"\n", "agent.toml:4:13: ", `log.max_size: invalid size "1PB": unknown unit "PB"`},
+		{"log max_files zero", head + "[log]\nmax_files = 0\n", "agent.toml:4:13: ", "log.max_files: 0 is less than 1"},
+		{"log max_files string", head + "[log]\nmax_files = \"5\"\n", "agent.toml:4:14: ", `log.max_files: expected an integer, got string "5"`},
+		{"unknown section", head + "[metric]\nlisten = \"\"\n", "agent.toml:3:1: ", "unknown key metric (did you mean metrics?)"},
 
 		// The first error in the file wins, whatever its keyKind.
-		{"first of two value errors", head + "[restart]\ndelay = \"1x\"\n[stop]\nsignal = \"FOO\"\n", "agent.toml:4:9: ", "restart.delay"},
+		{"first of two value errors", head + "[restart]\ndelay = \"1x\"\n[stop]\nsignal = \"FOO\"\n", "agent.toml:4:10: ", "restart.delay"},
 		{"type error before unknown key", head + "[stop]\nsignal = 15\n[bogus]\n", "agent.toml:4:10: ", "stop.signal"},
 		{"unknown key before type error", head + "[bogus]\n[stop]\nsignal = 15\n", "agent.toml:3:1: ", "unknown key bogus"},
 	}
@@ -161,7 +195,7 @@ func TestConfigErrorFields(t *testing.T) {
 	if !errors.As(err, &ce) {
 		t.Fatalf("error %T: %v", err, err)
 	}
-	want := ConfigError{Path: "/etc/agent/agent.toml", Line: 5, Col: 13, Key: "restart.max_delay"}
+	want := ConfigError{Path: "/etc/agent/agent.toml", Line: 5, Col: 14, Key: "restart.max_delay"}
 	if ce.Path != want.Path || ce.Line != want.Line || ce.Col != want.Col || ce.Key != want.Key {
 		t.Errorf("got %+v, want %+v", *ce, want)
 	}
@@ -229,6 +263,7 @@ func gidOf(t *testing.T, group string) int {
 
 func TestParseFull(t *testing.T) {
 	dir := t.TempDir()
+	logFile := filepath.Join(dir, "log", "web.log")
 	envFile := filepath.Join(dir, "app.env")
 	if err := os.WriteFile(envFile, []byte("# secrets\nDB_PASSWORD='hunter2'\nexport REGION=eu-west-1\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -241,6 +276,7 @@ dir = "` + dir + `"
 user = "nobody"
 env = { NODE_ENV = "production", PORT = "3000" }
 env_file = "` + envFile + `"
+npm = "npm"
 
 [node]
 max_old_space_size = 384
@@ -279,9 +315,22 @@ path = "/lb"
 socket = "/run/web/agent.sock"
 group = "nogroup"
 
+[proxy]
+listen = ":80"
+upstream = "127.0.0.1:3000"
+spare_upstream = "[::1]:3001"
+hold = "10s"
+idle_timeout = "90s"
+
 [log]
 level = "debug"
 format = "console"
+file = "` + logFile + `"
+max_size = "10MB"
+max_files = 3
+
+[metrics]
+listen = "127.0.0.1:9100"
 `
 	c, err := Parse("web.toml", []byte(data))
 	if err != nil {
@@ -299,6 +348,7 @@ format = "console"
 			User:        "nobody",
 			Env:         map[string]string{"NODE_ENV": "production", "PORT": "3000"},
 			EnvFile:     envFile,
+			NPM:         "npm",
 			Credential:  &syscall.Credential{Uid: ids[0], Gid: gids[0], Groups: groups},
 			EnvFileVars: []string{"DB_PASSWORD=hunter2", "REGION=eu-west-1"},
 		},
@@ -323,13 +373,25 @@ format = "console"
 		},
 		Health:  HealthConfig{Listen: "0.0.0.0:9000", Path: "/lb"},
 		Control: ControlConfig{Socket: "/run/web/agent.sock", Group: "nogroup", GID: gidOf(t, "nogroup")},
-		Log:     LogConfig{Level: "debug", Format: "console"},
+		Proxy: ProxyConfig{
+			Listen:        ":80",
+			Upstream:      "127.0.0.1:3000",
+			SpareUpstream: "[::1]:3001",
+			Hold:          Duration(10 * time.Second),
+			IdleTimeout:   Duration(90 * time.Second),
+		},
+		Log: LogConfig{Level: "debug", Format: "console", File: logFile,
+			MaxSize: 10 << 20, MaxFiles: 3},
+		Metrics: MetricsConfig{Listen: "127.0.0.1:9100"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
 	}
 	if !c.Probe.Enabled() {
 		t.Error("Probe.Enabled() = false with probe.http set")
+	}
+	if !c.ProxyEnabled() {
+		t.Error("ProxyEnabled() = false with proxy.listen set")
 	}
 	if c.Stop.Signal.Sys() != syscall.SIGINT || c.Restart.Delay.D() != 500*time.Millisecond {
 		t.Errorf("Sys/D: %v %v", c.Stop.Signal.Sys(), c.Restart.Delay.D())
@@ -382,6 +444,17 @@ func TestDefaults(t *testing.T) {
 		{"control.gid", d.Control.GID, -1},
 		{"log.level", d.Log.Level, "info"},
 		{"log.format", d.Log.Format, "json"},
+		{"app.npm", d.App.NPM, "direct"},
+		{"proxy.listen", d.Proxy.Listen, ""},
+		{"proxy.upstream", d.Proxy.Upstream, "127.0.0.1:3000"},
+		{"proxy.spare_upstream", d.Proxy.SpareUpstream, ""},
+		{"proxy.hold", d.Proxy.Hold.D(), 30 * time.Second},
+		{"proxy.idle_timeout", d.Proxy.IdleTimeout.D(), 75 * time.Second},
+		{"proxy enabled", d.ProxyEnabled(), false},
+		{"log.file", d.Log.File, ""},
+		{"log.max_size", d.Log.MaxSize, ByteSize(100 << 20)},
+		{"log.max_files", d.Log.MaxFiles, 5},
+		{"metrics.listen", d.Metrics.Listen, ""},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -390,55 +463,37 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// TestSchemaMatchesStruct checks that every key of the configSchema decodes into
-// a field of Config, so the two lists cannot drift apart.
-func TestSchemaMatchesStruct(t *testing.T) {
-	var b strings.Builder
-	values := map[keyKind]string{
-		kindString: `"x"`, kindInt: "1", kindBool: "true", kindArgv: `["x"]`,
-		kindEnv: `{ A = "b" }`, kindDuration: `"1s"`, kindByteSize: `"1M"`,
-		kindSignal: `"TERM"`, kindHeap: `"auto"`,
-	}
-	for _, s := range configSchema {
-		if s.keyKind == kindTable {
-			continue
-		}
-		b.WriteString(s.key + " = " + values[s.keyKind] + "\n")
-	}
-	var c Config
-	md, err := toml.Decode(b.String(), &c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if u := md.Undecoded(); len(u) > 0 {
-		t.Errorf("configSchema keys without a field: %v", u)
-	}
-	// And every field of Config is in the configSchema.
-	fields := 0
-	rt := reflect.TypeOf(c)
+// configKeys lists every key of the config file, tables and their keys,
+// in the order of the Config struct's fields (the contract's order).
+func configKeys() []string {
+	var keys []string
+	rt := reflect.TypeFor[Config]()
 	for i := range rt.NumField() {
-		f := rt.Field(i)
-		if f.Tag.Get("toml") == "-" {
+		name := tomlName(rt.Field(i))
+		if name == "" {
 			continue
 		}
-		if f.Type.Kind() != reflect.Struct || f.Type == reflect.TypeOf(HeapSetting{}) {
-			fields++
-			continue
-		}
-		for j := range f.Type.NumField() {
-			if f.Type.Field(j).Tag.Get("toml") != "-" {
-				fields++
+		keys = append(keys, name)
+		if ft := rt.Field(i).Type; ft.Kind() == reflect.Struct && isTable(ft) {
+			for j := range ft.NumField() {
+				if sub := tomlName(ft.Field(j)); sub != "" {
+					keys = append(keys, name+"."+sub)
+				}
 			}
 		}
 	}
-	leaves := 0
-	for _, s := range configSchema {
-		if s.keyKind != kindTable {
-			leaves++
+	return keys
+}
+
+func TestConfigKeys(t *testing.T) {
+	keys := configKeys()
+	for _, want := range []string{"name", "app", "app.npm", "proxy.spare_upstream", "log.max_files", "metrics.listen"} {
+		if !slices.Contains(keys, want) {
+			t.Errorf("configKeys() lacks %s: %q", want, keys)
 		}
 	}
-	if fields != leaves {
-		t.Errorf("Config has %d keys, the configSchema %d", fields, leaves)
+	if len(keys) < 50 {
+		t.Errorf("only %d keys: %q", len(keys), keys)
 	}
 }
 
@@ -491,11 +546,7 @@ func TestExample(t *testing.T) {
 		}
 		uncommented.WriteString(line + "\n")
 	}
-	var keys []string
-	for _, s := range configSchema {
-		keys = append(keys, s.key)
-	}
-	if !reflect.DeepEqual(seen, keys) {
+	if keys := configKeys(); !reflect.DeepEqual(seen, keys) {
 		t.Errorf("keys of the example:\n%q\nwant\n%q", seen, keys)
 	}
 
@@ -529,6 +580,16 @@ delay = "1500ms"
 max_delay = "90s"
 [control]
 group = "nogroup"
+[proxy]
+listen = "0.0.0.0:80"
+spare_upstream = "127.0.0.1:3001"
+hold = "2500ms"
+[log]
+file = "` + filepath.Join(dir, "agent.log") + `"
+max_size = "64M"
+max_files = 2
+[metrics]
+listen = "127.0.0.1:9100"
 `
 	c, err := Parse("agent.toml", []byte(data))
 	if err != nil {
@@ -550,6 +611,14 @@ group = "nogroup"
 		`max_delay = "90s"`,
 		`user = "nobody"  # uid 65534`,
 		`group = "nogroup"  # gid `,
+		`listen = "0.0.0.0:80"`,
+		`spare_upstream = "127.0.0.1:3001"`,
+		`hold = "2500ms"`,
+		`idle_timeout = "75s"`,
+		`max_size = "64MiB"`,
+		`max_files = 2`,
+		`listen = "127.0.0.1:9100"`,
+		`npm = "direct"  # npm scripts run without npm`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("effective config lacks %q:\n%s", want, text)
@@ -571,9 +640,9 @@ group = "nogroup"
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range configSchema {
-		if !md.IsDefined(strings.Split(s.key, ".")...) {
-			t.Errorf("effective config lacks %s", s.key)
+	for _, key := range configKeys() {
+		if !md.IsDefined(strings.Split(key, ".")...) {
+			t.Errorf("effective config lacks %s", key)
 		}
 	}
 
@@ -639,7 +708,7 @@ func TestLoad(t *testing.T) {
 	if err := os.WriteFile(path, []byte(head+"[log]\nlevel = \"loud\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load(path); err == nil || !strings.HasPrefix(err.Error(), path+":4:9: log.level:") {
+	if _, err := Load(path); err == nil || !strings.HasPrefix(err.Error(), path+":4:10: log.level:") {
 		t.Errorf("Load of a bad file: %v", err)
 	}
 }
@@ -860,4 +929,128 @@ func FuzzParse(f *testing.F) {
 func readExampleForFuzz() []byte {
 	data, _ := os.ReadFile("../agent.toml.example")
 	return data
+}
+
+func TestProxyAccepted(t *testing.T) {
+	for _, tt := range []struct {
+		name, toml string
+		enabled    bool
+	}{
+		{"off by default", "", false},
+		{"upstream set, proxy off", "[proxy]\nupstream = \"127.0.0.1:8081\"\n", false},
+		{"on", "[proxy]\nlisten = \":80\"\n", true},
+		{"all keys", "[proxy]\nlisten = \":80\"\nupstream = \"[::1]:3000\"\nspare_upstream = \"localhost:3001\"\nhold = \"5s\"\nidle_timeout = \"120s\"\n", true},
+		{"upstream in 127/8", "[proxy]\nlisten = \":80\"\nupstream = \"127.0.0.2:3000\"\nspare_upstream = \"127.0.0.3:3000\"\n", true},
+		{"same port, other addresses", "[health]\nlisten = \"10.0.0.1:8081\"\n[proxy]\nlisten = \"10.0.0.2:8081\"\n[metrics]\nlisten = \"127.0.0.1:8081\"\n", true},
+		{"ephemeral ports", "[health]\nlisten = \"127.0.0.1:0\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n", true},
+		{"metrics on", "[metrics]\nlisten = \"127.0.0.1:9100\"\n", false},
+		{"short idle timeout is allowed", "[proxy]\nlisten = \":80\"\nidle_timeout = \"5s\"\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("a.toml", []byte(head+tt.toml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ProxyEnabled() != tt.enabled {
+				t.Errorf("ProxyEnabled() = %v", !tt.enabled)
+			}
+		})
+	}
+}
+
+func TestLogFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "var", "log", "agent")
+	path := filepath.Join(dir, "web.log")
+	conf := []byte(head + "[log]\nfile = \"" + path + "\"\n")
+	if _, err := Parse("a.toml", conf); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o750&^fs.FileMode(umask()) {
+		t.Errorf("directory mode %v, want 0750", fi.Mode().Perm())
+	}
+	fi, err = os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o640&^fs.FileMode(umask()) || fi.Size() != 0 {
+		t.Errorf("file mode %v size %d, want 0640 and empty", fi.Mode().Perm(), fi.Size())
+	}
+	// An existing file is kept as it is, never truncated.
+	if err := os.WriteFile(path, []byte("old line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse("a.toml", conf); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(path); err != nil || string(data) != "old line\n" {
+		t.Errorf("existing file: %q %v", data, err)
+	}
+	// A path that cannot be opened for append: see TestParseErrors.
+}
+
+// umask returns the process's umask.
+func umask() int {
+	m := syscall.Umask(0)
+	syscall.Umask(m)
+	return m
+}
+
+// bigConfig returns a valid config of about size bytes, nearly all of it
+// an [app.env] table, with inline tables and dotted keys as well.
+func bigConfig(size int) (data string, vars int) {
+	var b strings.Builder
+	b.WriteString(head + "[restart]\ndelay = \"2s\"\n[app.env]\n")
+	for i := 0; b.Len() < size; i++ {
+		fmt.Fprintf(&b, "VAR_%d = \"value number %d, with \\\"escapes\\\" and \\u00e9\"\n", i, i)
+		vars++
+	}
+	return b.String(), vars
+}
+
+// TestParseLarge parses a 4 MiB config: it works, and every variable is
+// there.
+func TestParseLarge(t *testing.T) {
+	data, n := bigConfig(4 << 20)
+	c, err := Parse("big.toml", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.App.Env) != n || c.Restart.Delay.D() != 2*time.Second {
+		t.Fatalf("%d variables, want %d; delay %v", len(c.App.Env), n, c.Restart.Delay)
+	}
+	if got, want := c.App.Env["VAR_7"], "value number 7, with \"escapes\" and é"; got != want {
+		t.Errorf("VAR_7 = %q, want %q", got, want)
+	}
+	// An error at the end of a large file is found and positioned.
+	bad := data + "[stop]\nsignal = \"SIGFOO\"\n"
+	_, err = Parse("big.toml", []byte(bad))
+	line := strings.Count(bad, "\n")
+	if want := fmt.Sprintf("big.toml:%d:11: stop.signal: unknown signal", line); err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %v, want %q...", err, want)
+	}
+}
+
+func BenchmarkParseConfig4MiB(b *testing.B) {
+	data, _ := bigConfig(4 << 20)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse("big.toml", []byte(data)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkParseExample(b *testing.B) {
+	data := readExampleForFuzz()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse("agent.toml.example", data); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -43,15 +43,18 @@ func ReadEnvFile(path string) ([]string, error) {
 	return parseEnvFile(path, string(data))
 }
 
-// parseEnvFile parses the contents of an env file; see ReadEnvFile.
+// parseEnvFile parses the contents of an env file; see ReadEnvFile. It
+// reads data once, front to back: a quoted value that spans lines is read
+// in place, never copied with the rest of the file.
 func parseEnvFile(path, data string) ([]string, error) {
 	var vars []string
 	data = strings.TrimPrefix(data, "\uFEFF")
 	line := 0
-	for len(data) > 0 {
+	for pos := 0; pos < len(data); {
 		line++
-		var text string
-		text, data = cutLine(data)
+		text, next := lineAt(data, pos)
+		end := pos + len(text) // text is data[pos:end]
+		pos = next
 		text = strings.TrimLeft(text, " \t")
 		if text == "" || text[0] == '#' || text[0] == ';' {
 			continue
@@ -75,16 +78,15 @@ func parseEnvFile(path, data string) ([]string, error) {
 		}
 		value = strings.TrimLeft(value, " \t")
 		if value != "" && (value[0] == '"' || value[0] == '\'') {
-			// The quoted value may run over the following lines: parse it
-			// from here on in the rest of the file.
+			// The quoted value may run over the following lines.
 			start := line
-			v, after, lines, err := unquote(value + "\n" + data)
+			v, after, lines, err := unquote(data, end-len(value))
 			if err != nil {
 				return nil, &ConfigError{Path: path, Line: start, Msg: err.Error()}
 			}
 			line += lines
 			var tail string
-			tail, data = cutLine(after)
+			tail, pos = lineAt(data, after)
 			tail = strings.TrimLeft(tail, " \t")
 			if tail != "" && tail[0] != '#' {
 				return nil, fail("unexpected text after the closing quote")
@@ -101,30 +103,36 @@ func parseEnvFile(path, data string) ([]string, error) {
 	return vars, nil
 }
 
-// cutLine splits s after its first line; the line is returned without its
-// line ending (\n or \r\n).
-func cutLine(s string) (line, rest string) {
-	line, rest, _ = strings.Cut(s, "\n")
-	return strings.TrimSuffix(line, "\r"), rest
+// lineAt returns the line of data that starts at offset pos, without its
+// line ending (\n or \r\n), and the offset of the next line.
+func lineAt(data string, pos int) (line string, next int) {
+	n := strings.IndexByte(data[pos:], '\n')
+	if n < 0 {
+		return strings.TrimSuffix(data[pos:], "\r"), len(data)
+	}
+	return strings.TrimSuffix(data[pos:pos+n], "\r"), pos + n + 1
 }
 
-// unquote reads the quoted value at the start of s (which starts with ' or
-// ") and returns it unquoted, the text after the closing quote and the
-// number of line breaks inside the quotes.
-func unquote(s string) (value, rest string, lines int, err error) {
-	quote := s[0]
+// unquote reads the quoted value that starts at offset pos of data (with '
+// or ") and returns it unquoted, the offset after the closing quote and
+// the number of line breaks inside the quotes. A line break inside the
+// quotes is kept as \n, also when the file has \r\n line endings.
+func unquote(data string, pos int) (value string, after, lines int, err error) {
+	quote := data[pos]
 	var b strings.Builder
-	for i := 1; i < len(s); i++ {
-		c := s[i]
+	for i := pos + 1; i < len(data); i++ {
+		c := data[i]
 		switch {
 		case c == quote:
-			return b.String(), s[i+1:], lines, nil
+			return b.String(), i + 1, lines, nil
+		case c == '\r' && i+1 < len(data) && data[i+1] == '\n':
+			// A \r\n line break: the \n is next.
 		case c == '\n':
 			lines++
 			b.WriteByte(c)
-		case c == '\\' && quote == '"' && i+1 < len(s):
+		case c == '\\' && quote == '"' && i+1 < len(data):
 			i++
-			switch e := s[i]; e {
+			switch e := data[i]; e {
 			case '"', '\\', '$', '`':
 				b.WriteByte(e)
 			case 'n':
@@ -134,7 +142,14 @@ func unquote(s string) (value, rest string, lines int, err error) {
 			case 'r':
 				b.WriteByte('\r')
 			case '\n':
-				lines++ // a continued line
+				lines++ // a continued line: the line break is dropped
+			case '\r':
+				if i+1 < len(data) && data[i+1] == '\n' {
+					i++
+					lines++ // a continued line, \r\n
+				} else {
+					b.WriteString("\\\r")
+				}
 			default:
 				b.WriteByte('\\')
 				b.WriteByte(e)
@@ -143,5 +158,5 @@ func unquote(s string) (value, rest string, lines int, err error) {
 			b.WriteByte(c)
 		}
 	}
-	return "", "", 0, fmt.Errorf("unterminated quoted value (missing closing %c)", quote)
+	return "", 0, 0, fmt.Errorf("unterminated quoted value (missing closing %c)", quote)
 }

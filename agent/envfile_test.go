@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -34,6 +35,9 @@ func TestParseEnvFile(t *testing.T) {
 		{"multi-line single", "A='x\ny'\nB=2\n", []string{"A=x\ny", "B=2"}},
 		{"continued line", "A=\"x\\\ny\"\n", []string{"A=xy"}},
 		{"crlf", "A=1\r\nB='2'\r\n", []string{"A=1", "B=2"}},
+		{"crlf multi-line", "A=\"x\r\ny\r\nz\"\r\nB='p\r\nq'\r\n", []string{"A=x\ny\nz", "B=p\nq"}},
+		{"crlf continued line", "A=\"x\\\r\ny\"\r\nB=1\r\n", []string{"A=xy", "B=1"}},
+		{"lone cr kept", "A='x\ry'\n", []string{"A=x\ry"}},
 		{"bom", "\uFEFFA=1\n", []string{"A=1"}},
 		{"duplicates kept in order", "A=1\nB=2\nA=3\n", []string{"A=1", "B=2", "A=3"}},
 		{"underscore and digits", "_X1=1\nlower_case=2\n", []string{"_X1=1", "lower_case=2"}},
@@ -70,6 +74,7 @@ func TestParseEnvFileErrors(t *testing.T) {
 		{"text after quote", "A='" + secret + "' " + secret + "\n", "app.env:1: ", "unexpected text after the closing quote"},
 		{"line after multi-line value", "A=\"x\ny\"z\n", "app.env:2: ", "unexpected text after the closing quote"},
 		{"line count after multi-line value", "A=\"x\ny\"\nB\n", "app.env:3: ", "expected KEY=VALUE"},
+		{"line count after crlf value", "A=\"x\r\ny\\\r\nz\"\r\nB\r\n", "app.env:4: ", "expected KEY=VALUE"},
 		{"NUL", "A=a\x00" + secret + "\n", "app.env:1: ", "NUL"},
 	}
 	for _, tt := range tests {
@@ -170,4 +175,56 @@ func FuzzParseEnvFile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// bigEnvFile returns an env file of about size bytes: quoted values, many
+// of them over several lines, and plain ones.
+func bigEnvFile(size int) (data string, vars int) {
+	var b strings.Builder
+	for i := 0; b.Len() < size; i++ {
+		switch i % 3 {
+		case 0:
+			fmt.Fprintf(&b, "KEY_%d=\"a \\\"quoted\\\" value\nover two lines\"\n", i)
+		case 1:
+			fmt.Fprintf(&b, "export KEY_%d='single quoted %d'\n", i, i)
+		default:
+			fmt.Fprintf(&b, "KEY_%d=plain-%d # not a comment\n", i, i)
+		}
+		vars++
+	}
+	return b.String(), vars
+}
+
+// TestReadEnvFileLarge reads an env file of the largest size allowed, made
+// of quoted values: it parses, and every variable is there.
+func TestReadEnvFileLarge(t *testing.T) {
+	data, n := bigEnvFile(maxEnvFileSize - 100)
+	path := filepath.Join(t.TempDir(), "big.env")
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vars, err := ReadEnvFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vars) != n {
+		t.Fatalf("%d variables, want %d", len(vars), n)
+	}
+	if want := "KEY_0=a \"quoted\" value\nover two lines"; vars[0] != want {
+		t.Errorf("first: %q, want %q", vars[0], want)
+	}
+	if last := vars[n-1]; !strings.HasPrefix(last, fmt.Sprintf("KEY_%d=", n-1)) {
+		t.Errorf("last: %q", last)
+	}
+}
+
+func BenchmarkParseEnvFile4MiB(b *testing.B) {
+	data, _ := bigEnvFile(maxEnvFileSize - 100)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := parseEnvFile("big.env", data); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

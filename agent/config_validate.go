@@ -1,0 +1,517 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/BurntSushi/toml"
+)
+
+// validate checks the decoded config c and resolves what refers to the
+// machine (user, directory, env file, group, log file), in the order of
+// the sections.
+func (d *decoder) validate(c *Config) error {
+	checks := []func(*Config) error{
+		d.validateName,
+		d.validateApp,
+		d.validateRestart,
+		d.validateStop,
+		d.validateMemory,
+		d.validateProbe,
+		d.validateHealth,
+		d.validateControl,
+		d.validateProxy,
+		d.validateLog,
+		d.validateMetrics,
+		d.validatePorts,
+	}
+	for _, check := range checks {
+		if err := check(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// invalid is an error about the key named by dotted: positioned at its
+// value when the key is in the file, else "PATH: key: message".
+func (d *decoder) invalid(dotted, msg string, err error) error {
+	key := toml.Key(strings.Split(dotted, "."))
+	return d.errAt(key, key, msg, err)
+}
+
+// defined reports whether the file sets the dotted key.
+func (d *decoder) defined(dotted string) bool {
+	return d.md.IsDefined(strings.Split(dotted, ".")...)
+}
+
+func (d *decoder) validateName(c *Config) error {
+	if strings.TrimSpace(c.Name) == "" {
+		return d.invalid("name", "must not be empty", nil)
+	}
+	if strings.ContainsAny(c.Name, "\n\r") {
+		return d.invalid("name", "must be one line", nil)
+	}
+	return nil
+}
+
+func (d *decoder) validateApp(c *Config) error {
+	a := &c.App
+	switch {
+	case !d.defined("app.command"):
+		return d.invalid("app.command", "is required, e.g. command = [\"node\", \"server.js\"]", nil)
+	case len(a.Command) == 0:
+		return d.invalid("app.command", "must not be empty", nil)
+	case a.Command[0] == "":
+		return d.invalid("app.command", "the program (first element) must not be empty", nil)
+	}
+	names := make([]string, 0, len(a.Env))
+	for name := range a.Env {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if !validEnvName(name) {
+			e := &ConfigError{Path: d.path, Key: "app.env",
+				Msg: fmt.Sprintf("invalid variable name %q: use letters, digits and _, not starting with a digit", name)}
+			e.Line, e.Col = d.position(toml.Key{"app", "env", name})
+			return e
+		}
+	}
+	if a.Dir != "" {
+		fi, err := os.Stat(a.Dir)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return d.invalid("app.dir", fmt.Sprintf("%q: no such directory", a.Dir), err)
+		case err != nil:
+			return d.invalid("app.dir", fmt.Sprintf("%q: %s", a.Dir, errCause(err)), err)
+		case !fi.IsDir():
+			return d.invalid("app.dir", fmt.Sprintf("%q: not a directory", a.Dir), nil)
+		}
+	}
+	if a.User != "" {
+		cred, err := lookupCredential(a.User)
+		if err != nil {
+			return d.invalid("app.user", err.Error(), err)
+		}
+		a.Credential = cred
+	}
+	if a.EnvFile != "" {
+		vars, err := ReadEnvFile(a.EnvFile)
+		if err != nil {
+			var ce *ConfigError
+			if errors.As(err, &ce) {
+				return ce // an error in the file's contents, at its line
+			}
+			return d.invalid("app.env_file", err.Error(), err)
+		}
+		a.EnvFileVars = vars
+	}
+	switch a.NPM {
+	case "direct", "npm":
+	default:
+		return d.invalid("app.npm", fmt.Sprintf("%q is not one of direct, npm", a.NPM), nil)
+	}
+	return nil
+}
+
+// lookupCredential resolves a user name (or numeric uid) to the uid, gid
+// and supplementary groups to run the app with.
+func lookupCredential(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		var unknown user.UnknownUserError
+		if !errors.As(err, &unknown) {
+			return nil, fmt.Errorf("look up user %q: %w", name, err)
+		}
+		if _, numErr := strconv.ParseUint(name, 10, 32); numErr != nil {
+			return nil, fmt.Errorf("unknown user %q", name)
+		}
+		if u, err = user.LookupId(name); err != nil {
+			return nil, fmt.Errorf("unknown user %q", name)
+		}
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: uid %q is not a number", name, u.Uid)
+	}
+	gid, err := strconv.ParseUint(u.Gid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %q: gid %q is not a number", name, u.Gid)
+	}
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("user %q: list groups: %w", name, err)
+	}
+	groups := make([]uint32, 0, len(ids))
+	for _, id := range ids {
+		g, err := strconv.ParseUint(id, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("user %q: group id %q is not a number", name, id)
+		}
+		groups = append(groups, uint32(g))
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}, nil
+}
+
+func (d *decoder) validateRestart(c *Config) error {
+	r := &c.Restart
+	switch r.Policy {
+	case "always", "on-failure", "never":
+	default:
+		return d.invalid("restart.policy", fmt.Sprintf("%q is not one of always, on-failure, never", r.Policy), nil)
+	}
+	if r.MaxDelay < r.Delay {
+		if d.defined("restart.max_delay") || !d.defined("restart.delay") {
+			return d.invalid("restart.max_delay", fmt.Sprintf("%s is less than restart.delay (%s)", r.MaxDelay, r.Delay), nil)
+		}
+		return d.invalid("restart.delay", fmt.Sprintf("%s is more than restart.max_delay (%s)", r.Delay, r.MaxDelay), nil)
+	}
+	if r.MaxRestarts < 0 {
+		return d.invalid("restart.max_restarts", fmt.Sprintf("%d is negative (0 = no limit)", r.MaxRestarts), nil)
+	}
+	if r.MaxRestarts > 0 && r.Window <= 0 {
+		return d.invalid("restart.window", "must be more than 0s when restart.max_restarts is set", nil)
+	}
+	switch r.OnExhausted {
+	case "unhealthy", "exit":
+	default:
+		return d.invalid("restart.on_exhausted", fmt.Sprintf("%q is not one of unhealthy, exit", r.OnExhausted), nil)
+	}
+	return nil
+}
+
+func (d *decoder) validateStop(c *Config) error {
+	if c.Stop.Timeout <= 0 {
+		return d.invalid("stop.timeout", "must be more than 0s", nil)
+	}
+	return nil
+}
+
+func (d *decoder) validateMemory(c *Config) error {
+	if c.Memory.MaxRSS > 0 && c.Memory.RSSGrace <= 0 {
+		return d.invalid("memory.rss_grace", "must be more than 0s when memory.max_rss is set", nil)
+	}
+	return nil
+}
+
+func (d *decoder) validateProbe(c *Config) error {
+	pr := &c.Probe
+	if pr.HTTP != "" && pr.TCP != "" {
+		return d.invalid("probe.tcp", "set either probe.http or probe.tcp, not both", nil)
+	}
+	if pr.HTTP != "" {
+		u, err := url.Parse(pr.HTTP)
+		switch {
+		case err != nil:
+			return d.invalid("probe.http", fmt.Sprintf("invalid URL %q: %s", pr.HTTP, errCause(err)), err)
+		case u.Scheme != "http":
+			return d.invalid("probe.http", fmt.Sprintf("%q is not an http:// URL", pr.HTTP), nil)
+		case u.Host == "" || u.Hostname() == "":
+			return d.invalid("probe.http", fmt.Sprintf("%q has no host", pr.HTTP), nil)
+		}
+		if port := u.Port(); port != "" {
+			if _, err := parsePort(port, false); err != nil {
+				return d.invalid("probe.http", fmt.Sprintf("%q: %v", pr.HTTP, err), err)
+			}
+		}
+	}
+	if pr.TCP != "" {
+		if _, err := parseHostPort(pr.TCP, false); err != nil {
+			return d.invalid("probe.tcp", err.Error(), err)
+		}
+	}
+	if pr.Interval <= 0 {
+		return d.invalid("probe.interval", "must be more than 0s", nil)
+	}
+	if pr.Timeout <= 0 {
+		return d.invalid("probe.timeout", "must be more than 0s", nil)
+	}
+	if pr.FailureThreshold < 1 {
+		return d.invalid("probe.failure_threshold", fmt.Sprintf("%d is less than 1", pr.FailureThreshold), nil)
+	}
+	if pr.StartupTimeout <= 0 {
+		return d.invalid("probe.startup_timeout", "must be more than 0s", nil)
+	}
+	return nil
+}
+
+func (d *decoder) validateHealth(c *Config) error {
+	if _, err := parseHostPort(c.Health.Listen, true); err != nil {
+		return d.invalid("health.listen", err.Error(), err)
+	}
+	if !strings.HasPrefix(c.Health.Path, "/") {
+		return d.invalid("health.path", fmt.Sprintf("%q does not start with /", c.Health.Path), nil)
+	}
+	if strings.ContainsAny(c.Health.Path, " ?#") {
+		return d.invalid("health.path", fmt.Sprintf("%q is not a plain path (no spaces, ? or #)", c.Health.Path), nil)
+	}
+	return nil
+}
+
+func (d *decoder) validateControl(c *Config) error {
+	ct := &c.Control
+	if !filepath.IsAbs(ct.Socket) {
+		return d.invalid("control.socket", fmt.Sprintf("%q is not an absolute path", ct.Socket), nil)
+	}
+	ct.GID = -1
+	if ct.Group != "" {
+		g, err := user.LookupGroup(ct.Group)
+		if err != nil {
+			var unknown user.UnknownGroupError
+			if errors.As(err, &unknown) {
+				return d.invalid("control.group", fmt.Sprintf("unknown group %q", ct.Group), err)
+			}
+			return d.invalid("control.group", fmt.Sprintf("look up group %q: %v", ct.Group, err), err)
+		}
+		gid, err := strconv.Atoi(g.Gid)
+		if err != nil {
+			return d.invalid("control.group", fmt.Sprintf("group %q: gid %q is not a number", ct.Group, g.Gid), err)
+		}
+		ct.GID = gid
+	}
+	return nil
+}
+
+func (d *decoder) validateProxy(c *Config) error {
+	p := &c.Proxy
+	if p.Listen != "" {
+		if _, err := parseHostPort(p.Listen, true); err != nil {
+			return d.invalid("proxy.listen", err.Error(), err)
+		}
+	}
+	if err := checkLoopback(p.Upstream); err != nil {
+		return d.invalid("proxy.upstream", err.Error(), err)
+	}
+	if p.SpareUpstream != "" {
+		if err := checkLoopback(p.SpareUpstream); err != nil {
+			return d.invalid("proxy.spare_upstream", err.Error(), err)
+		}
+	}
+	if p.Hold <= 0 {
+		return d.invalid("proxy.hold", "must be more than 0s", nil)
+	}
+	if p.IdleTimeout <= 0 {
+		return d.invalid("proxy.idle_timeout", "must be more than 0s (keep it above the load balancer's idle timeout, 60s on an ALB)", nil)
+	}
+	return nil
+}
+
+func (d *decoder) validateLog(c *Config) error {
+	l := &c.Log
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return d.invalid("log.level", fmt.Sprintf("%q is not one of debug, info, warn, error", l.Level), nil)
+	}
+	switch l.Format {
+	case "json", "console":
+	default:
+		return d.invalid("log.format", fmt.Sprintf("%q is not one of json, console", l.Format), nil)
+	}
+	if l.File != "" {
+		if msg, err := checkLogFile(l.File); msg != "" {
+			return d.invalid("log.file", msg, err)
+		}
+	}
+	if l.MaxSize == 0 {
+		return d.invalid("log.max_size", "must be more than 0", nil)
+	}
+	if l.MaxFiles < 1 {
+		return d.invalid("log.max_files", fmt.Sprintf("%d is less than 1", l.MaxFiles), nil)
+	}
+	return nil
+}
+
+// checkLogFile checks that the log file at path can be written: it creates
+// its directory (0750) when missing and the file (0640), opened for append
+// and closed again. It returns what went wrong, "" when nothing did.
+func checkLogFile(path string) (string, error) {
+	if !filepath.IsAbs(path) {
+		return fmt.Sprintf("%q is not an absolute path", path), nil
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Sprintf("create directory %q: %s", dir, errCause(err)), err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Sprintf("%q: cannot open for append: %s", path, errCause(err)), err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Sprintf("%q: %s", path, errCause(err)), err
+	}
+	return "", nil
+}
+
+func (d *decoder) validateMetrics(c *Config) error {
+	if c.Metrics.Listen != "" {
+		if _, err := parseHostPort(c.Metrics.Listen, true); err != nil {
+			return d.invalid("metrics.listen", err.Error(), err)
+		}
+	}
+	return nil
+}
+
+// validatePorts checks that no two of the agent's addresses share a port on
+// overlapping addresses: the health, proxy and metrics listeners, and with
+// the proxy on, the app's upstream and spare upstream. Each is compared
+// with those before it in this order; the error names the later one.
+func (d *decoder) validatePorts(c *Config) error {
+	type addr struct {
+		key, value string
+	}
+	addrs := []addr{{"health.listen", c.Health.Listen}}
+	if c.ProxyEnabled() {
+		addrs = append(addrs, addr{"proxy.listen", c.Proxy.Listen})
+	}
+	if c.Metrics.Listen != "" {
+		addrs = append(addrs, addr{"metrics.listen", c.Metrics.Listen})
+	}
+	if c.ProxyEnabled() {
+		addrs = append(addrs, addr{"proxy.upstream", c.Proxy.Upstream})
+		if c.Proxy.SpareUpstream != "" {
+			addrs = append(addrs, addr{"proxy.spare_upstream", c.Proxy.SpareUpstream})
+		}
+	}
+	for i, a := range addrs {
+		ha, _ := parseHostPort(a.value, true) // each was checked above
+		for _, b := range addrs[:i] {
+			hb, _ := parseHostPort(b.value, true)
+			if ha.overlaps(hb) {
+				return d.invalid(a.key, fmt.Sprintf("port %d is also %s (%q)", ha.port, b.key, b.value), nil)
+			}
+		}
+	}
+	return nil
+}
+
+// hostPort is a parsed host:port.
+type hostPort struct {
+	host string // as written; "" = all addresses
+	port int
+}
+
+// parseHostPort parses s as host:port with a numeric port; the host may be
+// empty (all addresses, or the local host when dialling). Port 0 is
+// accepted only when zeroOK.
+func parseHostPort(s string, zeroOK bool) (hostPort, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return hostPort{}, fmt.Errorf("%q is not host:port: %s", s, errCause(err))
+	}
+	n, err := parsePort(port, zeroOK)
+	if err != nil {
+		return hostPort{}, fmt.Errorf("%q: %w", s, err)
+	}
+	return hostPort{host: host, port: n}, nil
+}
+
+func parsePort(s string, zeroOK bool) (int, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("port %q is not a number from 1 to 65535", s)
+	}
+	if n == 0 && !zeroOK {
+		return 0, errors.New("port 0 is not allowed here")
+	}
+	return int(n), nil
+}
+
+// checkLoopback checks that s is host:port with a loopback host
+// (127.0.0.0/8, ::1 or localhost) and a port other than 0: the app listens
+// there, behind the proxy.
+func checkLoopback(s string) error {
+	hp, err := parseHostPort(s, false)
+	if err != nil {
+		return err
+	}
+	if !hp.loopback() {
+		return fmt.Errorf("%q is not a loopback address (127.0.0.1, ::1 or localhost)", s)
+	}
+	return nil
+}
+
+// localhost reports whether the host is the name localhost.
+func (h hostPort) localhost() bool { return strings.EqualFold(h.host, "localhost") }
+
+// loopback reports whether the host is a loopback address or localhost.
+func (h hostPort) loopback() bool {
+	if h.localhost() {
+		return true
+	}
+	ip, err := netip.ParseAddr(h.host)
+	return err == nil && ip.IsLoopback()
+}
+
+// wildcard reports whether the host means all addresses.
+func (h hostPort) wildcard() bool {
+	if h.host == "" {
+		return true
+	}
+	ip, err := netip.ParseAddr(h.host)
+	return err == nil && ip.IsUnspecified()
+}
+
+// overlaps reports whether listening on h and on o would take the same
+// port on a common address. Port 0 (any free port) overlaps nothing.
+func (h hostPort) overlaps(o hostPort) bool {
+	if h.port != o.port || h.port == 0 {
+		return false
+	}
+	if h.wildcard() || o.wildcard() || h.localhost() && o.loopback() || o.localhost() && h.loopback() {
+		return true
+	}
+	a, errA := netip.ParseAddr(h.host)
+	b, errB := netip.ParseAddr(o.host)
+	if errA == nil && errB == nil {
+		return a.Unmap() == b.Unmap()
+	}
+	return strings.EqualFold(h.host, o.host)
+}
+
+// validEnvName reports whether s is a valid environment variable name:
+// letters, digits and underscores, not starting with a digit.
+func validEnvName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case c >= '0' && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// errCause returns the innermost message of err, without the operation and
+// path that the caller already names.
+func errCause(err error) string {
+	var pe *fs.PathError
+	var ue *url.Error
+	var ae *net.AddrError
+	switch {
+	case errors.As(err, &pe):
+		return pe.Err.Error()
+	case errors.As(err, &ue):
+		return ue.Err.Error()
+	case errors.As(err, &ae):
+		return ae.Err
+	}
+	return err.Error()
+}

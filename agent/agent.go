@@ -273,8 +273,8 @@ func (a *Agent) reload() {
 		return
 	}
 	if cfg.Health != old.Health || cfg.Control.Socket != old.Control.Socket || cfg.Control.Group != old.Control.Group ||
-		cfg.Memory.WatchOOM != old.Memory.WatchOOM || cfg.Log != old.Log {
-		a.log.Warn().Msg("[health], [control], [log] and memory.watch_oom changes apply only when the agent restarts")
+		cfg.Memory.WatchOOM != old.Memory.WatchOOM || cfg.Log != old.Log || cfg.Proxy != old.Proxy || cfg.Metrics != old.Metrics {
+		a.log.Warn().Msg("[health], [control], [log], [proxy], [metrics] and memory.watch_oom changes apply only when the agent restarts")
 	}
 	a.heapMB.Store(int64(ResolveHeapMB(cfg, a.log)))
 	a.cfg.Store(cfg)

@@ -177,7 +177,7 @@ func runAgent(path, version string, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	a := agent.New(cfg, log, version)
 	err = a.Run(ctx, reload)
-	if errors.Is(err, agent.ErrSocketInUse) {
+	if errors.Is(err, agent.ErrSocketInUse) || errors.Is(err, agent.ErrSocketPathTaken) {
 		return usageError{err}
 	}
 	return err

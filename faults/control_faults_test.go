@@ -62,8 +62,8 @@ func TestControlSocketPathTaken(t *testing.T) {
 			r.start(nil)
 			code := r.waitExit(30 * time.Second)
 			msg := strings.TrimSpace(r.stderr.String())
-			if code == 0 || !strings.Contains(msg, r.socket) || !strings.Contains(msg, "not removing it") {
-				t.Errorf("exit %d, stderr %q: want a failure naming the path and saying it is kept", code, msg)
+			if code != 2 || !strings.Contains(msg, r.socket) || !strings.Contains(msg, "not removing it") {
+				t.Errorf("exit %d, stderr %q: want exit 2 (systemd must not restart into it) naming the path and saying it is kept", code, msg)
 			}
 			if strings.Contains(msg, "app started") {
 				t.Error("the app was started")

@@ -64,8 +64,8 @@ type Sink struct {
 	done chan struct{} // closed when the drain goroutine returns
 
 	// Owned by the drain goroutine.
-	spare  []byte
-	spareL []line
+	spare   []byte
+	spareL  []line
 	failed  uint64 // lines the writer failed to take, not yet reported
 	partial bool   // whether a failed write left part of a line behind
 	notice  []byte

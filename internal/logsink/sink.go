@@ -78,7 +78,8 @@ type Sink struct {
 // counted; a stuck w only fills the buffer. When w takes lines again the
 // sink first writes one line saying how many were dropped, a JSON line in
 // zerolog's shape ({"level":"warn","time":...,"message":"dropped N log lines"})
-// when the lines around it are JSON, a console-style line otherwise.
+// when the lines around it are JSON, a console-style line otherwise; its
+// time comes from zerolog.TimestampFunc, as the lines' own do.
 // The sink holds at most about 2 x maxBytes of memory. A maxBytes below
 // 64 KiB is raised to 64 KiB.
 func New(w io.Writer, maxBytes int) *Sink {
@@ -88,7 +89,7 @@ func New(w io.Writer, maxBytes int) *Sink {
 	s := &Sink{
 		w:    w,
 		max:  maxBytes,
-		now:  time.Now,
+		now:  func() time.Time { return zerolog.TimestampFunc() },
 		wake: make(chan struct{}, 1),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/rs/zerolog"
 )
@@ -32,6 +33,11 @@ const (
 // ErrCloseTimeout is returned by Close when the writer did not take the
 // queued lines in time; they are counted as dropped.
 var ErrCloseTimeout = errors.New("log sink: queued lines not written in time")
+
+// lineCost is what a queued line costs beside its bytes (its line
+// record), counted in the buffer's budget so that many short lines cannot
+// hold more memory than a few long ones.
+const lineCost = int(unsafe.Sizeof(line{}))
 
 // line is one queued log line: where it ends in the batch buffer, how many
 // lines were dropped just before it (the notice to write first), and whether
@@ -52,7 +58,7 @@ type Sink struct {
 	mu     sync.Mutex
 	buf    []byte // queued lines, back to back
 	lines  []line
-	used   int    // bytes queued plus bytes of the batch being written
+	used   int    // bytes (and lineCost per line) queued and being written
 	gap    uint64 // lines dropped since the last queued one
 	last   bool   // whether the last queued line was JSON
 	closed bool
@@ -108,7 +114,7 @@ func (s *Sink) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	s.mu.Lock()
-	if s.closed || s.used+n > s.max {
+	if s.closed || s.used+n+lineCost > s.max {
 		if !s.closed {
 			s.gap++
 		}
@@ -124,7 +130,7 @@ func (s *Sink) Write(p []byte) (int, error) {
 	s.lines = append(s.lines, line{end: len(s.buf), gap: s.gap, json: js})
 	s.gap = 0
 	s.last = js
-	s.used += n
+	s.used += n + lineCost
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -211,7 +217,7 @@ func (s *Sink) drain() {
 		s.writeBatch(batch, lines)
 
 		s.mu.Lock()
-		s.used -= len(batch)
+		s.used -= len(batch) + len(lines)*lineCost
 		s.mu.Unlock()
 
 		// Keep the emptied buffer for the next swap unless a flood made it

@@ -52,11 +52,11 @@ type ProxySnapshot struct {
 	Failed   uint64 // responses the agent gave instead of the app (502, 503, 504)
 }
 
-// States and Reasons are the label values written even while their series
+// knownStates and knownReasons are the label values written even while their series
 // are zero, so that rates and alerts work from the first scrape.
 var (
-	States  = []string{"starting", "running", "backoff", "stopping", "stopped", "failed", "draining"}
-	Reasons = []string{"exited", "crashed", "signaled", "oom-kill", "heap-oom", "rss-limit", "liveness", "start-timeout", "restart", "stop", "reload"}
+	knownStates  = []string{"starting", "running", "backoff", "stopping", "stopped", "failed", "draining"}
+	knownReasons = []string{"exited", "crashed", "signaled", "oom-kill", "heap-oom", "rss-limit", "liveness", "start-timeout", "restart", "stop", "reload"}
 )
 
 // durationBuckets are the upper bounds of the request duration histogram:
@@ -168,22 +168,22 @@ func (m *Metrics) write(e *expo, s Snapshot) {
 	e.help("agent_app_ready", "gauge", "Whether the app is ready and serving (1) or not (0).")
 	e.sample("agent_app_ready", "", "", b2f(s.Ready))
 	e.help("agent_app_state", "gauge", "The app's state: 1 for the current one, 0 for the others.")
-	for _, st := range States {
+	for _, st := range knownStates {
 		e.sample("agent_app_state", "state", st, b2f(s.State == st))
 	}
-	if s.State != "" && !slices.Contains(States, s.State) {
+	if s.State != "" && !slices.Contains(knownStates, s.State) {
 		e.sample("agent_app_state", "state", s.State, 1)
 	}
 	e.help("agent_app_restarts_total", "counter", "Restarts of the app since the agent started.")
 	e.sample("agent_app_restarts_total", "", "", float64(s.Restarts))
 	e.help("agent_app_exits_total", "counter", "Exits of the app's processes since the agent started, by reason.")
-	for _, r := range Reasons {
+	for _, r := range knownReasons {
 		e.sample("agent_app_exits_total", "reason", r, float64(s.Exits[r]))
 	}
 	if len(s.Exits) > 0 {
 		var other []string
 		for r := range s.Exits {
-			if !slices.Contains(Reasons, r) {
+			if !slices.Contains(knownReasons, r) {
 				other = append(other, r)
 			}
 		}

@@ -52,8 +52,9 @@ type ProxySnapshot struct {
 	Failed   uint64 // responses the agent gave instead of the app (502, 503, 504)
 }
 
-// knownStates and knownReasons are the label values written even while their series
-// are zero, so that rates and alerts work from the first scrape.
+// knownStates and knownReasons are the label values written even while
+// their series are zero, so that rates and alerts work from the first
+// scrape.
 var (
 	knownStates  = []string{"starting", "running", "backoff", "stopping", "stopped", "failed", "draining"}
 	knownReasons = []string{"exited", "crashed", "signaled", "oom-kill", "heap-oom", "rss-limit", "liveness", "start-timeout", "restart", "stop", "reload"}

@@ -86,8 +86,11 @@ type Sink struct {
 // zerolog's shape ({"level":"warn","time":...,"message":"dropped N log lines"})
 // when the lines around it are JSON, a console-style line otherwise; its
 // time comes from zerolog.TimestampFunc, as the lines' own do.
-// The sink holds at most about 2 x maxBytes of memory. A maxBytes below
-// 64 KiB is raised to 64 KiB.
+// maxBytes bounds the queue, line bytes plus a small record per line; a
+// line longer than that is always dropped, so give room for the longest
+// line (the supervisor cuts app lines at 64 KiB). A maxBytes below 64 KiB is
+// raised to 64 KiB. The sink's buffers (the queue and the batch being
+// written) never take more than 4 x maxBytes.
 func New(w io.Writer, maxBytes int) *Sink {
 	if maxBytes < maxChunk {
 		maxBytes = maxChunk

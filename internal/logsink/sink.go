@@ -129,6 +129,9 @@ func (s *Sink) Write(p []byte) (int, error) {
 		s.buf = grow(s.buf, n, s.max)
 	}
 	s.buf = append(s.buf, p...)
+	if len(s.lines) == cap(s.lines) {
+		s.lines = growLines(s.lines, s.max/lineCost)
+	}
 	js := p[0] == '{'
 	s.lines = append(s.lines, line{end: len(s.buf), gap: s.gap, json: js})
 	s.gap = 0
@@ -150,6 +153,15 @@ func grow(b []byte, n, limit int) []byte {
 	nb := make([]byte, len(b), c)
 	copy(nb, b)
 	return nb
+}
+
+// growLines returns l with room for one more record, its capacity at most
+// limit (the caller has checked that len(l) < limit).
+func growLines(l []line, limit int) []line {
+	c := min(max(2*cap(l), 64), limit)
+	nl := make([]line, len(l), c)
+	copy(nl, l)
+	return nl
 }
 
 // Dropped returns how many lines were dropped since New.

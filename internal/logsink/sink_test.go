@@ -240,6 +240,9 @@ func TestSinkBlockedReader(t *testing.T) {
 	if c := cap(s.buf); c > budget {
 		t.Errorf("queue capacity %d above the %d budget", c, budget)
 	}
+	if c := cap(s.lines) * lineCost; c > budget {
+		t.Errorf("line records take %d bytes, above the %d budget", c, budget)
+	}
 	s.mu.Unlock()
 
 	// The reader starts: the lines written before the stall come first,

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package metrics
+
+// writeProcess writes nothing where /proc is missing.
+func writeProcess(*expo) {}

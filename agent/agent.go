@@ -22,10 +22,11 @@ import (
 // Agent is one running agent: it supervises the configured app and answers
 // for it to the load balancer, systemd and agentctl.
 type Agent struct {
-	log     zerolog.Logger
-	version string
-	clk     clock.Clock
-	started time.Time
+	log        zerolog.Logger
+	version    string
+	clk        clock.Clock
+	logDropped func() uint64
+	started    time.Time
 
 	cfg    atomic.Pointer[Config]
 	heapMB atomic.Int64
@@ -65,16 +66,34 @@ type Agent struct {
 // control socket.
 var ErrSocketInUse = errors.New("control socket in use by a running agent")
 
+// Options are the agent's collaborators; the zero value is usable.
+type Options struct {
+	Version string
+	Clock   clock.Clock // nil: the real clock
+	// LogDropped, if set, counts the log lines the log sinks dropped
+	// (agent.log_dropped in status).
+	LogDropped func() uint64
+}
+
 // New returns an agent for cfg. It starts nothing until Run.
-func New(cfg *Config, log zerolog.Logger, version string) *Agent {
+func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
+	clk := opts.Clock
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	logDropped := opts.LogDropped
+	if logDropped == nil {
+		logDropped = func() uint64 { return 0 }
+	}
 	a := &Agent{
-		log:     log,
-		version: version,
-		clk:     clock.Real{},
-		started: time.Now(),
-		notify:  NewNotifier(log),
-		output:  supervisor.NewRing(1000, 1<<20),
-		changed: make(chan struct{}),
+		log:        log,
+		version:    opts.Version,
+		clk:        clk,
+		logDropped: logDropped,
+		started:    clk.Now(),
+		notify:     NewNotifier(log),
+		output:     supervisor.NewRing(1000, 1<<20),
+		changed:    make(chan struct{}),
 	}
 	a.cfg.Store(cfg)
 	a.heapMB.Store(int64(ResolveHeapMB(cfg, log)))

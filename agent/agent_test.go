@@ -80,7 +80,7 @@ func startAgent(t *testing.T, text string) *running {
 		t.Fatal(err)
 	}
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
-	a := New(cfg, log, "test")
+	a := New(cfg, log, Options{Version: "test"})
 	r := &running{t: t, a: a, cfg: cfg, socket: socket, reload: make(chan struct{}, 1), errc: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel

@@ -43,7 +43,8 @@ type AgentStatus struct {
 	PID           int     `json:"pid"`
 	RSSBytes      uint64  `json:"rss_bytes"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
-	OOMWatch      string  `json:"oom_watch"` // ok | off | unavailable: <why>
+	OOMWatch      string  `json:"oom_watch"`   // ok | off | unavailable: <why>
+	LogDropped    uint64  `json:"log_dropped"` // log lines a stuck or failing sink lost
 }
 
 // Status returns the agent's current status.
@@ -67,6 +68,7 @@ func (a *Agent) Status() Status {
 			RSSBytes:      selfRSS(),
 			UptimeSeconds: seconds(now.Sub(a.started)),
 			OOMWatch:      "off",
+			LogDropped:    a.logDropped(),
 		},
 	}
 	if a.draining.Load() {

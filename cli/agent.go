@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/agent"
+	"agent/internal/logsink"
 	"agent/packaging"
 )
 
@@ -174,8 +175,12 @@ func runAgent(path, version string, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
-	log := newLogger(cfg, stderr)
-	a := agent.New(cfg, log, version)
+	out, err := openLog(cfg, stderr)
+	if err != nil {
+		return usageError{err}
+	}
+	defer out.Close()
+	a := agent.New(cfg, out.log, agent.Options{Version: version, LogDropped: out.Dropped})
 	err = a.Run(ctx, reload)
 	if errors.Is(err, agent.ErrSocketInUse) || errors.Is(err, agent.ErrSocketPathTaken) {
 		return usageError{err}
@@ -183,14 +188,65 @@ func runAgent(path, version string, stderr io.Writer) error {
 	return err
 }
 
-func newLogger(cfg *agent.Config, w io.Writer) zerolog.Logger {
+// logOutput is where the agent's log lines go: stderr (journald) and, with
+// log.file, the rotated file, each behind a never-blocking sink so that a
+// stuck or vanished reader costs lines, never the agent or the app.
+type logOutput struct {
+	log    zerolog.Logger
+	stderr *logsink.Sink
+	file   *logsink.Sink // nil without log.file
+	f      io.Closer
+}
+
+// Sizes of the sinks' buffers: what a stalled reader may hold back before
+// lines are dropped.
+const (
+	stderrBuffer = 512 << 10
+	fileBuffer   = 1 << 20
+)
+
+func openLog(cfg *agent.Config, stderr io.Writer) (*logOutput, error) {
+	// UTC, as the CloudWatch agent config in deploy/cloudwatch expects.
 	zerolog.TimeFieldFormat = time.RFC3339Nano
+	zerolog.TimestampFunc = func() time.Time { return time.Now().UTC() }
+	o := &logOutput{stderr: logsink.New(stderr, stderrBuffer)}
+	var w io.Writer = o.stderr
 	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+		w = zerolog.ConsoleWriter{Out: o.stderr, TimeFormat: "15:04:05.000"}
+	}
+	if cfg.Log.File != "" {
+		f, err := logsink.OpenFile(cfg.Log.File, int64(cfg.Log.MaxSize), cfg.Log.MaxFiles)
+		if err != nil {
+			o.stderr.Close()
+			return nil, fmt.Errorf("%s: log.file: %w", cfg.Path, err)
+		}
+		o.f = f
+		o.file = logsink.New(f, fileBuffer)
+		// The file is always JSON: it is what the CloudWatch agent parses.
+		w = zerolog.MultiLevelWriter(w, o.file)
 	}
 	level, err := zerolog.ParseLevel(cfg.Log.Level)
 	if err != nil {
 		level = zerolog.InfoLevel
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+	o.log = zerolog.New(w).Level(level).With().Timestamp().Logger()
+	return o, nil
+}
+
+// Dropped counts the lines the sinks dropped.
+func (o *logOutput) Dropped() uint64 {
+	n := o.stderr.Dropped()
+	if o.file != nil {
+		n += o.file.Dropped()
+	}
+	return n
+}
+
+// Close flushes what the sinks can within a short time.
+func (o *logOutput) Close() {
+	o.stderr.Close()
+	if o.file != nil {
+		o.file.Close()
+		o.f.Close()
+	}
 }

@@ -67,7 +67,7 @@ socket = %q
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := agent.New(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), "test")
+	a := agent.New(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), agent.Options{Version: "test"})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- a.Run(ctx, nil) }()

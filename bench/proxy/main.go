@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,8 +51,20 @@ func serveProxy(args []string) error {
 	fs := flag.NewFlagSet("serve-proxy", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:0", "traffic address")
 	upstream := fs.String("upstream", "", "the app's address")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -98,12 +111,16 @@ type target struct {
 	name string
 	url  string
 	pid  int // the proxy process whose memory is sampled, or 0
+	// cpu returns the CPU time (user + system) the proxy in front of the
+	// app has used so far; nil for no proxy.
+	cpu func() time.Duration
 }
 
 type sample struct {
-	rps      float64
-	p50, p99 float64 // ms
-	rssLoad  float64 // MB, peak during the fixed-rate run
+	rps       float64
+	cpuPerReq float64 // µs of the proxy's CPU per request at saturation
+	p50, p99  float64 // ms
+	rssLoad   float64 // MB, peak during the fixed-rate run
 }
 
 func run() error {
@@ -120,7 +137,13 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	appAddr, nginxAddr, proxyAddr := freeAddr(), freeAddr(), freeAddr()
+	var addrs [3]string
+	for i := range addrs {
+		if addrs[i], err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	appAddr, nginxAddr, proxyAddr := addrs[0], addrs[1], addrs[2]
 
 	var procs []*exec.Cmd
 	defer func() {
@@ -166,10 +189,11 @@ func run() error {
 	}
 	idleRSS := rssMB(px.Process.Pid)
 
+	nginxPid := procs[1].Process.Pid
 	targets := []target{
-		{"direct to node", "http://" + appAddr + "/", 0},
-		{"nginx", "http://" + nginxAddr + "/", 0},
-		{"agent proxy", "http://" + proxyAddr + "/", px.Process.Pid},
+		{"direct to node", "http://" + appAddr + "/", 0, nil},
+		{"nginx", "http://" + nginxAddr + "/", 0, func() time.Duration { return treeCPU(nginxPid) }},
+		{"agent proxy", "http://" + proxyAddr + "/", px.Process.Pid, func() time.Duration { return treeCPU(px.Process.Pid) }},
 	}
 	for _, t := range targets { // warm up: JIT, connection pools
 		if _, err := wrk(t.url, 2*time.Second); err != nil {
@@ -181,11 +205,18 @@ func run() error {
 	results := make([][]sample, len(targets))
 	for r := 0; r < *runs; r++ {
 		for i, t := range targets { // interleaved, so drift hits all alike
+			var cpu0 time.Duration
+			if t.cpu != nil {
+				cpu0 = t.cpu()
+			}
 			rps, err := wrk(t.url, *dur)
 			if err != nil {
 				return err
 			}
 			s := sample{rps: rps}
+			if t.cpu != nil {
+				s.cpuPerReq = float64((t.cpu() - cpu0).Microseconds()) / (rps * dur.Seconds())
+			}
 			stopRSS := make(chan float64)
 			quit := make(chan struct{})
 			if t.pid != 0 {
@@ -200,19 +231,25 @@ func run() error {
 				return err
 			}
 			results[i] = append(results[i], s)
-			fmt.Fprintf(os.Stderr, "run %d %-15s %8.0f req/s  p50 %.2f ms  p99 %.2f ms\n", r+1, t.name, s.rps, s.p50, s.p99)
+			fmt.Fprintf(os.Stderr, "run %d %-15s %8.0f req/s  %5.1f µs CPU/req  p50 %.2f ms  p99 %.2f ms\n",
+				r+1, t.name, s.rps, s.cpuPerReq, s.p50, s.p99)
 		}
 	}
 
-	fmt.Printf("| | req/s (wrk -t2 -c64) | p50 at 1,000 req/s | p99 at 1,000 req/s |\n|---|---|---|---|\n")
+	fmt.Printf("| | req/s (wrk -t2 -c64) | proxy CPU per request | p50 at 1,000 req/s | p99 at 1,000 req/s |\n|---|---|---|---|---|\n")
 	med := make([]sample, len(targets))
 	for i, t := range targets {
 		med[i] = sample{
-			rps: median(results[i], func(s sample) float64 { return s.rps }),
-			p50: median(results[i], func(s sample) float64 { return s.p50 }),
-			p99: median(results[i], func(s sample) float64 { return s.p99 }),
+			rps:       median(results[i], func(s sample) float64 { return s.rps }),
+			p50:       median(results[i], func(s sample) float64 { return s.p50 }),
+			p99:       median(results[i], func(s sample) float64 { return s.p99 }),
+			cpuPerReq: median(results[i], func(s sample) float64 { return s.cpuPerReq }),
 		}
-		fmt.Printf("| %s | %.0f | %.2f ms | %.2f ms |\n", t.name, med[i].rps, med[i].p50, med[i].p99)
+		cpu := "—"
+		if t.cpu != nil {
+			cpu = fmt.Sprintf("%.1f µs", med[i].cpuPerReq)
+		}
+		fmt.Printf("| %s | %.0f | %s | %.2f ms | %.2f ms |\n", t.name, med[i].rps, cpu, med[i].p50, med[i].p99)
 	}
 	fmt.Println()
 	fmt.Printf("runs per target: %d (medians); each run %s\n", *runs, *dur)
@@ -228,7 +265,8 @@ func run() error {
 	}
 	fmt.Println()
 	d, n, a := med[0], med[1], med[2]
-	fmt.Printf("proxy/nginx req/s: %.2f (goal >= 0.6)\n", a.rps/n.rps)
+	fmt.Printf("proxy/nginx req/s: %.2f (goal >= 0.6); CPU per request: nginx %.1f µs, proxy %.1f µs\n",
+		a.rps/n.rps, n.cpuPerReq, a.cpuPerReq)
 	fmt.Printf("added p50 over direct: nginx %.2f ms, proxy %.2f ms\n", n.p50-d.p50, a.p50-d.p50)
 	fmt.Printf("added p99 over direct: nginx %.2f ms, proxy %.2f ms\n", n.p99-d.p99, a.p99-d.p99)
 	fmt.Printf("proxy RSS: idle %.1f MB at start, %.1f MB after warm-up; peak under 1,000 req/s %v MB (goal <= 15 idle, <= 25 loaded)\n",
@@ -280,6 +318,41 @@ func hey(url string, d time.Duration) (p50, p99 float64, err error) {
 		return 0, 0, fmt.Errorf("hey %s: no latency distribution in:\n%s", url, out)
 	}
 	return p50, p99, nil
+}
+
+// treeCPU is the user + system CPU time of pid and its children (nginx's
+// workers), from /proc/PID/stat.
+func treeCPU(pid int) time.Duration {
+	total := procCPU(pid)
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				total += procCPU(c)
+			}
+		}
+	}
+	return total
+}
+
+// procCPU is one process's utime + stime (clock ticks of 10 ms on Linux).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // peakRSS samples pid's RSS every 100 ms until quit and sends the peak.
@@ -339,13 +412,13 @@ func fmtRuns(ss []sample, f func(sample) float64, format string) string {
 }
 
 // freeAddr returns a loopback address with a port free right now.
-func freeAddr() string {
+func freeAddr() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		panic(err)
+		return "", fmt.Errorf("find a free port: %w", err)
 	}
 	defer ln.Close()
-	return ln.Addr().String()
+	return ln.Addr().String(), nil
 }
 
 func port(addr string) string {

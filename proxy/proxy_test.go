@@ -754,3 +754,64 @@ func TestIdleClientsClosedFirstAtCap(t *testing.T) {
 		t.Fatalf("oldest idle connection: read gave %v, want it closed", err)
 	}
 }
+
+func TestGateGivesUpOnStuckRequests(t *testing.T) {
+	app := startNode(t, "HANG=1")
+	p, url := startProxy(t, Config{}, clock.Real{})
+	p.Ready(app.addr)
+	go newClient().Get(url + "/hang")
+	if l := app.line(t); l != "hang" {
+		t.Fatalf("app said %q", l)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if n := p.Gate(ctx); n != 1 {
+		t.Fatalf("Gate returned %d, want 1 request still in flight", n)
+	}
+	app.stop(t, syscall.SIGKILL) // the stuck request is then held, and ends with the proxy
+}
+
+func TestResponseCutAbortsClient(t *testing.T) {
+	app := startNode(t)
+	p, url := startProxy(t, Config{}, clock.Real{})
+	p.Ready(app.addr)
+	// The client must not take the response as complete: it fails either
+	// before the headers (they were still buffered) or while reading the body.
+	resp, err := newClient().Get(url + "/cut")
+	if err == nil {
+		b, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil {
+			t.Fatalf("a cut response read as complete: %d %q", resp.StatusCode, b)
+		}
+	}
+	if s := p.Stats(); s.Replayed != 0 || s.InFlight != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestOversizedHeadersRefused(t *testing.T) {
+	p, url := startProxy(t, Config{}, clock.Real{})
+	p.Ready("127.0.0.1:1")
+	req, _ := http.NewRequest("GET", url+"/", nil)
+	req.Header.Set("X-Big", strings.Repeat("a", 200<<10))
+	resp, err := newClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", resp.StatusCode)
+	}
+}
+
+func TestUnreachableUpstreamHeldThen503(t *testing.T) {
+	// Ready for an address where nothing listens: the refused request is
+	// not lost but waits for the next process, and past the hold gets 503.
+	p, url := startProxy(t, Config{Hold: 300 * time.Millisecond}, clock.Real{})
+	p.Ready("127.0.0.1:1")
+	code, body, hdr := get(t, newClient(), url+"/")
+	if code != 503 || hdr.Get("Retry-After") == "" || strings.Contains(body, "127.0.0.1") {
+		t.Fatalf("got %d %q", code, body)
+	}
+}

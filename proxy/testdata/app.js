@@ -31,6 +31,12 @@ const server = http.createServer((req, res) => {
       }
       res.end(`answered ${process.pid}\n`);
       return;
+    case '/cut':
+      // Starts a response, then dies in the middle of it.
+      res.writeHead(200, { 'content-length': '1000' });
+      res.write('partial');
+      setTimeout(() => process.exit(1), 20);
+      return;
     case '/crash':
       // Reads the body, then dies without answering.
       req.resume();

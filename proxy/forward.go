@@ -185,10 +185,8 @@ func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh 
 		p.log.Debug().Err(err).Str("upstream", pl.addr).Msg("no response from upstream")
 		return 0, noResponse, reused
 	}
-	resp, err := http.ReadResponse(uc.br, r)
-	for err == nil && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-		resp, err = http.ReadResponse(uc.br, r) // 1xx interim answers are dropped
-	}
+	dst := w.Header()
+	rs, err := readResponse(uc, r, dst)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return statusClientGone, answered, reused
@@ -197,8 +195,8 @@ func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh 
 		return p.fail(w, http.StatusBadGateway), answered, reused
 	}
 
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		if upgrade == "" || !strings.EqualFold(resp.Header.Get("Upgrade"), upgrade) {
+	if rs.code == http.StatusSwitchingProtocols {
+		if upgrade == "" || !strings.EqualFold(dstUpgrade(rs.head), upgrade) {
 			p.log.Debug().Str("upstream", pl.addr).Msg("unrequested protocol switch from upstream")
 			return p.fail(w, http.StatusBadGateway), answered, reused
 		}
@@ -208,64 +206,71 @@ func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh 
 		pl.end()
 		counted = false
 		keep = true
-		p.tunnel(w, resp, uc)
-		return resp.StatusCode, answered, reused
+		p.tunnel(w, rs.head, uc)
+		return rs.code, answered, reused
 	}
 
-	dst := w.Header()
-	for k, vv := range resp.Header {
-		if isHopHeader(k) {
-			continue
+	w.WriteHeader(rs.code)
+	if rs.body != nil {
+		stream := rs.length < 0
+		var rc *http.ResponseController
+		if stream {
+			rc = http.NewResponseController(w)
+			rc.Flush() // headers now: an event stream may wait long for its first event
 		}
-		dst[k] = vv
-	}
-	if c := resp.Header["Connection"]; len(c) > 0 {
-		dropConnectionListed(dst, c)
-	}
-	w.WriteHeader(resp.StatusCode)
-	stream := resp.ContentLength < 0
-	var rc *http.ResponseController
-	if stream {
-		rc = http.NewResponseController(w)
-		rc.Flush() // headers now: an event stream may wait long for its first event
-	}
-	bp := bufPool.Get().(*[]byte)
-	buf := *bp
-	var rerr error
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				bufPool.Put(bp)
-				return resp.StatusCode, answered, reused // the client went away
+		bp := bufPool.Get().(*[]byte)
+		buf := *bp
+		var rerr error
+		for {
+			n, err := rs.body.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					bufPool.Put(bp)
+					return rs.code, answered, reused // the client went away
+				}
+				if stream {
+					rc.Flush()
+				}
 			}
-			if stream {
-				rc.Flush()
+			if err != nil {
+				if err != io.EOF {
+					rerr = err
+				} else if rs.limited && uc.lr.N > 0 {
+					rerr = io.ErrUnexpectedEOF
+				}
+				break
 			}
 		}
-		if err != nil {
-			if err != io.EOF {
-				rerr = err
-			}
-			break
+		bufPool.Put(bp)
+		if rerr == nil && rs.chunked && !readTrailer(uc.br, dst) {
+			rerr = io.ErrUnexpectedEOF
+		}
+		if rerr != nil {
+			// Cut after the first byte: nothing can save this response;
+			// abort the client's connection so it does not take it as
+			// complete. (The deferred calls close the app's connection.)
+			p.log.Debug().Err(rerr).Str("upstream", pl.addr).Msg("response cut by upstream")
+			panic(http.ErrAbortHandler)
 		}
 	}
-	bufPool.Put(bp)
-	if rerr != nil {
-		// Cut after the first byte: nothing can save this response; abort
-		// the client's connection so it does not take it as complete.
-		// (The deferred calls close the app's connection.)
-		p.log.Debug().Err(rerr).Str("upstream", pl.addr).Msg("response cut by upstream")
-		panic(http.ErrAbortHandler)
-	}
-	for k, vv := range resp.Trailer {
+	for k, vv := range rs.trailer {
 		dst[http.TrailerPrefix+k] = vv
 	}
-	if !resp.Close && stop() {
+	if !rs.close && stop() {
 		keep = true
 		pl.put(uc)
 	}
-	return resp.StatusCode, answered, reused
+	return rs.code, answered, reused
+}
+
+// dstUpgrade is the Upgrade field of a raw response head.
+func dstUpgrade(head string) string {
+	for _, line := range strings.Split(head, "\r\n")[1:] {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(strings.TrimSpace(k), "Upgrade") {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // bodyReadError is a failure to read the client's request body.
@@ -374,7 +379,7 @@ func (p *Proxy) writeRequest(uc *upConn, r *http.Request, upgrade string) error 
 
 // tunnel completes a protocol switch (WebSocket): it hands the app's 101 to
 // the client and copies bytes both ways until both sides are done.
-func (p *Proxy) tunnel(w http.ResponseWriter, resp *http.Response, uc *upConn) {
+func (p *Proxy) tunnel(w http.ResponseWriter, head string, uc *upConn) {
 	defer uc.nc.Close()
 	cc, crw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -382,9 +387,7 @@ func (p *Proxy) tunnel(w http.ResponseWriter, resp *http.Response, uc *upConn) {
 		return
 	}
 	defer cc.Close()
-	crw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
-	resp.Header.Write(crw)
-	crw.WriteString("\r\n")
+	crw.WriteString(head)
 	if err := crw.Flush(); err != nil {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,7 @@ type upConn struct {
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	idleAt  time.Time
+	lr      io.LimitedReader // the body reader of a response with a length
 	scratch [24]byte
 }
 

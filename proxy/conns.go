@@ -81,34 +81,37 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 // first, then the oldest that never sent a request. It removes them from
 // the set. l.mu is held.
 func (l *connLimiter) evictLocked(newest *trackedConn, n int) []*trackedConn {
-	var idle, fresh []*trackedConn
+	// The order is taken once: the connections' states keep changing.
+	type cand struct {
+		c     *trackedConn
+		since uint64
+	}
+	var idle, fresh []cand
 	for c := range l.conns {
 		if c == newest {
 			continue
 		}
 		switch http.ConnState(c.state.Load()) {
 		case http.StateIdle:
-			idle = append(idle, c)
+			idle = append(idle, cand{c, c.since.Load()})
 		case http.StateNew:
-			fresh = append(fresh, c)
+			fresh = append(fresh, cand{c, c.since.Load()})
 		}
 	}
-	want := n + l.max/64
-	oldest := func(cs []*trackedConn) {
-		sort.Slice(cs, func(i, j int) bool { return cs[i].since.Load() < cs[j].since.Load() })
+	oldestFirst := func(cs []cand) {
+		sort.Slice(cs, func(i, j int) bool { return cs[i].since < cs[j].since })
 	}
-	oldest(idle)
-	victims := idle
-	if len(victims) > want {
-		victims = victims[:want]
+	oldestFirst(idle)
+	want := min(n+l.max/64, len(idle))
+	victims := make([]*trackedConn, 0, max(want, n))
+	for _, c := range idle[:want] {
+		victims = append(victims, c.c)
 	}
 	if len(victims) < n {
-		oldest(fresh)
-		k := n - len(victims)
-		if k > len(fresh) {
-			k = len(fresh)
+		oldestFirst(fresh)
+		for _, c := range fresh[:min(n-len(victims), len(fresh))] {
+			victims = append(victims, c.c)
 		}
-		victims = append(victims, fresh[:k]...)
 	}
 	for _, v := range victims {
 		delete(l.conns, v)

@@ -19,7 +19,7 @@ var errRetired = errors.New("upstream retired")
 const (
 	upReadBuf  = 8 << 10
 	upWriteBuf = 4 << 10
-	copyBuf    = 32 << 10
+	copyBuf    = 16 << 10
 )
 
 var (

@@ -815,3 +815,22 @@ func TestUnreachableUpstreamHeldThen503(t *testing.T) {
 		t.Fatalf("got %d %q", code, body)
 	}
 }
+
+func TestSilentClientsDoNotLockOutFreshOnes(t *testing.T) {
+	app := startNode(t)
+	p, url := startProxy(t, Config{MaxConns: 4}, clock.Real{})
+	p.Ready(app.addr)
+	addr := strings.TrimPrefix(url, "http://")
+	for i := 0; i < 8; i++ { // connections that never send a request
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+	}
+	waitFor(t, "the cap to be reached", func() bool { return p.ln.open() == 4 })
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	if code, _, _ := get(t, c, url+"/"); code != 200 {
+		t.Fatalf("fresh client got %d", code)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,7 +216,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 }
 
 // reapLoop closes the idle connections to the app that have been idle for
-// UpstreamIdle, so none lingers half-closed after Node drops it.
+// UpstreamIdle, so none lingers half-closed after Node drops it. Once
+// traffic has stopped and those connections are gone, it gives the memory
+// the burst used back to the system: the agent is meant to cost a few MB
+// while the app is quiet, and an idle Go heap would otherwise keep it until
+// the next collection, minutes later.
 func (p *Proxy) reapLoop(ctx context.Context) {
 	every := p.cfg.UpstreamIdle / 4
 	if every < 10*time.Millisecond {
@@ -223,6 +228,11 @@ func (p *Proxy) reapLoop(ctx context.Context) {
 	}
 	t := p.clk.NewTicker(every)
 	defer t.Stop()
+	var (
+		lastRequests uint64
+		quietSince   = p.clk.Now()
+		released     = true
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -230,6 +240,15 @@ func (p *Proxy) reapLoop(ctx context.Context) {
 		case <-t.C():
 			if pl := p.st.Load().pool; pl != nil {
 				pl.reap()
+			}
+			now := p.clk.Now()
+			if n := p.requests.Load(); n != lastRequests {
+				lastRequests, quietSince, released = n, now, false
+				continue
+			}
+			if !released && p.inFlight.Load() == 0 && now.Sub(quietSince) > p.cfg.UpstreamIdle+every {
+				debug.FreeOSMemory()
+				released = true
 			}
 		}
 	}

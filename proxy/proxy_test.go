@@ -834,3 +834,22 @@ func TestSilentClientsDoNotLockOutFreshOnes(t *testing.T) {
 		t.Fatalf("fresh client got %d", code)
 	}
 }
+
+func TestListenBusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p := New(Config{Listen: ln.Addr().String()}, zerolog.Nop(), clock.Real{})
+	err = p.Listen()
+	if !errors.Is(err, syscall.EADDRINUSE) || !strings.HasPrefix(err.Error(), "proxy: listen ") {
+		t.Fatalf("Listen on a busy port: %v", err)
+	}
+	if p.Addr() != nil {
+		t.Fatal("Addr set after a failed Listen")
+	}
+	if err := New(Config{Listen: "nonsense"}, zerolog.Nop(), clock.Real{}).Listen(); err == nil {
+		t.Fatal("Listen accepted a bad address")
+	}
+}

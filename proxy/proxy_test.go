@@ -853,3 +853,95 @@ func TestListenBusyPort(t *testing.T) {
 		t.Fatal("Listen accepted a bad address")
 	}
 }
+
+func TestClientLeavingAbortsAppExchange(t *testing.T) {
+	app := startNode(t, "HANG=1")
+	var mu sync.Mutex
+	var codes []int
+	p, url := startProxy(t, Config{Observe: func(code int, _ time.Duration) {
+		mu.Lock()
+		codes = append(codes, code)
+		mu.Unlock()
+	}}, clock.Real{})
+	p.Ready(app.addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", url+"/hang", nil)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := newClient().Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	if l := app.line(t); l != "hang" {
+		t.Fatalf("app said %q", l)
+	}
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("cancelled request succeeded")
+	}
+	if l := app.line(t); l != "client gone" {
+		t.Fatalf("app said %q, want its connection closed", l)
+	}
+	waitFor(t, "the request to finish", func() bool { return p.Stats().InFlight == 0 })
+	waitFor(t, "Observe", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(codes) == 1
+	})
+	if codes[0] != statusClientGone {
+		t.Fatalf("observed %d, want %d", codes[0], statusClientGone)
+	}
+	if s := p.Stats(); s.Failed != 0 || s.Replayed != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestHeadExpectContinueAndHTTP10(t *testing.T) {
+	app := startNode(t)
+	p, url := startProxy(t, Config{}, clock.Real{})
+	p.Ready(app.addr)
+
+	c := newClient()
+	resp, err := c.Head(url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("HEAD: %d", resp.StatusCode)
+	}
+	// The connection stays usable after a HEAD: no body was expected or sent.
+	if code, body, _ := get(t, c, url+"/"); code != 200 || body != "hello "+app.pid()+"\n" {
+		t.Fatalf("after HEAD: %d %q", code, body)
+	}
+
+	ec := &http.Client{Timeout: waitLong, Transport: &http.Transport{ExpectContinueTimeout: 10 * time.Second}}
+	req, _ := http.NewRequest("POST", url+"/upload", strings.NewReader("abc"))
+	req.Header.Set("Expect", "100-continue")
+	resp, err = ec.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(string(b), "3 ") {
+		t.Fatalf("Expect: 100-continue upload: %d %q", resp.StatusCode, b)
+	}
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(waitLong))
+	io.WriteString(conn, "GET / HTTP/1.0\r\n\r\n")
+	all, err := io.ReadAll(conn) // an HTTP/1.0 answer ends with the connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(all), "HTTP/1.0 200") || !strings.HasSuffix(string(all), "hello "+app.pid()+"\n") {
+		t.Fatalf("HTTP/1.0: %q", all)
+	}
+}

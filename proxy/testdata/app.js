@@ -26,6 +26,7 @@ const server = http.createServer((req, res) => {
     case '/hang':
       // With HANG set the request is never answered; otherwise at once.
       if (process.env.HANG) {
+        req.socket.on('close', () => console.log('client gone'));
         console.log('hang');
         return;
       }

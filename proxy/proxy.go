@@ -1,0 +1,379 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"agent/internal/clock"
+)
+
+// Defaults for the zero fields of Config.
+const (
+	DefaultHold         = 30 * time.Second
+	DefaultIdleTimeout  = 75 * time.Second
+	DefaultUpstreamIdle = 4 * time.Second
+	DefaultMaxConns     = 2048
+)
+
+// Fixed limits of the traffic port.
+const (
+	readHeaderTimeout = 10 * time.Second
+	maxHeaderBytes    = 64 << 10
+	shutdownGrace     = 5 * time.Second
+	dialTimeout       = 5 * time.Second
+	// retryAfter is the Retry-After of a 503, in seconds.
+	retryAfter = "5"
+)
+
+// Config is what the proxy needs from the agent's configuration. Zero
+// fields take the defaults above.
+type Config struct {
+	Listen       string        // proxy.listen, e.g. ":80"
+	HealthPath   string        // health.path, answered on the traffic port too; "" = not answered
+	Hold         time.Duration // a request waits this long for a (re)starting app, then 503 + Retry-After
+	IdleTimeout  time.Duration // client keep-alive (default 75s; above the ALB's 60s)
+	UpstreamIdle time.Duration // idle conns to the app closed after this; must be < Node's 5s (default 4s)
+	// MaxConns caps the client connections; when it is reached the longest
+	// idle keep-alive connections are closed first (default 2048).
+	MaxConns int
+	// Observe, if set, is called once per forwarded request with the status
+	// code the client got (499 when the client left first) and the time taken.
+	Observe func(code int, d time.Duration)
+}
+
+// mode is what the proxy does with a new request.
+type mode uint8
+
+const (
+	modeHold  mode = iota // the app is starting or restarting: hold the request
+	modeReady             // forward to pool
+	modeDown              // failed or stopped: 503 at once
+)
+
+// state is one immutable snapshot of where requests go. A change publishes
+// a new snapshot and closes the old one's changed channel, which wakes the
+// held requests.
+type state struct {
+	mode      mode
+	pool      *pool  // the current upstream; nil unless modeReady
+	gen       uint64 // generation of the newest pool ever made ready
+	everReady bool
+	unreadyAt time.Time // when the app last stopped being ready
+	changed   chan struct{}
+}
+
+// Stats are the proxy's counters. Failed counts the responses the proxy
+// gave itself instead of the app's (502, 503).
+type Stats struct {
+	InFlight, Held             int64
+	Requests, Replayed, Failed uint64
+}
+
+// Proxy is the traffic front. Create it with New, bind with Listen, serve
+// with Run, and steer it with Ready, NotReady, Down, Gate and Switch from
+// any goroutine.
+type Proxy struct {
+	cfg Config
+	log zerolog.Logger
+	clk clock.Clock
+
+	st atomic.Pointer[state]
+	mu sync.Mutex // serialises state changes
+
+	lnMu sync.Mutex
+	ln   *connLimiter
+	port string // the bound port, for X-Forwarded-Port
+
+	inFlight atomic.Int64
+	held     atomic.Int64
+	requests atomic.Uint64
+	replayed atomic.Uint64
+	failed   atomic.Uint64
+
+	dialer net.Dialer
+}
+
+// New returns a proxy that holds requests until the first Ready.
+func New(cfg Config, log zerolog.Logger, clk clock.Clock) *Proxy {
+	if cfg.Hold <= 0 {
+		cfg.Hold = DefaultHold
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.UpstreamIdle <= 0 {
+		cfg.UpstreamIdle = DefaultUpstreamIdle
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	p := &Proxy{
+		cfg:    cfg,
+		log:    log.With().Str("component", "proxy").Logger(),
+		clk:    clk,
+		dialer: net.Dialer{Timeout: dialTimeout},
+	}
+	p.st.Store(&state{mode: modeHold, changed: make(chan struct{})})
+	return p
+}
+
+// Listen binds the traffic port now, so that a bad or busy port is a
+// start-up error rather than a failure in Run. Calling it again is a no-op.
+func (p *Proxy) Listen() error {
+	p.lnMu.Lock()
+	defer p.lnMu.Unlock()
+	if p.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.cfg.Listen)
+	if err != nil {
+		var se *os.SyscallError
+		var op *net.OpError
+		if errors.As(err, &se) {
+			err = se.Err
+		} else if errors.As(err, &op) && op.Err != nil {
+			err = op.Err
+		}
+		return fmt.Errorf("proxy: listen %s: %w", p.cfg.Listen, err)
+	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
+		p.port = fmt.Sprint(ta.Port)
+	}
+	p.ln = newConnLimiter(ln, p.cfg.MaxConns)
+	return nil
+}
+
+// Addr returns the bound address, or nil before Listen.
+func (p *Proxy) Addr() net.Addr {
+	p.lnMu.Lock()
+	defer p.lnMu.Unlock()
+	if p.ln == nil {
+		return nil
+	}
+	return p.ln.Addr()
+}
+
+// Run serves until ctx ends, then answers 503 to held requests, lets the
+// requests in flight finish for a short grace and closes. It calls Listen
+// if that was not done. A cancelled context is a clean stop: nil.
+func (p *Proxy) Run(ctx context.Context) error {
+	if err := p.Listen(); err != nil {
+		return err
+	}
+	p.lnMu.Lock()
+	ln := p.ln
+	p.lnMu.Unlock()
+
+	srv := &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         ln.connState,
+		ErrorLog:          log.New(errorLog{p.log}, "", 0),
+	}
+	p.log.Info().Str("addr", ln.Addr().String()).Msg("proxy listening")
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	reapCtx, stopReap := context.WithCancel(ctx)
+	reapDone := make(chan struct{})
+	go func() {
+		defer close(reapDone)
+		p.reapLoop(reapCtx)
+	}()
+	defer func() {
+		stopReap()
+		<-reapDone
+	}()
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("proxy: serve: %w", err)
+	case <-ctx.Done():
+	}
+	p.Down()
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	<-errc
+	return nil
+}
+
+// reapLoop closes the idle connections to the app that have been idle for
+// UpstreamIdle, so none lingers half-closed after Node drops it. Once
+// traffic has stopped and those connections are gone, it gives the memory
+// the burst used back to the system: the agent is meant to cost a few MB
+// while the app is quiet, and an idle Go heap would otherwise keep it until
+// the next collection, minutes later.
+func (p *Proxy) reapLoop(ctx context.Context) {
+	every := p.cfg.UpstreamIdle / 4
+	if every < 10*time.Millisecond {
+		every = 10 * time.Millisecond
+	}
+	t := p.clk.NewTicker(every)
+	defer t.Stop()
+	var (
+		lastRequests uint64
+		quietSince   = p.clk.Now()
+		released     = true
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+			if pl := p.st.Load().pool; pl != nil {
+				pl.reap()
+			}
+			now := p.clk.Now()
+			if n := p.requests.Load(); n != lastRequests {
+				lastRequests, quietSince, released = n, now, false
+				continue
+			}
+			if !released && p.inFlight.Load() == 0 && now.Sub(quietSince) > p.cfg.UpstreamIdle+every {
+				debug.FreeOSMemory()
+				released = true
+			}
+		}
+	}
+}
+
+// publish makes next the current state and wakes everyone waiting on the
+// previous one. The caller holds p.mu.
+func (p *Proxy) publish(next *state) {
+	next.changed = make(chan struct{})
+	prev := p.st.Swap(next)
+	close(prev.changed)
+}
+
+// Ready tells the proxy that the process listening on upstream (host:port)
+// is ready: held requests and new ones go there. Each call means a new
+// process: the connections kept to the previous one are closed once idle.
+func (p *Proxy) Ready(upstream string) {
+	p.mu.Lock()
+	cur := p.st.Load()
+	np := newPool(p, upstream, cur.gen+1)
+	p.publish(&state{mode: modeReady, pool: np, gen: np.gen, everReady: true})
+	p.mu.Unlock()
+	p.log.Debug().Str("upstream", upstream).Uint64("gen", np.gen).Msg("upstream ready")
+	if cur.pool != nil {
+		cur.pool.retire()
+	}
+}
+
+// NotReady tells the proxy the app is (re)starting or backing off: new
+// requests are held, up to Hold, until the next Ready.
+func (p *Proxy) NotReady() {
+	p.mu.Lock()
+	cur := p.st.Load()
+	if cur.mode == modeHold {
+		p.mu.Unlock()
+		return
+	}
+	p.publish(p.unready(cur, modeHold))
+	p.mu.Unlock()
+	if cur.pool != nil {
+		cur.pool.retire()
+	}
+}
+
+// Down tells the proxy the app is failed or stopped: requests get 503 at
+// once, the held ones too.
+func (p *Proxy) Down() {
+	p.mu.Lock()
+	cur := p.st.Load()
+	if cur.mode == modeDown {
+		p.mu.Unlock()
+		return
+	}
+	p.publish(p.unready(cur, modeDown))
+	p.mu.Unlock()
+	if cur.pool != nil {
+		cur.pool.retire()
+	}
+}
+
+// unready is the state after cur when the app stops serving.
+func (p *Proxy) unready(cur *state, m mode) *state {
+	next := &state{mode: m, gen: cur.gen, everReady: cur.everReady, unreadyAt: cur.unreadyAt}
+	if cur.mode == modeReady {
+		next.unreadyAt = p.clk.Now()
+	}
+	return next
+}
+
+// Gate prepares a restart: new requests are held, the requests in flight
+// to the current upstream may finish (until ctx ends: the caller passes
+// stop.timeout), then the idle connections to it are closed. It returns
+// the number still in flight when it gave up (0 = drained). Requests stay
+// held until the next Ready. Upgraded (WebSocket) connections are not
+// waited for: they end with the process.
+func (p *Proxy) Gate(ctx context.Context) int {
+	p.mu.Lock()
+	cur := p.st.Load()
+	if cur.mode == modeReady {
+		p.publish(p.unready(cur, modeHold))
+	}
+	p.mu.Unlock()
+	if cur.pool == nil {
+		return 0
+	}
+	n := cur.pool.drain(ctx)
+	cur.pool.retire()
+	return n
+}
+
+// Switch routes new requests to newUpstream at once, then waits (until ctx
+// ends) for the requests in flight to the old upstream to finish and closes
+// its idle connections. It returns the number still in flight when it gave
+// up (0 = drained).
+func (p *Proxy) Switch(ctx context.Context, newUpstream string) int {
+	p.mu.Lock()
+	cur := p.st.Load()
+	np := newPool(p, newUpstream, cur.gen+1)
+	p.publish(&state{mode: modeReady, pool: np, gen: np.gen, everReady: true})
+	p.mu.Unlock()
+	p.log.Debug().Str("upstream", newUpstream).Uint64("gen", np.gen).Msg("upstream switched")
+	if cur.pool == nil {
+		return 0
+	}
+	n := cur.pool.drain(ctx)
+	cur.pool.retire()
+	return n
+}
+
+// Stats returns the current counters.
+func (p *Proxy) Stats() Stats {
+	return Stats{
+		InFlight: p.inFlight.Load(),
+		Held:     p.held.Load(),
+		Requests: p.requests.Load(),
+		Replayed: p.replayed.Load(),
+		Failed:   p.failed.Load(),
+	}
+}
+
+// errorLog sends net/http's own error lines (accept errors, bad requests
+// from odd clients) to the log at debug level.
+type errorLog struct{ log zerolog.Logger }
+
+func (d errorLog) Write(b []byte) (int, error) {
+	d.log.Debug().Msg(strings.TrimSpace(string(b)))
+	return len(b), nil
+}

@@ -69,6 +69,7 @@ func open(r *reader, p Proc) (*Handle, error) {
 		h.Close()
 		return nil, fmt.Errorf("pidfd of %d (%s): %w", p.PID, p.Comm, err)
 	}
+	now.RSS = p.RSS
 	h.Proc = now
 	return h, nil
 }
@@ -78,6 +79,9 @@ func open(r *reader, p Proc) (*Handle, error) {
 // the tree is walked: a process that exited or changed meanwhile is left
 // out with its descendants. The caller closes the handles (CloseAll).
 func OpenDescendants(pid int) ([]*Handle, error) {
+	if !haveChildrenFiles() {
+		return nil, ErrNoChildrenFiles
+	}
 	r := newReader()
 	root, err := r.stat(pid)
 	if err != nil {

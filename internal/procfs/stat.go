@@ -26,7 +26,7 @@ type Proc struct {
 	// the PID it names one process: a PID reused later has a later Start.
 	Start   uint64
 	CPU     time.Duration // user and system time so far
-	RSS     uint64        // resident memory in bytes (VmRSS, statm's resident)
+	RSS     uint64        // resident memory in bytes (VmRSS)
 	Threads int
 }
 

@@ -1,17 +1,30 @@
 package procfs
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"sync"
 )
 
-// Stat reads /proc/PID/stat. An error for a process that is gone satisfies
+// ErrNoChildrenFiles is returned by the tree walks on a kernel built
+// without CONFIG_PROC_CHILDREN (no /proc/PID/task/TID/children). Debian,
+// Ubuntu, Amazon Linux and Fedora kernels have it.
+var ErrNoChildrenFiles = errors.New("kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)")
+
+var haveChildrenFiles = sync.OnceValue(func() bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d/children", os.Getpid(), os.Getpid()))
+	return err == nil
+})
+
+// Stat reads /proc/PID/stat (and the resident memory from /proc/PID/statm).
+// An error for a process that is gone satisfies
 // Vanished.
 func Stat(pid int) (Proc, error) {
 	if pid <= 0 || pid > maxPID {
 		return Proc{}, fmt.Errorf("stat of pid %d: %w", pid, os.ErrInvalid)
 	}
-	return newReader().stat(pid)
+	return newReader().proc(pid)
 }
 
 // Tree returns root and its descendants (children, their children, ...),
@@ -24,8 +37,11 @@ func Stat(pid int) (Proc, error) {
 // re-parented (to a child subreaper, or to PID 1) and is found only below
 // its new parent.
 func Tree(root int) ([]Proc, error) {
+	if !haveChildrenFiles() {
+		return nil, ErrNoChildrenFiles
+	}
 	r := newReader()
-	p, err := r.stat(root)
+	p, err := r.proc(root)
 	if err != nil {
 		if Vanished(err) {
 			return nil, nil
@@ -39,6 +55,9 @@ func Tree(root int) ([]Proc, error) {
 // itself. The agent, the child subreaper of its app, finds the app's whole
 // tree, escaped daemons included, as its own descendants.
 func Descendants(pid int) ([]Proc, error) {
+	if !haveChildrenFiles() {
+		return nil, ErrNoChildrenFiles
+	}
 	r := newReader()
 	p, err := r.stat(pid)
 	if err != nil {
@@ -75,7 +94,7 @@ func (r *reader) walk(procs []Proc, from int, visit func(parent, child *Proc) bo
 			if contains(procs, pid) {
 				continue
 			}
-			c, err := r.stat(pid)
+			c, err := r.proc(pid)
 			if err != nil {
 				if !Vanished(err) && firstErr == nil {
 					firstErr = fmt.Errorf("process tree: %w", err)

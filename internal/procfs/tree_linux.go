@@ -73,6 +73,41 @@ func Descendants(pid int) ([]Proc, error) {
 	return procs, err
 }
 
+// Children returns the children of pid, zombies included, from the
+// children files of its threads. It reads each child's stat but not its
+// memory.
+func Children(pid int) ([]Proc, error) {
+	if !haveChildrenFiles() {
+		return nil, ErrNoChildrenFiles
+	}
+	r := newReader()
+	p, err := r.stat(pid)
+	if err != nil {
+		if Vanished(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("children of %d: %w", pid, err)
+	}
+	kids, err := r.children(nil, pid, p.Threads)
+	if err != nil && !Vanished(err) {
+		return nil, fmt.Errorf("children of %d: %w", pid, err)
+	}
+	procs := make([]Proc, 0, len(kids))
+	for _, k := range kids {
+		c, err := r.stat(k)
+		if err != nil {
+			if Vanished(err) {
+				continue
+			}
+			return procs, fmt.Errorf("children of %d: %w", pid, err)
+		}
+		if !contains(procs, c.PID) {
+			procs = append(procs, c)
+		}
+	}
+	return procs, nil
+}
+
 // walk appends the descendants of procs[from:] to procs, breadth first.
 // With visit set, each child found is passed to it with its parent and
 // kept only if visit returns true; visit may change it (an opened pidfd

@@ -5,11 +5,11 @@ import (
 	"strings"
 )
 
-// parseCgroup returns the memory cgroup of a process from the content of
+// ParseCgroup returns the memory cgroup of a process from the content of
 // /proc/PID/cgroup: the path on the cgroup v1 memory hierarchy (a line like
 // "4:memory:/system.slice/agent.service") and the path on the unified v2
 // hierarchy ("0::/system.slice/agent.service"), each "" when absent.
-func parseCgroup(data string) (v1Memory, v2 string, err error) {
+func ParseCgroup(data string) (v1Memory, v2 string, err error) {
 	for line := range strings.SplitSeq(data, "\n") {
 		if line == "" {
 			continue

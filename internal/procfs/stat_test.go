@@ -93,7 +93,7 @@ func TestParseCgroup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v1, v2, err := parseCgroup(tt.data)
+			v1, v2, err := ParseCgroup(tt.data)
 			if tt.bad {
 				if !errors.Is(err, ErrMalformed) {
 					t.Errorf("err = %v, want ErrMalformed", err)
@@ -101,7 +101,7 @@ func TestParseCgroup(t *testing.T) {
 				return
 			}
 			if err != nil || v1 != tt.v1 || v2 != tt.v2 {
-				t.Errorf("parseCgroup = %q, %q, %v; want %q, %q", v1, v2, err, tt.v1, tt.v2)
+				t.Errorf("ParseCgroup = %q, %q, %v; want %q, %q", v1, v2, err, tt.v1, tt.v2)
 			}
 		})
 	}

@@ -170,7 +170,7 @@ func Cgroup(pid int) (v1Memory, v2 string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("cgroup: %w", err)
 	}
-	v1Memory, v2, err = parseCgroup(string(data))
+	v1Memory, v2, err = ParseCgroup(string(data))
 	if err != nil {
 		return "", "", fmt.Errorf("cgroup: %s: %w", file, err)
 	}

@@ -12,13 +12,6 @@ import (
 // requests (restart, stop, start), events from the current process (ready,
 // restart, exited, tree gone, explained) and the backoff timer.
 
-func (s *Supervisor) send(e event) {
-	select {
-	case s.events <- e:
-	case <-s.done: // Run has returned; nobody listens
-	}
-}
-
 type evKind int
 
 const (
@@ -36,6 +29,14 @@ type event struct {
 	reason Reason
 	detail string
 	exit   Exit
+}
+
+// send hands e to the loop. Once Run has returned it drops e.
+func (s *Supervisor) send(e event) {
+	select {
+	case s.events <- e:
+	case <-s.done: // Run has returned; nobody listens
+	}
 }
 
 // loop is the state of Run, owned by its goroutine.

@@ -83,15 +83,8 @@ func OpenDescendants(pid int) ([]*Handle, error) {
 		return nil, ErrNoChildrenFiles
 	}
 	r := newReader()
-	root, err := r.stat(pid)
-	if err != nil {
-		if Vanished(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("descendants of %d: %w", pid, err)
-	}
 	var hs []*Handle
-	_, err = r.walk([]Proc{root}, 0, func(_, c *Proc) bool {
+	_, err := r.walk([]Proc{{PID: pid}}, 0, func(_, c *Proc) bool {
 		if c.Zombie() {
 			return false
 		}

@@ -129,8 +129,8 @@ func (r *reader) stat(pid int) (Proc, error) {
 
 // children appends the children of every thread of pid to dst: a child
 // belongs to the thread that forked it. threads is the process's thread
-// count from its stat: with one thread, its task directory need not be
-// listed.
+// count from its stat, 0 if unknown: with one thread, its task directory
+// need not be listed.
 func (r *reader) children(dst []int, pid, threads int) ([]int, error) {
 	if threads == 1 {
 		return r.taskChildren(dst, pid, pid)

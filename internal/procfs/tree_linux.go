@@ -58,15 +58,9 @@ func Descendants(pid int) ([]Proc, error) {
 	if !haveChildrenFiles() {
 		return nil, ErrNoChildrenFiles
 	}
-	r := newReader()
-	p, err := r.stat(pid)
-	if err != nil {
-		if Vanished(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("descendants of %d: %w", pid, err)
-	}
-	procs, err := r.walk([]Proc{p}, 0, nil)
+	// pid's own stat is not needed: without its thread count, its task
+	// directory is listed, and a pid that is gone has none.
+	procs, err := newReader().walk([]Proc{{PID: pid}}, 0, nil)
 	if len(procs) > 0 {
 		procs = procs[1:]
 	}
@@ -81,14 +75,7 @@ func Children(pid int) ([]Proc, error) {
 		return nil, ErrNoChildrenFiles
 	}
 	r := newReader()
-	p, err := r.stat(pid)
-	if err != nil {
-		if Vanished(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("children of %d: %w", pid, err)
-	}
-	kids, err := r.children(nil, pid, p.Threads)
+	kids, err := r.children(nil, pid, 0)
 	if err != nil && !Vanished(err) {
 		return nil, fmt.Errorf("children of %d: %w", pid, err)
 	}

@@ -1,11 +1,10 @@
 package agent
 
 import (
-	"bytes"
 	"os"
-	"strconv"
 	"time"
 
+	"agent/probe"
 	"agent/supervisor"
 )
 
@@ -112,14 +111,9 @@ func seconds(d time.Duration) float64 {
 
 // selfRSS returns the agent's own resident memory in bytes.
 func selfRSS() uint64 {
-	b, err := os.ReadFile("/proc/self/statm")
+	rss, err := probe.ProcessRSS(os.Getpid())
 	if err != nil {
 		return 0
 	}
-	f := bytes.Fields(b)
-	if len(f) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseUint(string(f[1]), 10, 64)
-	return pages * uint64(os.Getpagesize())
+	return rss
 }

@@ -1,8 +1,7 @@
 package probe
 
 import (
-	"bufio"
-	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/shirou/gopsutil/v3/common"
+	"github.com/shirou/gopsutil/v3/mem"
+	"github.com/shirou/gopsutil/v3/process"
+
+	"agent/internal/procfs"
 )
 
 // cgroupV1Unlimited is where cgroup v1 limits start to mean "no limit": the
@@ -32,42 +37,70 @@ func AutoHeapMB(memTotal, cgroupLimit uint64) int {
 
 // MemoryBudget returns the machine's memory (MemTotal) and the memory limit
 // of the cgroup this process runs in, 0 when there is none, reading the
-// files below root ("/" in production). The limit is the lowest set on the
+// files below root ("/" in production). MemTotal comes from gopsutil's
+// mem.VirtualMemory (proc/meminfo). The limit is the lowest set on the
 // cgroup or any of its ancestors: cgroup v1's
 // sys/fs/cgroup/memory/<path>/memory.limit_in_bytes, or cgroup v2's
-// sys/fs/cgroup/<path>/memory.max, where <path> comes from proc/self/cgroup.
+// sys/fs/cgroup/<path>/memory.max, where <path> comes from proc/self/cgroup;
+// gopsutil has no cgroup limits, so that walk is this package's own.
 // Missing cgroup files mean no limit; a missing MemTotal is an error.
 func MemoryBudget(root string) (memTotal, cgroupLimit uint64, err error) {
-	memTotal, err = readMemTotal(filepath.Join(root, "proc", "meminfo"))
+	vm, err := virtualMemory(root)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("read memory size: %w", err)
 	}
 	cgroupLimit, err = readCgroupLimit(root)
 	if err != nil {
 		return 0, 0, err
 	}
-	return memTotal, cgroupLimit, nil
+	return vm.Total, cgroupLimit, nil
 }
 
-func readMemTotal(file string) (uint64, error) {
-	data, err := os.ReadFile(file)
+// MemAvailable returns the memory the kernel estimates is available for
+// starting new programs without swapping (MemAvailable in /proc/meminfo):
+// what a reload's overlap of two app processes must fit in.
+func MemAvailable() (uint64, error) {
+	vm, err := virtualMemory("/")
 	if err != nil {
-		return 0, fmt.Errorf("read memory size: %w", err)
+		return 0, fmt.Errorf("read available memory: %w", err)
 	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:")
-		if !ok {
-			continue
-		}
-		kb, ok := strings.CutSuffix(strings.TrimSpace(rest), " kB")
-		n, err := strconv.ParseUint(kb, 10, 64)
-		if !ok || err != nil || n > math.MaxUint64>>10 {
-			return 0, fmt.Errorf("read memory size: %s: bad MemTotal %q", file, sc.Text())
-		}
-		return n << 10, nil
+	return vm.Available, nil
+}
+
+// ProcessRSS returns the resident memory of process pid in bytes (VmRSS),
+// through gopsutil's process.MemoryInfo: the agent's own figure in status.
+func ProcessRSS(pid int) (uint64, error) {
+	if pid <= 0 || pid > math.MaxInt32 {
+		return 0, fmt.Errorf("rss of pid %d: %w", pid, os.ErrInvalid)
 	}
-	return 0, fmt.Errorf("read memory size: %s: no MemTotal", file)
+	p, err := process.NewProcess(int32(pid))
+	if err != nil {
+		return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
+	}
+	m, err := p.MemoryInfo()
+	if err != nil {
+		return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
+	}
+	return m.RSS, nil
+}
+
+// virtualMemory reads root/proc/meminfo with gopsutil. gopsutil takes a
+// missing or empty file for zeros; here that is an error.
+func virtualMemory(root string) (*mem.VirtualMemoryStat, error) {
+	procDir := filepath.Join(root, "proc")
+	file := filepath.Join(procDir, "meminfo")
+	if _, err := os.Stat(file); err != nil {
+		return nil, err
+	}
+	ctx := context.WithValue(context.Background(), common.EnvKey, common.EnvMap{common.HostProcEnvKey: procDir})
+	vm, err := mem.VirtualMemoryWithContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if vm.Total == 0 {
+		return nil, fmt.Errorf("%s: no MemTotal", file)
+	}
+	return vm, nil
 }
 
 // readCgroupLimit finds this process's memory cgroup in proc/self/cgroup
@@ -82,42 +115,17 @@ func readCgroupLimit(root string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read memory cgroup: %w", err)
 	}
-	var v1, v2 string
-	var haveV1, haveV2 bool
-	for _, line := range strings.Split(string(data), "\n") {
-		id, rest, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		controllers, cgPath, ok := strings.Cut(rest, ":")
-		if !ok {
-			continue
-		}
-		switch {
-		case id == "0" && controllers == "":
-			v2, haveV2 = cgPath, true
-		case hasController(controllers, "memory"):
-			v1, haveV1 = cgPath, true
-		}
+	v1, v2, err := procfs.ParseCgroup(string(data))
+	if err != nil {
+		return 0, fmt.Errorf("read memory cgroup: %w", err)
 	}
 	switch {
-	case haveV1:
+	case v1 != "":
 		return lowestLimit(filepath.Join(root, "sys", "fs", "cgroup", "memory"), v1, "memory.limit_in_bytes")
-	case haveV2:
+	case v2 != "":
 		return lowestLimit(filepath.Join(root, "sys", "fs", "cgroup"), v2, "memory.max")
 	}
 	return 0, nil
-}
-
-// hasController reports whether name is in the comma-separated list of a
-// proc/self/cgroup line.
-func hasController(list, name string) bool {
-	for c := range strings.SplitSeq(list, ",") {
-		if c == name {
-			return true
-		}
-	}
-	return false
 }
 
 // lowestLimit returns the lowest limit in file found in the cgroup at

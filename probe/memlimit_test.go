@@ -93,7 +93,6 @@ func TestMemoryBudgetBadMeminfo(t *testing.T) {
 	for name, meminfo := range map[string]string{
 		"no MemTotal":   "MemFree: 1024 kB\n",
 		"not a number":  "MemTotal: lots kB\n",
-		"no unit":       "MemTotal: 1024\n",
 		"overflow":      "MemTotal: 99999999999999999999 kB\n",
 		"empty":         "",
 		"negative size": "MemTotal: -1 kB\n",
@@ -105,6 +104,47 @@ func TestMemoryBudgetBadMeminfo(t *testing.T) {
 				t.Errorf("MemoryBudget = %d, %d, nil; want an error", m, l)
 			}
 		})
+	}
+}
+
+func TestMemAvailableFromMeminfo(t *testing.T) {
+	root := t.TempDir()
+	writeTree(t, root, map[string]string{"proc/meminfo": "MemTotal:        1000000 kB\nMemFree:          200000 kB\nMemAvailable:     600000 kB\n"})
+	vm, err := virtualMemory(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Total != 1000000<<10 || vm.Available != 600000<<10 {
+		t.Errorf("total %d, available %d; want %d, %d", vm.Total, vm.Available, 1000000<<10, 600000<<10)
+	}
+}
+
+func TestMemAvailableHere(t *testing.T) {
+	avail, err := MemAvailable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, _, err := MemoryBudget("/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if avail == 0 || avail > total {
+		t.Errorf("MemAvailable = %d with MemTotal %d", avail, total)
+	}
+}
+
+func TestProcessRSS(t *testing.T) {
+	rss, err := ProcessRSS(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rss < 1*mib || rss > 4*gib {
+		t.Errorf("ProcessRSS(self) = %d, implausible", rss)
+	}
+	for _, pid := range []int{0, -1, 1 << 29} {
+		if _, err := ProcessRSS(pid); err == nil {
+			t.Errorf("ProcessRSS(%d): no error", pid)
+		}
 	}
 }
 

@@ -2,8 +2,6 @@ package probe
 
 import (
 	"bufio"
-	"bytes"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -100,14 +98,9 @@ var sampleImpls = []struct {
 	sample func(roots ...int) (TreeSample, error)
 }{
 	{"SampleTree", SampleTree},
-	{"children", func(roots ...int) (TreeSample, error) { return sampleTree(roots, childrenFromTasks) }},
-	{"scan", func(roots ...int) (TreeSample, error) { return sampleTree(roots, newParentScan().children) }},
 }
 
 func TestSampleTree(t *testing.T) {
-	if !haveChildrenFiles() {
-		t.Log("kernel without /proc/PID/task/TID/children: SampleTree scans /proc")
-	}
 	pids := startShellTree(t)
 	root, inner, sleeper := pids[0], pids[1], pids[2]
 	sumVmRSS := func() uint64 {
@@ -219,23 +212,16 @@ func TestSampleTreeChildOfAThread(t *testing.T) {
 	}
 }
 
-func TestStatPPID(t *testing.T) {
-	tests := []struct {
-		stat string
-		want int
-		ok   bool
-	}{
-		{"1984 (node) S 1983 1984 1984 0 -1", 1983, true},
-		{"7 (a) b) (c) R 6 7 7", 6, true},
-		{"7 (x y) Z 1", 1, true},
-		{"7 (node) S", 0, false},
-		{"7 node S 1", 0, false},
-		{"7 (node) S x", 0, false},
-	}
-	for _, tt := range tests {
-		got, ok := statPPID([]byte(tt.stat))
-		if got != tt.want || ok != tt.ok {
-			t.Errorf("statPPID(%q) = %d, %v; want %d, %v", tt.stat, got, ok, tt.want, tt.ok)
+// BenchmarkSampleDescendants measures one sample as the agent takes it
+// every second: the descendants of this process, here a sh -> sh -> sleep
+// tree.
+func BenchmarkSampleDescendants(b *testing.B) {
+	pids := startShellTree(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		s, err := SampleDescendants(os.Getpid())
+		if err != nil || len(s.PIDs) < len(pids) {
+			b.Fatalf("sample = %+v, %v", s, err)
 		}
 	}
 }
@@ -263,23 +249,5 @@ func BenchmarkSampleTree(b *testing.B) {
 				}
 			})
 		}
-	}
-}
-
-func TestAppendDirentPIDs(t *testing.T) {
-	// Two records as getdents64 lays them out: ".." and "42".
-	rec := func(name string) []byte {
-		reclen := (19 + len(name) + 1 + 7) &^ 7
-		r := make([]byte, reclen)
-		binary.NativeEndian.PutUint16(r[16:], uint16(reclen))
-		copy(r[19:], name)
-		return r
-	}
-	b := bytes.Join([][]byte{rec(".."), rec("42"), rec("self"), rec("4194304")}, nil)
-	if got := appendDirentPIDs(nil, b); !slices.Equal(got, []int{42, 4194304}) {
-		t.Errorf("appendDirentPIDs = %v, want [42 4194304]", got)
-	}
-	if got := appendDirentPIDs(nil, b[:30]); !slices.Equal(got, []int(nil)) {
-		t.Errorf("appendDirentPIDs of a cut record = %v, want none", got)
 	}
 }

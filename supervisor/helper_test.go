@@ -10,6 +10,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The test binary doubles as the apps the tests supervise: with
@@ -69,6 +72,23 @@ func runApp(mode string, args []string) {
 		}
 		fmt.Println("detached", n)
 		select {}
+	case "detach-loop": // orphans that exit at once, batch after batch until killed
+		fmt.Println("detaching")
+		for i := 1; ; i++ {
+			// sh leaves three background processes behind: orphans for the agent.
+			exec.Command("/bin/sh", "-c", "/bin/true & /bin/true & /bin/true &").Run()
+			time.Sleep(20 * time.Millisecond) // a steady trickle, not a fork storm
+			if i%10 == 0 {
+				fmt.Println("orphaned", 3*i)
+			}
+		}
+	case "report-signals": // print the pid, then each SIGTERM and SIGWINCH received
+		c := make(chan os.Signal, 8)
+		signal.Notify(c, syscall.SIGTERM, syscall.SIGWINCH)
+		fmt.Println("pid", os.Getpid())
+		for s := range c {
+			fmt.Println("signal", unix.SignalName(s.(syscall.Signal)))
+		}
 	case "detach-mid":
 		c := spawnSelf("exit-quiet", &syscall.SysProcAttr{Setsid: true})
 		fmt.Println("orphan", c)

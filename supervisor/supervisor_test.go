@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/internal/procfs"
 )
 
 // waitTime bounds every wait on real processes: generous, since CI is a
@@ -162,8 +163,8 @@ func (h *harness) waitLines(prefix string, n int) []string {
 
 // alive reports whether pid is a live (not zombie) process.
 func alive(pid int) bool {
-	st, err := readStat(pid)
-	return err == nil && st.state != 'Z' && st.state != 'X'
+	p, err := procfs.Stat(pid)
+	return err == nil && !p.Zombie()
 }
 
 func pidsIn(line string) []int {
@@ -176,11 +177,26 @@ func pidsIn(line string) []int {
 	return out
 }
 
+// waitDead waits until none of pids is a live process.
 func waitDead(t *testing.T, pids ...int) {
 	t.Helper()
-	left := waitGone(pids, waitTime)
-	if len(left) > 0 {
-		t.Fatalf("processes %v still alive", left)
+	var hs []*procfs.Handle
+	defer func() { procfs.CloseAll(hs) }()
+	for _, pid := range pids {
+		p, err := procfs.Stat(pid)
+		if err != nil || p.Zombie() {
+			continue // gone
+		}
+		h, err := procfs.Open(p)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		hs = append(hs, h)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTime)
+	defer cancel()
+	if left, _ := procfs.Wait(ctx, hs...); len(left) > 0 {
+		t.Fatalf("processes %v still alive", pidsOf(left))
 	}
 }
 
@@ -578,8 +594,8 @@ func TestOrphansAreReapedWhileAppRuns(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				st, _ := readStat(pid)
-				t.Fatalf("orphan %d not reaped (state %c, parent %d)", pid, st.state, st.ppid)
+				p, _ := procfs.Stat(pid)
+				t.Fatalf("orphan %d not reaped (state %c, parent %d)", pid, p.State, p.PPID)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -1,6 +1,12 @@
 // Package supervisor runs one app process and keeps it running: spawn with
 // its environment and credentials, output capture, stop of the whole process
 // tree, exit classification, and the restart policy.
+//
+// The files follow those jobs: supervisor.go is the API, loop.go the state
+// machine that Run owns, child.go the spawn and output capture of one
+// process, exit.go the classification of its exit, stop_linux.go the stop of
+// its tree, reaper_linux.go the reaping of orphans, policy.go the restart
+// policy (pure), env.go and output.go the environment and the output ring.
 package supervisor
 
 import "time"

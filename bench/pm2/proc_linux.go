@@ -2,7 +2,7 @@ package main
 
 import (
 	"bytes"
-	"errors"
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,11 +10,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat: 100
-// on every Linux architecture the agent is built for.
-const clockTicks = 100
+	"agent/internal/procfs"
+)
 
 // procStat is what the benchmark needs from /proc/PID/stat.
 type procStat struct {
@@ -24,67 +22,26 @@ type procStat struct {
 	cpu   time.Duration // utime + stime
 }
 
-// readStat reads /proc/PID/stat.
+// readStat reads /proc/PID/stat through procfs, as the agent does.
 func readStat(pid int) (procStat, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.Stat(pid)
 	if err != nil {
 		return procStat{}, err
 	}
-	return parseStat(b)
+	return procStat{comm: p.Comm, state: p.State, ppid: p.PPID, cpu: p.CPU}, nil
 }
 
-// parseStat parses a /proc/PID/stat line. The command name sits in
-// parentheses and may hold spaces and parentheses itself, so the fields are
-// counted from the last ')'.
-func parseStat(b []byte) (procStat, error) {
-	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 0 || end < open {
-		return procStat{}, errors.New("malformed stat line")
-	}
-	f := strings.Fields(string(b[end+1:]))
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return procStat{}, errors.New("short stat line")
-	}
-	ppid, err := strconv.Atoi(f[1])
-	if err != nil {
-		return procStat{}, fmt.Errorf("ppid: %w", err)
-	}
-	utime, err := strconv.ParseUint(f[11], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("utime: %w", err)
-	}
-	stime, err := strconv.ParseUint(f[12], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("stime: %w", err)
-	}
-	return procStat{
-		comm:  string(b[open+1 : end]),
-		state: f[0][0],
-		ppid:  ppid,
-		cpu:   time.Duration(utime+stime) * time.Second / clockTicks,
-	}, nil
-}
-
-// vmRSS returns the resident memory of pid in bytes (VmRSS of
-// /proc/PID/status).
+// vmRSS returns the resident memory of pid in bytes (VmRSS, which procfs
+// reads from /proc/PID/statm).
 func vmRSS(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := procfs.Stat(pid)
 	if err != nil {
 		return 0, err
 	}
-	for line := range strings.Lines(string(b)) {
-		rest, ok := strings.CutPrefix(line, "VmRSS:")
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("vmrss of %d: %w", pid, err)
-		}
-		return kb * 1024, nil
+	if p.Zombie() {
+		return 0, fmt.Errorf("vmrss of %d: a zombie", pid)
 	}
-	return 0, fmt.Errorf("vmrss of %d: no VmRSS line (a zombie?)", pid)
+	return p.RSS, nil
 }
 
 // cmdline returns the arguments of pid joined by spaces.
@@ -166,15 +123,20 @@ func (t procTable) tree(root int) map[int]bool {
 // only live child. It returns 0 when there is none yet (or several, which
 // happens for an instant while a helper command runs).
 func appChild(sup int) (int, error) {
-	t, err := scanProcs()
+	kids, err := procfs.Children(sup)
 	if err != nil {
 		return 0, err
 	}
-	c := t.children(sup)
-	if len(c) != 1 {
-		return 0, nil
+	live := 0
+	for _, k := range kids {
+		if !k.Zombie() {
+			if live != 0 {
+				return 0, nil
+			}
+			live = k.PID
+		}
 	}
-	return c[0], nil
+	return live, nil
 }
 
 // childWatch finds new children of a process cheaply enough to run every
@@ -216,47 +178,40 @@ func (w *childWatch) poll() (int, error) {
 }
 
 // exitWatch reports the exit of a process that is not our child, through a
-// pidfd: it turns readable once the process has exited, after the kernel has
-// closed its files (so its listening socket is gone).
-type exitWatch struct{ fd int }
+// pidfd (procfs.Handle): it turns readable once the process has exited,
+// after the kernel has closed its files (so its listening socket is gone).
+type exitWatch struct{ h *procfs.Handle }
 
 func watchExit(pid int) (*exitWatch, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
+	p, err := procfs.Stat(pid)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+		return nil, fmt.Errorf("watch exit of %d: %w", pid, err)
 	}
-	return &exitWatch{fd: fd}, nil
+	h, err := procfs.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("watch exit of %d: %w", pid, err)
+	}
+	return &exitWatch{h: h}, nil
 }
 
 // wait reports whether the process exited within timeout.
 func (w *exitWatch) wait(timeout time.Duration) (bool, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		left := time.Until(deadline)
-		if left < 0 {
-			left = 0
-		}
-		fds := []unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, int(left.Milliseconds()))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return false, fmt.Errorf("poll pidfd: %w", err)
-		}
-		if n > 0 {
-			return true, nil
-		}
-		if left == 0 {
-			return false, nil
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	left, err := procfs.Wait(ctx, w.h)
+	if len(left) == 0 {
+		return true, nil
 	}
+	if ctx.Err() != nil {
+		return false, nil
+	}
+	return false, err
 }
 
-func (w *exitWatch) close() { unix.Close(w.fd) }
+func (w *exitWatch) close() { w.h.Close() }
 
 // signal sends sig to the process through its pidfd, so a
 // recycled pid is never hit.
 func (w *exitWatch) signal(sig unix.Signal) error {
-	return unix.PidfdSendSignal(w.fd, sig, nil, 0)
+	return w.h.Signal(sig)
 }

@@ -1,0 +1,199 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"agent/internal/procfs"
+)
+
+// Child is one run of the app process, as observers see it.
+type Child struct {
+	PID     int
+	Gen     uint64
+	Started time.Time
+
+	s       *Supervisor
+	cmd     *exec.Cmd
+	leader  *procfs.Handle         // pidfd of the process, which leads its group; nil if the kernel gave none
+	heapOOM atomic.Pointer[string] // the V8 fatal line, once seen
+	output  sync.WaitGroup         // the stdout and stderr readers
+
+	reqMu      sync.Mutex
+	stopReason Reason // set when the agent stops it
+	stopDetail string
+
+	// Owned by the loop.
+	ready      bool
+	readySince time.Time
+	stopping   bool
+	exitedAt   time.Time
+	exited     bool
+	treeGone   bool
+	final      *Exit
+	cancel     context.CancelFunc
+}
+
+// Ready reports that the process serves. Safe from any goroutine; a
+// report about a process that is no longer current is ignored.
+func (c *Child) Ready() { c.s.send(event{kind: evReady, child: c}) }
+
+// Restart asks for a restart of this process with reason r (rss-limit,
+// liveness, start-timeout). Only the first request per process counts.
+func (c *Child) Restart(r Reason, detail string) {
+	c.s.send(event{kind: evRestart, child: c, reason: r, detail: detail})
+}
+
+// setRequested records why the agent stops c; the first reason stays.
+func (c *Child) setRequested(r Reason, detail string) {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	if c.stopReason == "" {
+		c.stopReason, c.stopDetail = r, detail
+	}
+}
+
+// requested returns why the agent stopped c, "" if it did not.
+func (c *Child) requested() (Reason, string) {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	return c.stopReason, c.stopDetail
+}
+
+// spawn starts the process with its pipes, in its own process group.
+func (s *Supervisor) spawn() (*Child, error) {
+	cfg := s.config()
+	if len(cfg.Command) == 0 {
+		return nil, errors.New("start app: empty command")
+	}
+	path, err := lookPath(cfg.Command[0], cfg.Env, cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("start app: %w", err)
+	}
+	cmd := &exec.Cmd{Path: path, Args: cfg.Command, Dir: cfg.Dir, Env: cfg.Env}
+	pidfd := -1
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cfg.Credential, PidFD: &pidfd}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("start app: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, fmt.Errorf("start app: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW // stdin: /dev/null
+	s.ownMu.Lock()
+	err = cmd.Start()
+	if err == nil {
+		s.owned[cmd.Process.Pid] = true
+	}
+	s.ownMu.Unlock()
+	outW.Close() // the app holds the write ends now
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return nil, fmt.Errorf("start app: %w", err)
+	}
+	c := &Child{PID: cmd.Process.Pid, Gen: s.gen.Add(1), Started: s.clk.Now(), s: s, cmd: cmd}
+	if pidfd >= 0 {
+		c.leader = procfs.NewHandle(c.PID, pidfd)
+	}
+	if err := resetOOMScore(c.PID); err != nil {
+		s.log.Debug().Err(err).Msg("reset oom_score_adj of app")
+	}
+	s.log.Info().Int("pid", c.PID).Strs("command", cfg.Command).Msg("app started")
+	c.output.Add(2)
+	go s.capture(c, outR, "stdout")
+	go s.capture(c, errR, "stderr")
+	go func() {
+		// The one place the main process is reaped.
+		err := cmd.Wait()
+		s.ownMu.Lock()
+		delete(s.owned, c.PID)
+		s.ownMu.Unlock()
+		s.send(event{kind: evExited, child: c, exit: exitOf(cmd.ProcessState, err, s.clk.Now(), c)})
+	}()
+	return c, nil
+}
+
+// capture reads one of the app's output streams into the log and the ring.
+func (s *Supervisor) capture(c *Child, r *os.File, stream string) {
+	defer c.output.Done()
+	defer r.Close()
+	name := s.config().Name
+	_ = readLines(r, func(b []byte, cut bool) {
+		text := string(b)
+		if stream == "stderr" && c.heapOOM.Load() == nil && isHeapOOM(text) {
+			c.heapOOM.Store(&text)
+		}
+		// The app's output is logged whatever the agent's own log level.
+		ev := s.log.Log().Str("level", "info").Str("app", name).Str("stream", stream).Int("pid", c.PID)
+		if cut {
+			ev = ev.Bool("cut", true)
+		}
+		ev.Msg(text)
+		if s.opts.Output != nil {
+			s.opts.Output.Add(Line{Time: time.Now(), Stream: stream, PID: c.PID, Text: text, Cut: cut})
+		}
+	})
+}
+
+// isHeapOOM reports whether line is V8's report of heap exhaustion.
+func isHeapOOM(line string) bool {
+	return strings.Contains(line, "JavaScript heap out of memory") ||
+		strings.Contains(line, "Ineffective mark-compacts near heap limit") ||
+		strings.Contains(line, "CALL_AND_RETRY_LAST")
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// lookPath finds file in the PATH of env (the app's), relative to dir for
+// names with a slash, as a shell would.
+func lookPath(file string, env []string, dir string) (string, error) {
+	if strings.Contains(file, "/") {
+		return file, nil // exec resolves it relative to Dir
+	}
+	path := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	if path == "" {
+		path = "/usr/local/bin:/usr/bin:/bin"
+	}
+	for _, d := range filepath.SplitList(path) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, file)
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%q not found in PATH %s", file, path)
+}

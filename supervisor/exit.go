@@ -1,0 +1,87 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
+
+// exitOf turns a wait result into an Exit with its raw code or signal.
+func exitOf(ps *os.ProcessState, err error, at time.Time, c *Child) Exit {
+	e := Exit{At: at, PID: c.PID, Uptime: at.Sub(c.Started)}
+	if ps == nil {
+		e.Reason, e.Detail = ReasonCrashed, fmt.Sprint(err)
+		return e
+	}
+	ws := ps.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Signaled():
+		e.Signal, e.Reason = signalName(ws.Signal()), ReasonSignaled
+	default:
+		code := ws.ExitStatus()
+		e.Code = &code
+		e.Reason = ReasonCrashed
+		if code == 0 {
+			e.Reason = ReasonExited
+		}
+	}
+	return e
+}
+
+// explain settles the reason of an exit and reports it to the loop.
+func (s *Supervisor) explain(ctx context.Context, c *Child, e Exit) {
+	// The V8 fatal line may still sit in the pipe: give the readers a moment
+	// to reach the end of the output (they end when the whole tree is gone).
+	waitTimeout(&c.output, time.Second)
+	e = s.classify(ctx, c, e)
+	s.send(event{kind: evExplained, child: c, exit: e})
+	killed := e.Signal == "SIGKILL" || (e.Code != nil && *e.Code == 137)
+	if req, _ := c.requested(); req == "" && s.opts.Explain != nil && killed && (e.Reason == ReasonSignaled || e.Reason == ReasonCrashed) {
+		if r, d, ok := s.opts.Explain(ctx, c, e, true); ok {
+			e.Reason, e.Detail = r, d
+			s.send(event{kind: evAmend, child: c, exit: e})
+		}
+	}
+}
+
+// classify settles the reason of an exit from what is known at once. The
+// evidence of a memory death (V8's line, the kernel's record) wins over the
+// reason the agent was stopping the process for, since a process stopped for
+// failed probes may well have been dying of its heap.
+func (s *Supervisor) classify(ctx context.Context, c *Child, e Exit) Exit {
+	req, reqDetail := c.requested()
+	during := ""
+	if req != "" {
+		during = " (while stopping it: " + string(req) + ")"
+	}
+	if e.Reason == ReasonExited && req == "" {
+		return e
+	}
+	if line := c.heapOOM.Load(); line != nil && e.Reason != ReasonExited {
+		e.Reason, e.Detail = ReasonHeapOOM, *line+during
+		return e
+	}
+	if s.opts.Explain != nil && e.Reason != ReasonExited {
+		if r, d, ok := s.opts.Explain(ctx, c, e, false); ok {
+			e.Reason, e.Detail = r, d+during
+			return e
+		}
+	}
+	if req != "" {
+		e.Reason, e.Detail = req, reqDetail
+	}
+	return e
+}
+
+func describe(e Exit) string {
+	s := string(e.Reason)
+	switch {
+	case e.Code != nil:
+		s += fmt.Sprintf(" (code %d)", *e.Code)
+	case e.Signal != "":
+		s += " (" + e.Signal + ")"
+	}
+	return s
+}

@@ -72,12 +72,21 @@ func (c *Child) requested() (Reason, string) {
 
 // spawn starts the process with its pipes, in its own process group.
 func (s *Supervisor) spawn(cfg Config) (*Child, error) {
+	if s.opts.Prepare != nil {
+		var err error
+		if cfg, err = s.opts.Prepare(cfg); err != nil {
+			return nil, fmt.Errorf("start app: %w", err)
+		}
+	}
 	if len(cfg.Command) == 0 {
 		return nil, errors.New("start app: empty command")
 	}
-	path, err := lookPath(cfg.Command[0], cfg.Env, cfg.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("start app: %w", err)
+	path := cfg.Path
+	if path == "" {
+		var err error
+		if path, err = lookPath(cfg.Command[0], cfg.Env, cfg.Dir); err != nil {
+			return nil, fmt.Errorf("start app: %w", err)
+		}
 	}
 	cmd := &exec.Cmd{Path: path, Args: cfg.Command, Dir: cfg.Dir, Env: cfg.Env}
 	pidfd := -1

@@ -265,7 +265,7 @@ func (l *loop) maybeFinish() {
 	}
 	ex := *c.final
 	l.cur = nil
-	l.st.PID, l.st.Ready = 0, false
+	l.st.PID, l.st.Ready, l.st.Tag = 0, false, nil
 	l.record(ex)
 	l.next(c, ex)
 }
@@ -375,7 +375,7 @@ func (l *loop) start() {
 		return
 	}
 	l.cur = c
-	l.st.PID, l.st.Ready, l.st.Started, l.st.ReadySince = c.PID, false, c.Started, time.Time{}
+	l.st.PID, l.st.Ready, l.st.Started, l.st.ReadySince, l.st.Tag = c.PID, false, c.Started, time.Time{}, c.Tag
 	l.setState(Starting, "")
 	l.watch(c)
 }

@@ -65,7 +65,7 @@ func (l *loop) incomingEvent(e event) {
 		old := l.cur
 		l.cur, l.in = c, nil
 		l.st.Restarts++
-		l.st.PID, l.st.Started, l.st.Ready, l.st.ReadySince = c.PID, c.Started, true, c.readySince
+		l.st.PID, l.st.Started, l.st.Ready, l.st.ReadySince, l.st.Tag = c.PID, c.Started, true, c.readySince, c.Tag
 		l.setState(Running, "")
 		l.s.log.Info().Int("pid", c.PID).Int("old_pid", old.PID).Msg("reload: new process serves; stopping the old one")
 		l.retire(old, ReasonReload, fmt.Sprintf("replaced by %d in a reload", c.PID), false)

@@ -26,7 +26,8 @@ const maxExits = 20
 // Config says what to run and how to treat it.
 type Config struct {
 	Name            string
-	Command         []string // argv; argv[0] is looked up in the app's PATH
+	Command         []string // argv; argv[0] is looked up in the app's PATH unless Path is set
+	Path            string   // the program to run, "" = Command[0] looked up
 	Dir             string
 	Env             []string // the app's whole environment (see BuildEnv)
 	Credential      *syscall.Credential
@@ -59,6 +60,12 @@ type Options struct {
 	// background, amending the recorded exit if the answer comes later.
 	Explain func(ctx context.Context, c *Child, e Exit, wait bool) (r Reason, detail string, ok bool)
 
+	// Prepare, if set, is called at each start with the config about to
+	// run and returns the one to run (an npm script's command and
+	// environment, read afresh from package.json). An error fails the start
+	// as a failure to spawn does (a crash).
+	Prepare func(Config) (Config, error)
+
 	// Gate, if set, is called before the agent itself stops a process that
 	// is still running (a restart, stop, reload or shutdown, or for
 	// rss-limit, liveness or start-timeout), with a context that ends after
@@ -89,6 +96,7 @@ type Status struct {
 	// (Exits keeps only the last few).
 	ExitCounts map[Reason]uint64
 	Message    string // why the state is what it is, for failed and backoff
+	Tag        any    // Config.Tag of the current process, nil when none runs
 }
 
 // Supervisor runs one app process and keeps it running.
@@ -144,6 +152,9 @@ func (s *Supervisor) SetConfig(cfg Config) {
 	s.cfg = cfg
 	s.cfgMu.Unlock()
 }
+
+// Config returns the config the next start will use.
+func (s *Supervisor) Config() Config { return s.config() }
 
 func (s *Supervisor) config() Config {
 	s.cfgMu.Lock()

@@ -68,6 +68,7 @@ const (
 type state struct {
 	mode      mode
 	pool      *pool  // the current upstream; nil unless modeReady
+	last      *pool  // unless modeReady: the pool that was current when the app stopped being ready, for Gate to drain
 	gen       uint64 // generation of the newest pool ever made ready
 	everReady bool
 	unreadyAt time.Time // when the app last stopped being ready
@@ -311,9 +312,10 @@ func (p *Proxy) Down() {
 
 // unready is the state after cur when the app stops serving.
 func (p *Proxy) unready(cur *state, m mode) *state {
-	next := &state{mode: m, gen: cur.gen, everReady: cur.everReady, unreadyAt: cur.unreadyAt}
+	next := &state{mode: m, gen: cur.gen, everReady: cur.everReady, unreadyAt: cur.unreadyAt, last: cur.last}
 	if cur.mode == modeReady {
 		next.unreadyAt = p.clk.Now()
+		next.last = cur.pool
 	}
 	return next
 }
@@ -331,11 +333,17 @@ func (p *Proxy) Gate(ctx context.Context) int {
 		p.publish(p.unready(cur, modeHold))
 	}
 	p.mu.Unlock()
-	if cur.pool == nil {
+	// The app may have been reported not ready (NotReady) a moment before
+	// the gate: its requests in flight are still to be waited for.
+	pl := cur.pool
+	if pl == nil {
+		pl = cur.last
+	}
+	if pl == nil {
 		return 0
 	}
-	n := cur.pool.drain(ctx)
-	cur.pool.retire()
+	n := pl.drain(ctx)
+	pl.retire()
 	return n
 }
 

@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// frontConfig is an agent config with the proxy in front of front.js.
+func frontConfig(t *testing.T, node string, extra string) (text string, proxyAddr string) {
+	t.Helper()
+	proxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	text = fmt.Sprintf(`
+name = "web"
+[app]
+command = [%q, %q]
+env = { CRASH_WHEN = %q }
+[restart]
+delay = "0s"
+[stop]
+timeout = "5s"
+[memory]
+watch_oom = false
+[health]
+listen = "127.0.0.1:0"
+[control]
+socket = "SOCKET"
+[proxy]
+listen = %q
+upstream = "127.0.0.1:%d"
+spare_upstream = "127.0.0.1:%d"
+hold = "30s"
+%s`, node, appPath(t, "front.js"), filepath.Join(t.TempDir(), "broken"), proxyAddr, freePort(t), freePort(t), extra)
+	return text, proxyAddr
+}
+
+// load sends requests through the proxy from a few keep-alive clients
+// until stopped, and counts the ones that did not get the app's answer.
+type load struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startLoad(base string, workers int) *load {
+	l := &load{stop: make(chan struct{})}
+	for i := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			c := &http.Client{Timeout: 30 * time.Second}
+			path := "/"
+			if i%2 == 1 {
+				path = "/slow"
+			}
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				resp, err := c.Get(base + path)
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == 200 && (strings.HasPrefix(string(b), "ok ") || strings.HasPrefix(string(b), "slow ")) {
+						l.ok.Add(1)
+						continue
+					}
+					err = fmt.Errorf("%d %q", resp.StatusCode, b)
+				}
+				l.failed.Add(1)
+				l.mu.Lock()
+				if len(l.errs) < 10 {
+					l.errs = append(l.errs, err.Error())
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) finish(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	t.Logf("requests: %d answered by the app, %d failed", l.ok.Load(), l.failed.Load())
+	if l.failed.Load() != 0 || l.ok.Load() == 0 {
+		t.Errorf("%d requests failed (%d ok): %v", l.failed.Load(), l.ok.Load(), l.errs)
+	}
+}
+
+// waitServed waits until the proxy answers with the app's reply.
+func waitServed(t *testing.T, r *running, base string) {
+	t.Helper()
+	r.waitFor("the app behind the proxy", func() bool {
+		resp, err := http.Get(base + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
+func TestProxyGatedRestartsLoseNothing(t *testing.T) {
+	node := needNode(t)
+	text, addr := frontConfig(t, node, "")
+	r := startAgent(t, text)
+	base := "http://" + addr
+	waitServed(t, r, base)
+
+	l := startLoad(base, 6)
+	for i := range 3 {
+		before := r.ctlStatus()
+		r.ask("restart", r.client().Restart)
+		r.waitFor(fmt.Sprintf("restart %d to serve", i+1), func() bool {
+			s := r.a.Status()
+			return s.State == "running" && s.PID != nil && *s.PID != *before.PID
+		})
+		if s := r.ctlStatus(); s.LastExit == nil || s.LastExit.Reason != "restart" {
+			t.Errorf("after restart: %+v", s.LastExit)
+		}
+	}
+	l.finish(t)
+	s := r.ctlStatus()
+	if s.Proxy == nil || s.Proxy.Requests == 0 || s.Proxy.Failed != 0 || s.Proxy.Listen != addr {
+		t.Errorf("proxy status %+v", s.Proxy)
+	}
+}
+
+func TestProxyReloadOverlapLosesNothing(t *testing.T) {
+	node := needNode(t)
+	text, addr := frontConfig(t, node, "")
+	r := startAgent(t, text)
+	base := "http://" + addr
+	waitServed(t, r, base)
+	first := r.ctlStatus()
+
+	l := startLoad(base, 6)
+	ups := map[string]bool{}
+	for range 3 {
+		before := r.ctlStatus()
+		s := r.ask("reload", r.client().Reload)
+		if s.State != "running" || s.PID == nil || *s.PID == *before.PID {
+			t.Fatalf("reload answered %+v, want a new process running", s)
+		}
+		ups[s.Proxy.Upstream] = true
+	}
+	l.finish(t)
+	s := r.waitFor2(func(s Status) bool { return len(s.Exits) == 3 })
+	for _, e := range s.Exits {
+		if e.Reason != "reload" {
+			t.Errorf("exit %+v, want reason reload", e)
+		}
+	}
+	if len(ups) != 2 || first.Proxy == nil {
+		t.Errorf("upstreams used %v: the ports should swap roles", ups)
+	}
+}
+
+func TestProxyReloadOfABrokenReleaseKeepsTheOldProcess(t *testing.T) {
+	node := needNode(t)
+	text, addr := frontConfig(t, node, "")
+	r := startAgent(t, text)
+	base := "http://" + addr
+	waitServed(t, r, base)
+	old := r.ctlStatus()
+
+	if err := os.WriteFile(r.cfg.App.Env["CRASH_WHEN"], nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := startLoad(base, 4)
+	_, err := r.client().Reload(context.Background())
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Code != http.StatusConflict || !strings.Contains(ae.Msg, "crashed (code 1)") {
+		t.Fatalf("reload of a broken release: %v, want 409 saying it crashed", err)
+	}
+	l.finish(t)
+	s := r.ctlStatus()
+	if s.PID == nil || *s.PID != *old.PID || s.State != "running" {
+		t.Errorf("after the failed reload: %+v, want pid %d still running", s, *old.PID)
+	}
+	if s.LastExit == nil || s.LastExit.Reason != "crashed" {
+		t.Errorf("the broken process's exit: %+v", s.LastExit)
+	}
+}
+
+// waitFor2 waits until cond holds for the agent's status and returns it.
+func (r *running) waitFor2(cond func(Status) bool) Status {
+	r.t.Helper()
+	var s Status
+	r.waitFor("the status", func() bool { s = r.a.Status(); return cond(s) })
+	return s
+}

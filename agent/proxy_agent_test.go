@@ -18,12 +18,19 @@ import (
 // frontConfig is an agent config with the proxy in front of front.js.
 func frontConfig(t *testing.T, node string, extra string) (text string, proxyAddr string) {
 	t.Helper()
+	app := fmt.Sprintf("command = [%q, %q]\nenv = { CRASH_WHEN = %q }", node, appPath(t, "front.js"), filepath.Join(t.TempDir(), "broken"))
+	return proxyConfig(t, app, extra)
+}
+
+// proxyConfig is an agent config with the proxy in front of the app that
+// the [app] keys in app describe.
+func proxyConfig(t *testing.T, app, extra string) (text string, proxyAddr string) {
+	t.Helper()
 	proxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	text = fmt.Sprintf(`
 name = "web"
 [app]
-command = [%q, %q]
-env = { CRASH_WHEN = %q }
+%s
 [restart]
 delay = "0s"
 [stop]
@@ -39,7 +46,7 @@ listen = %q
 upstream = "127.0.0.1:%d"
 spare_upstream = "127.0.0.1:%d"
 hold = "30s"
-%s`, node, appPath(t, "front.js"), filepath.Join(t.TempDir(), "broken"), proxyAddr, freePort(t), freePort(t), extra)
+%s`, app, proxyAddr, freePort(t), freePort(t), extra)
 	return text, proxyAddr
 }
 
@@ -53,7 +60,11 @@ type load struct {
 	wg         sync.WaitGroup
 }
 
-func startLoad(base string, workers int) *load {
+func startLoad(base string, workers int) *load { return startLoadPath(base, workers, "") }
+
+// startLoadPath is startLoad on one path; "" alternates / and /slow, and
+// any answer 200 counts unless the path is "".
+func startLoadPath(base string, workers int, only string) *load {
 	l := &load{stop: make(chan struct{})}
 	for i := range workers {
 		l.wg.Add(1)
@@ -63,6 +74,9 @@ func startLoad(base string, workers int) *load {
 			path := "/"
 			if i%2 == 1 {
 				path = "/slow"
+			}
+			if only != "" {
+				path = only
 			}
 			for {
 				select {
@@ -74,7 +88,7 @@ func startLoad(base string, workers int) *load {
 				if err == nil {
 					b, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
-					if resp.StatusCode == 200 && (strings.HasPrefix(string(b), "ok ") || strings.HasPrefix(string(b), "slow ")) {
+					if resp.StatusCode == 200 && (only != "" || strings.HasPrefix(string(b), "ok ") || strings.HasPrefix(string(b), "slow ")) {
 						l.ok.Add(1)
 						continue
 					}

@@ -20,8 +20,16 @@ import (
 // TestMain re-runs the test binary as the app when CLI_TEST_APP is set: it
 // prints a line and waits to be stopped.
 func TestMain(m *testing.M) {
-	if os.Getenv("CLI_TEST_APP") == "1" {
+	switch os.Getenv("CLI_TEST_APP") {
+	case "1":
 		fmt.Println("app up")
+		select {}
+	case "flood": // 40,000 lines of 100 bytes (4 MB), then wait
+		line := strings.Repeat("x", 90)
+		for i := range 40000 {
+			fmt.Printf("%08d %s\n", i, line)
+		}
+		fmt.Println("flood done")
 		select {}
 	}
 	os.Exit(m.Run())

@@ -68,6 +68,12 @@ type running struct {
 // "SOCKET" in the text is replaced by a socket path in a temp dir.
 func startAgent(t *testing.T, text string) *running {
 	t.Helper()
+	return startAgentWith(t, text, Options{Version: "test"})
+}
+
+// startAgentWith is startAgent with the agent's options (a fake clock).
+func startAgentWith(t *testing.T, text string, opts Options) *running {
+	t.Helper()
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "agent.sock")
 	text = strings.ReplaceAll(text, "SOCKET", socket)
@@ -80,7 +86,7 @@ func startAgent(t *testing.T, text string) *running {
 		t.Fatal(err)
 	}
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
-	a := New(cfg, log, Options{Version: "test"})
+	a := New(cfg, log, opts)
 	r := &running{t: t, a: a, cfg: cfg, socket: socket, reload: make(chan struct{}, 1), errc: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel

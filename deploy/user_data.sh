@@ -15,8 +15,8 @@
 #
 # Everything is logged to /var/log/agent-bootstrap.log and the console; each
 # step starts with a "bootstrap: step NAME" line, and a failure ends with
-# "bootstrap: failed in step NAME (exit N)". The steps: packages, npm, user,
-# clone, build, download, install, config, start, health.
+# "bootstrap: failed in step NAME (exit N)". The steps: packages, user, clone,
+# npm, build, download, install (.deb/.rpm), config, start, health.
 set -euo pipefail
 set -o errtrace # the ERR trap below fires inside functions too
 
@@ -129,20 +129,7 @@ else
   die "neither dnf nor apt-get found"
 fi
 command -v node >/dev/null || die "node is not installed"
-if ! command -v npm >/dev/null; then
-  step npm
-  fetch "https://registry.npmjs.org/npm/-/npm-$NPM_VERSION.tgz" "$tmp/npm.tgz" sha512 "$NPM_SHA512"
-  rm -rf /usr/local/lib/node_modules/npm
-  install -d /usr/local/lib/node_modules/npm /usr/local/bin
-  tar -xzf "$tmp/npm.tgz" -C /usr/local/lib/node_modules/npm --strip-components=1 --no-same-owner
-  for tool in npm npx; do
-    chmod 0755 "/usr/local/lib/node_modules/npm/bin/$tool-cli.js"
-    ln -sf "../lib/node_modules/npm/bin/$tool-cli.js" "/usr/local/bin/$tool"
-  done
-  hash -r
-  command -v npm >/dev/null || die "npm is not installed"
-fi
-log "node $(node --version), npm $(npm --version)"
+log "node $(node --version)"
 
 # --- the app user and the app -------------------------------------------------
 step user
@@ -151,6 +138,25 @@ if ! id -u "$APP_USER" >/dev/null 2>&1; then
   useradd --system --create-home --home-dir "$app_home" --shell /usr/sbin/nologin "$APP_USER"
 fi
 app_home=$(getent passwd "$APP_USER" | cut -d: -f6)
+
+# ensure_npm: install npm when the nodejs package came without it.
+ensure_npm() {
+  if command -v npm >/dev/null; then
+    return 0
+  fi
+  step npm
+  fetch "https://registry.npmjs.org/npm/-/npm-$NPM_VERSION.tgz" "$tmp/npm.tgz" sha512 "$NPM_SHA512"
+  rm -rf /usr/local/lib/node_modules/npm
+  install -d /usr/local/lib/node_modules/npm /usr/local/bin
+  tar -xzf "$tmp/npm.tgz" -C /usr/local/lib/node_modules/npm --strip-components=1 --no-same-owner
+  local tool
+  for tool in npm npx; do
+    chmod 0755 "/usr/local/lib/node_modules/npm/bin/$tool-cli.js"
+    ln -sf "../lib/node_modules/npm/bin/$tool-cli.js" "/usr/local/bin/$tool"
+  done
+  hash -r
+  command -v npm >/dev/null || die "npm is not installed"
+}
 
 # as_app CMD...: run CMD as the app user in the app directory, with its own HOME
 # (npm keeps its cache there), without a login shell.
@@ -169,8 +175,10 @@ else
   (cd / && retry 3 runuser -u "$APP_USER" -- env HOME="$app_home" \
     git clone --depth 1 --branch "$APP_REF" "$APP_REPO" "$APP_DIR")
 fi
-step build
 if [[ -f $APP_DIR/package.json ]]; then
+  ensure_npm
+  step build
+  log "npm $(npm --version)"
   # Dev dependencies are needed by most build steps; npm ci installs them with
   # --include=dev even when NODE_ENV is production.
   if [[ -f $APP_DIR/package-lock.json || -f $APP_DIR/npm-shrinkwrap.json ]]; then

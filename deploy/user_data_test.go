@@ -108,7 +108,8 @@ func TestUserDataRendered(t *testing.T) {
 	for _, want := range []string{
 		"#!/bin/bash\n",
 		"\nset -euo pipefail\n",
-		"\nsystemctl enable --now agent\n",
+		"  systemctl enable --now agent\n",
+		"retry 3 curl -fsSL --proto '=https,http'",
 		"/etc/agent/agent.toml",
 		"agent check --config /etc/agent/agent.toml",
 		"dnf install",

@@ -150,6 +150,7 @@ type container struct {
 
 	bootTime time.Duration // from starting nspawn to a running systemd
 	runs     int           // user_data runs so far (names their units)
+	localCAs bool          // this machine's local CAs are trusted inside
 }
 
 // bootOptions says how a container is booted and where its agent listens.

@@ -364,6 +364,7 @@ func runUserData(t *testing.T, c *container, values map[string]string) userDataR
 		offset = fi.Size()
 	}
 
+	trustLocalCAs(t, c)
 	c.runs++
 	unit := fmt.Sprintf("user-data-%d", c.runs)
 	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
@@ -371,7 +372,12 @@ func runUserData(t *testing.T, c *container, values map[string]string) userDataR
 	argv := append([]string{"-t", strconv.Itoa(c.init), "-a", "--", "/usr/bin/env", "-i"}, containerEnv...)
 	argv = append(argv, "systemd-run", "--unit="+unit, "--wait", "--collect", "--quiet",
 		"--property=StandardInput=null", "--property=StandardOutput=journal+console",
-		"--property=TimeoutStartSec=infinity", "/bin/bash", "/"+rel)
+		"--property=TimeoutStartSec=infinity")
+	if c.localCAs {
+		// Node reads its own CA list, not the system's.
+		argv = append(argv, "--setenv=NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt")
+	}
+	argv = append(argv, "/bin/bash", "/"+rel)
 	cmd := exec.CommandContext(ctx, "nsenter", argv...)
 
 	res := userDataResult{first200: -1}
@@ -407,6 +413,30 @@ func runUserData(t *testing.T, c *container, values map[string]string) userDataR
 		res.log = string(data[offset:])
 	}
 	return res
+}
+
+// trustLocalCAs gives the container the certificate authorities this machine
+// added to its own (/usr/local/share/ca-certificates), as an image built for a
+// network behind a TLS-inspecting proxy has them: without them nothing in the
+// container could reach the npm registry from such a network.
+func trustLocalCAs(t *testing.T, c *container) {
+	t.Helper()
+	if c.localCAs {
+		return
+	}
+	crts, _ := filepath.Glob("/usr/local/share/ca-certificates/*.crt")
+	if len(crts) == 0 {
+		return
+	}
+	for _, crt := range crts {
+		copyInto(t, crt, filepath.Join(c.dir, "usr/local/share/ca-certificates", filepath.Base(crt)), 0o644)
+	}
+	// Before the script installs ca-certificates, whose set-up takes them in.
+	if _, err := os.Stat(filepath.Join(c.dir, "usr/sbin/update-ca-certificates")); err == nil {
+		c.must("update-ca-certificates")
+	}
+	c.localCAs = true
+	t.Logf("the container trusts this machine's local certificate authorities: %d", len(crts))
 }
 
 // serveFiles serves the named files over HTTP on loopback until cleanup and

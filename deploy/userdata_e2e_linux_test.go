@@ -162,7 +162,7 @@ func (r fullRun) run(t *testing.T, rootfs string) {
 		t.Fatalf("user_data.sh failed: %v\n%s", res.err, tailString(res.log, 40))
 	}
 	if res.first200 < 0 {
-		t.Errorf("health never answered 200 while the script ran")
+		t.Errorf("the health page never answered 200 after the script")
 	}
 
 	// Node and git came from this run of the script.
@@ -387,16 +387,19 @@ func runUserData(t *testing.T, c *container, values map[string]string) userDataR
 	argv = append(argv, "/bin/bash", "/"+rel)
 	cmd := exec.CommandContext(ctx, "nsenter", argv...)
 
+	// The health port is polled from this machine until it answers 200, up to
+	// 30 s past a successful script: the script ends a moment after the agent
+	// serves, so its end is no bound.
 	res := userDataResult{first200: -1}
 	polls, lastPoll := 0, ""
 	healthURL := "http://127.0.0.1:" + values["HEALTH_PORT"] + "/health.html"
 	start := time.Now()
-	stop := make(chan struct{})
+	giveUp := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(pollInterval)
+		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			code, body := httpGet(healthURL)
@@ -407,7 +410,7 @@ func runUserData(t *testing.T, c *container, values map[string]string) userDataR
 			polls++
 			lastPoll = fmt.Sprintf("%d %s", code, body)
 			select {
-			case <-stop:
+			case <-giveUp:
 				return
 			case <-tick.C:
 			}
@@ -415,12 +418,14 @@ func runUserData(t *testing.T, c *container, values map[string]string) userDataR
 	}()
 	out, err := cmd.CombinedOutput()
 	res.took = time.Since(start)
-	close(stop)
-	wg.Wait()
 	if err != nil {
 		res.err = fmt.Errorf("systemd-run %s: %w: %s", unit, err, strings.TrimSpace(string(out)))
+		close(giveUp)
+	} else {
+		defer time.AfterFunc(30*time.Second, func() { close(giveUp) }).Stop()
 	}
-	if res.first200 < 0 {
+	wg.Wait()
+	if res.first200 < 0 && res.err == nil {
 		t.Logf("%s: no 200 from %s in %d polls; last: %s", unit, healthURL, polls, lastPoll)
 	}
 	if data, err := os.ReadFile(logPath); err == nil && int64(len(data)) >= offset {

@@ -1,6 +1,6 @@
 // Package deploy holds the tests of the deployment files: the user_data
-// bootstrap, the Terraform example, and the end-to-end test that boots a real
-// systemd with the agent's .deb installed.
+// bootstrap, the Terraform example, and the end-to-end tests that boot a real
+// systemd: one with the agent's .deb installed, one running user_data.sh.
 package deploy
 
 import (

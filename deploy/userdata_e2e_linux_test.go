@@ -166,11 +166,23 @@ func (r fullRun) run(t *testing.T, rootfs string) {
 	}
 
 	// Node and git came from this run of the script.
+	var installed []string
 	history := mustRead(t, filepath.Join(tree, "var/log/apt/history.log"))
+	for _, line := range strings.Split(history, "\n") {
+		if l, ok := strings.CutPrefix(line, "Install: "); ok {
+			installed = append(installed, l)
+		}
+	}
 	for _, p := range []string{"nodejs:amd64", "git:amd64"} {
-		if !strings.Contains(history, p) {
+		if !strings.Contains(strings.Join(installed, ", "), p+" (") {
 			t.Errorf("apt history has no install of %s:\n%s", p, tailString(history, 20))
 		}
+	}
+	// The agent as this run installs it.
+	if r.pkgURL != "" {
+		c.must("dpkg", "-s", "agent")
+	} else if _, err := os.Stat(filepath.Join(tree, "etc/systemd/system/agent.service")); err != nil {
+		t.Errorf("agent install wrote no unit: %v", err)
 	}
 	if strings.Contains(r.command, "npm") || r.built != "" {
 		if _, err := c.run("sh", "-c", "command -v npm"); err != nil {

@@ -116,6 +116,7 @@ func TestUserDataRendered(t *testing.T) {
 		"apt-get install",
 		"npm ci",
 		"npm run build --if-present",
+		`echo "bootstrap: failed in step $step (exit $rc) after $SECONDS s" >&2`,
 		`readonly HEALTH_PORT="8081"`,
 	} {
 		if !strings.Contains(script, want) {

@@ -300,7 +300,8 @@ func failures(t *testing.T, rootfs, gitURL, files, debSHA string, registry bool)
 		t.Run(tc.name, func(t *testing.T) {
 			values := scriptValues(tc.repo, tc.dir, "node server.js", opts, files+"/agent.deb", "", tc.sha)
 			res := runUserData(t, c, values)
-			t.Logf("%s: the script ended after %v", tc.name, res.took.Round(time.Millisecond))
+			t.Logf("%s: the script ended after %v; its last lines:\n%s", tc.name,
+				res.took.Round(time.Millisecond), tailString(res.log, 3))
 			if res.err == nil {
 				t.Fatalf("user_data.sh succeeded, want a failure:\n%s", tailString(res.log, 20))
 			}

@@ -58,7 +58,8 @@ step() {
   log "step $step (at $SECONDS s)"
 }
 
-trap 'echo "bootstrap: $step: command failed at line $LINENO (exit $?)" >&2' ERR
+# In subshells too (errtrace), but said once: by the main shell.
+trap 'rc=$?; [[ $BASHPID != "$$" ]] || echo "bootstrap: $step: command failed at line $LINENO (exit $rc)" >&2' ERR
 
 # on_exit: remove the temporary files, name the failed step, and let tee write
 # the last lines before the script ends.

@@ -104,7 +104,7 @@ fetch() {
   fi
 }
 
-# --- packages: Node, npm, git ------------------------------------------------
+# --- packages: Node, git ------------------------------------------------------
 step packages
 if command -v dnf >/dev/null; then
   pkg=dnf

@@ -161,6 +161,7 @@ func (r fullRun) run(t *testing.T, rootfs string) {
 	if res.err != nil {
 		t.Fatalf("user_data.sh failed: %v\n%s", res.err, tailString(res.log, 40))
 	}
+	t.Logf("%s: the script's steps: %s", r.name, steps(res.log))
 	if res.first200 < 0 {
 		t.Errorf("the health page never answered 200 after the script")
 	}
@@ -245,6 +246,17 @@ func (r fullRun) run(t *testing.T, rootfs string) {
 	if n := appProcesses(c); n != procs {
 		t.Errorf("%d processes of the app user after the second run, %d before", n, procs)
 	}
+}
+
+// steps returns the "step NAME (at N s)" parts of a bootstrap log, joined.
+func steps(log string) string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if st, ok := strings.CutPrefix(line, "bootstrap: step "); ok {
+			out = append(out, st)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // appProcesses counts the processes of the app user (the app's tree).

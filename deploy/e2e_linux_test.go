@@ -140,17 +140,32 @@ type container struct {
 	dir     string
 	name    string
 	console string
+	opts    bootOptions
 
 	cmd    *exec.Cmd
 	done   chan struct{} // closed when nspawn has exited
 	err    error         // nspawn's exit, valid after done
 	init   int           // PID (in our namespace) of the container's systemd
 	served int           // how many times serving succeeded
+
+	bootTime time.Duration // from starting nspawn to a running systemd
+	runs     int           // user_data runs so far (names their units)
+	localCAs bool          // this machine's local CAs are trusted inside
+}
+
+// bootOptions says how a container is booted and where its agent listens.
+type bootOptions struct {
+	// hostNetwork shares this machine's network (and loopback) with the
+	// container instead of giving it a private one.
+	hostNetwork bool
+	// appPort and healthPort are the app's and the agent's health ports
+	// (defaults appPort and healthPort).
+	appPort, healthPort string
 }
 
 // boot starts nspawn on dir and waits until the container's systemd reports
 // running (or degraded). The caller stops the container; boot does when it fails.
-func boot(t *testing.T, dir, name, console string) *container {
+func boot(t *testing.T, dir, name, console string, opts bootOptions) *container {
 	t.Helper()
 	logf, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -159,12 +174,21 @@ func boot(t *testing.T, dir, name, console string) *container {
 	defer logf.Close()
 	fmt.Fprintf(logf, "\n==== boot %s ====\n", time.Now().Format(time.RFC3339))
 
-	c := &container{t: t, dir: dir, name: name, console: console, done: make(chan struct{})}
+	if opts.appPort == "" {
+		opts.appPort = appPort
+	}
+	if opts.healthPort == "" {
+		opts.healthPort = healthPort
+	}
+	c := &container{t: t, dir: dir, name: name, console: console, opts: opts, done: make(chan struct{})}
 	args := []string{"-q", "-D", dir, "--boot", "--register=no", "--keep-unit",
-		"-M", name, "--console=read-only", "--private-network",
+		"-M", name, "--console=read-only",
 		// As on a real machine: the agent may lower its OOM score and read the
 		// kernel log for OOM kills (nspawn drops both abilities by default).
 		"--capability=CAP_SYSLOG,CAP_SYS_RESOURCE"}
+	if !opts.hostNetwork {
+		args = append(args, "--private-network")
+	}
 	if _, err := os.Stat("/dev/kmsg"); err == nil {
 		args = append(args, "--bind-ro=/dev/kmsg")
 	}
@@ -410,10 +434,10 @@ func (c *container) serving(t *testing.T, timeout time.Duration, what string) ag
 		if s.State != "running" || !s.Ready {
 			return false, fmt.Sprintf("state %s, ready %v", s.State, s.Ready)
 		}
-		if code := c.httpCode("http://127.0.0.1:" + appPort + "/"); code != "200" {
+		if code := c.httpCode("http://127.0.0.1:" + c.opts.appPort + "/"); code != "200" {
 			return false, "app answered " + code
 		}
-		if code := c.httpCode("http://127.0.0.1:" + healthPort + "/health.html"); code != "200" {
+		if code := c.httpCode("http://127.0.0.1:" + c.opts.healthPort + "/health.html"); code != "200" {
 			return false, "health answered " + code
 		}
 		st = s
@@ -457,19 +481,8 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	work := t.TempDir()
-
-	// The .deb, from a fresh static build, exactly as `make package` makes it.
 	const version = "0.0.0-e2e"
-	bin, dist := filepath.Join(work, "bin"), filepath.Join(work, "dist")
-	out, err := exec.Command("make", "-C", root, "--no-print-directory", "package",
-		"BINDIR="+bin, "DISTDIR="+dist, "VERSION="+version).CombinedOutput()
-	if err != nil {
-		t.Fatalf("make package: %v\n%s", err, out)
-	}
-	debs, _ := filepath.Glob(filepath.Join(dist, "*.deb"))
-	if len(debs) != 1 {
-		t.Fatalf("want one .deb in %s, got %q", dist, debs)
-	}
+	bin, deb := buildPackage(t, root, work, version)
 
 	nspawnRuntime(t)
 	tree := overlay(t, rootfs)
@@ -477,10 +490,10 @@ func TestEndToEnd(t *testing.T) {
 	name := fmt.Sprintf("agent-e2e-%d", os.Getpid())
 
 	// Files go into the tree directly: the package, the demo app.
-	copyInto(t, debs[0], filepath.Join(tree, "root/agent.deb"), 0o644)
+	copyInto(t, deb, filepath.Join(tree, "root/agent.deb"), 0o644)
 	copyInto(t, filepath.Join(root, "deploy/demo/server.js"), filepath.Join(tree, "srv/app/server.js"), 0o644)
 
-	c := boot(t, tree, name, console)
+	c := boot(t, tree, name, console, bootOptions{})
 	t.Cleanup(func() { c.stop() }) // the container of the last boot
 	t.Cleanup(func() {
 		if t.Failed() && !c.exited() {
@@ -709,7 +722,7 @@ func TestEndToEnd(t *testing.T) {
 		if !errors.As(c.err, &ee) || ee.ExitCode() != 133 {
 			t.Logf("systemd-nspawn exited with %v after reboot (133 expected)", c.err)
 		}
-		c = boot(t, tree, name, console)
+		c = boot(t, tree, name, console, c.opts)
 		st := c.serving(t, bootTimeout, "the agent to serve after the reboot")
 		if st.Restarts != 0 {
 			t.Errorf("restarts = %d after a fresh boot, want 0", st.Restarts)
@@ -768,6 +781,23 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("a second install restarted the app (pid %d -> %d)", st.PID, after.PID)
 		}
 	})
+}
+
+// buildPackage builds the static binary and the .deb into work exactly as
+// `make package` does, and returns the binary's directory and the .deb.
+func buildPackage(t *testing.T, root, work, version string) (bin, deb string) {
+	t.Helper()
+	bin, dist := filepath.Join(work, "bin"), filepath.Join(work, "dist")
+	out, err := exec.Command("make", "-C", root, "--no-print-directory", "package",
+		"BINDIR="+bin, "DISTDIR="+dist, "VERSION="+version).CombinedOutput()
+	if err != nil {
+		t.Fatalf("make package: %v\n%s", err, out)
+	}
+	debs, _ := filepath.Glob(filepath.Join(dist, "*.deb"))
+	if len(debs) != 1 {
+		t.Fatalf("want one .deb in %s, got %q", dist, debs)
+	}
+	return bin, debs[0]
 }
 
 func copyInto(t *testing.T, src, dst string, mode os.FileMode) {

@@ -13,7 +13,10 @@
 # export the same variables (empty for unused ones) and run it as root. The
 # script itself never uses the $-brace form, which Terraform would take for its own.
 #
-# Everything is logged to /var/log/agent-bootstrap.log and the console.
+# Everything is logged to /var/log/agent-bootstrap.log and the console; each
+# step starts with a "bootstrap: step NAME" line, and a failure ends with
+# "bootstrap: failed in step NAME (exit N)". The steps: packages, user, clone,
+# npm, build, download, install (.deb/.rpm), config, start, health.
 set -euo pipefail
 set -o errtrace # the ERR trap below fires inside functions too
 
@@ -32,14 +35,46 @@ readonly AGENT_PKG_URL="${AGENT_PKG_URL}" # URL of the agent .deb or .rpm; or em
 readonly AGENT_BIN_URL="${AGENT_BIN_URL}" # ...URL of the static agent binary
 readonly AGENT_SHA256="${AGENT_SHA256}"   # sha256 of the download; empty = not checked
 
+# npm for distributions whose nodejs package lacks it (Debian, Ubuntu): the
+# registry's own tarball, checked against this sha512. Debian's npm package
+# instead pulls in about 850 packages (280 MB) and took minutes to install.
+readonly NPM_VERSION=10.9.9 # supports Node ^18.17 || >=20.5
+readonly NPM_SHA512=d60fba8cb42f688b81e33c2f1cbef2ad7b977166700ec0ad057f1b6d60ea6ef2524abf673e20c35931cd8305d1dbb8887134d6eefdc0e7b8435bd458bf65b862
+
 exec > >(tee -a /var/log/agent-bootstrap.log) 2>&1
-trap 'echo "bootstrap: failed at line $LINENO (exit $?)" >&2' ERR
+tee_pid=$!
+step=start-up
+tmp=""
 
 log() { echo "bootstrap: $*"; }
 die() {
-  echo "bootstrap: $*" >&2
+  echo "bootstrap: $step: $*" >&2
   exit 1
 }
+
+# step NAME: the next step, named in the log and in the failure line.
+step() {
+  step=$1
+  log "step $step (at $SECONDS s)"
+}
+
+# In subshells too (errtrace), but said once: by the main shell.
+trap 'rc=$?; [[ $BASHPID != "$$" ]] || echo "bootstrap: $step: command failed at line $LINENO (exit $rc)" >&2' ERR
+
+# on_exit: remove the temporary files, name the failed step, and let tee write
+# the last lines before the script ends.
+on_exit() {
+  local rc=$?
+  if [[ -n $tmp ]]; then
+    rm -rf "$tmp"
+  fi
+  if ((rc != 0)); then
+    echo "bootstrap: failed in step $step (exit $rc) after $SECONDS s" >&2
+  fi
+  exec >&- 2>&-
+  wait "$tee_pid" || true
+}
+trap on_exit EXIT
 
 # retry N CMD...: run CMD up to N times, 5 s apart (mirrors and git hosts blink).
 retry() {
@@ -58,8 +93,19 @@ retry() {
 [[ $(id -u) -eq 0 ]] || die "run as root"
 [[ -n $APP_REPO ]] || die "APP_REPO is empty"
 [[ -n $AGENT_PKG_URL || -n $AGENT_BIN_URL ]] || die "set AGENT_PKG_URL or AGENT_BIN_URL"
+tmp=$(mktemp -d)
 
-# --- packages: Node, npm, git ------------------------------------------------
+# fetch URL FILE [ALGO SUM]: download URL (https or http only) to FILE and,
+# with a checksum, check it (ALGO: sha256 or sha512).
+fetch() {
+  retry 3 curl -fsSL --proto '=https,http' -o "$2" "$1"
+  if (($# > 2)); then
+    echo "$4  $2" | "$3sum" -c --quiet - || die "checksum mismatch for $1 (want $3 $4)"
+  fi
+}
+
+# --- packages: Node, git ------------------------------------------------------
+step packages
 if command -v dnf >/dev/null; then
   pkg=dnf
   retry 3 dnf install -y git tar
@@ -79,20 +125,39 @@ elif command -v apt-get >/dev/null; then
   pkg=apt
   export DEBIAN_FRONTEND=noninteractive
   retry 3 apt-get update -q
-  retry 3 apt-get install -y -q --no-install-recommends ca-certificates curl git nodejs npm
+  retry 3 apt-get install -y -q --no-install-recommends ca-certificates curl git nodejs
 else
   die "neither dnf nor apt-get found"
 fi
 command -v node >/dev/null || die "node is not installed"
-command -v npm >/dev/null || die "npm is not installed"
-log "node $(node --version), npm $(npm --version)"
+log "node $(node --version)"
 
 # --- the app user and the app -------------------------------------------------
+step user
 app_home=/home/$APP_USER
 if ! id -u "$APP_USER" >/dev/null 2>&1; then
   useradd --system --create-home --home-dir "$app_home" --shell /usr/sbin/nologin "$APP_USER"
 fi
 app_home=$(getent passwd "$APP_USER" | cut -d: -f6)
+
+# ensure_npm: install npm when the nodejs package came without it.
+ensure_npm() {
+  if command -v npm >/dev/null; then
+    return 0
+  fi
+  step npm
+  fetch "https://registry.npmjs.org/npm/-/npm-$NPM_VERSION.tgz" "$tmp/npm.tgz" sha512 "$NPM_SHA512"
+  rm -rf /usr/local/lib/node_modules/npm
+  install -d /usr/local/lib/node_modules/npm /usr/local/bin
+  tar -xzf "$tmp/npm.tgz" -C /usr/local/lib/node_modules/npm --strip-components=1 --no-same-owner
+  local tool
+  for tool in npm npx; do
+    chmod 0755 "/usr/local/lib/node_modules/npm/bin/$tool-cli.js"
+    ln -sf "../lib/node_modules/npm/bin/$tool-cli.js" "/usr/local/bin/$tool"
+  done
+  hash -r
+  command -v npm >/dev/null || die "npm is not installed"
+}
 
 # as_app CMD...: run CMD as the app user in the app directory, with its own HOME
 # (npm keeps its cache there), without a login shell.
@@ -101,6 +166,7 @@ as_app() {
 }
 
 install -d -o "$APP_USER" -g "$APP_USER" -m 0755 "$APP_DIR"
+step clone
 if [[ -d $APP_DIR/.git ]]; then
   log "updating $APP_DIR to $APP_REF"
   as_app git fetch --depth 1 origin "$APP_REF"
@@ -111,6 +177,9 @@ else
     git clone --depth 1 --branch "$APP_REF" "$APP_REPO" "$APP_DIR")
 fi
 if [[ -f $APP_DIR/package.json ]]; then
+  ensure_npm
+  step build
+  log "npm $(npm --version)"
   # Dev dependencies are needed by most build steps; npm ci installs them with
   # --include=dev even when NODE_ENV is production.
   if [[ -f $APP_DIR/package-lock.json || -f $APP_DIR/npm-shrinkwrap.json ]]; then
@@ -122,14 +191,12 @@ if [[ -f $APP_DIR/package.json ]]; then
 fi
 
 # --- the agent ------------------------------------------------------------------
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-
-# fetch URL FILE: download URL to FILE and check AGENT_SHA256 when set.
-fetch() {
-  retry 3 curl -fsSL --proto '=https,http' -o "$2" "$1"
+# fetch_agent URL FILE: download the agent, checking AGENT_SHA256 when set.
+fetch_agent() {
   if [[ -n $AGENT_SHA256 ]]; then
-    echo "$AGENT_SHA256  $2" | sha256sum -c - || die "checksum mismatch for $1"
+    fetch "$1" "$2" sha256 "$AGENT_SHA256"
+  else
+    fetch "$1" "$2"
   fi
 }
 
@@ -182,27 +249,49 @@ if [[ -n $AGENT_PKG_URL ]]; then
     *.rpm) file=$tmp/agent.rpm ;;
     *) die "AGENT_PKG_URL must end in .deb or .rpm: $AGENT_PKG_URL" ;;
   esac
-  fetch "$AGENT_PKG_URL" "$file"
+  step download
+  fetch_agent "$AGENT_PKG_URL" "$file"
+  step install
   if [[ $pkg == apt ]]; then
-    retry 3 apt-get install -y -q "$file"
+    # The packaged /etc/agent/agent.toml is a conffile: keep the one written
+    # below without asking (there is no terminal to ask on).
+    retry 3 apt-get install -y -q -o Dpkg::Options::=--force-confdef \
+      -o Dpkg::Options::=--force-confold "$file"
   else
     retry 3 dnf install -y "$file"
   fi
+  step config
   write_config
   /usr/bin/agent check --config /etc/agent/agent.toml
 else
-  fetch "$AGENT_BIN_URL" "$tmp/agent"
+  step download
+  fetch_agent "$AGENT_BIN_URL" "$tmp/agent"
   chmod 0755 "$tmp/agent"
+  step config
   write_config
   "$tmp/agent" check --config /etc/agent/agent.toml
+fi
+
+# Both return once the app serves (Type=notify), or fail if it cannot start.
+step start
+was_active=false
+if systemctl is-active --quiet agent; then
+  was_active=true
+fi
+if [[ -n $AGENT_PKG_URL ]]; then
+  systemctl enable --now agent
+else
   # Copies itself to /usr/bin/agent, writes the unit, links agentctl,
   # daemon-reload, enable --now; keeps the config just written.
   "$tmp/agent" install --config /etc/agent/agent.toml
 fi
-
-# Returns once the app serves (Type=notify), or fails if it cannot start.
-systemctl enable --now agent
+if $was_active; then
+  # A second run: the app was rebuilt and the config rewritten.
+  log "the agent was running already: restarting it"
+  systemctl restart agent
+fi
 systemctl --no-pager --lines=0 status agent || true
+step health
 retry 6 curl -fsS -o /dev/null "http://127.0.0.1:$HEALTH_PORT/health.html"
 agentctl status || true
-log "done"
+log "done in $SECONDS s"

@@ -1,6 +1,6 @@
 // Package deploy holds the tests of the deployment files: the user_data
-// bootstrap, the Terraform example, and the end-to-end test that boots a real
-// systemd with the agent's .deb installed.
+// bootstrap, the Terraform example, and the end-to-end tests that boot a real
+// systemd: one with the agent's .deb installed, one running user_data.sh.
 package deploy
 
 import (
@@ -108,13 +108,15 @@ func TestUserDataRendered(t *testing.T) {
 	for _, want := range []string{
 		"#!/bin/bash\n",
 		"\nset -euo pipefail\n",
-		"\nsystemctl enable --now agent\n",
+		"  systemctl enable --now agent\n",
+		"retry 3 curl -fsSL --proto '=https,http'",
 		"/etc/agent/agent.toml",
 		"agent check --config /etc/agent/agent.toml",
 		"dnf install",
 		"apt-get install",
 		"npm ci",
 		"npm run build --if-present",
+		`echo "bootstrap: failed in step $step (exit $rc) after $SECONDS s" >&2`,
 		`readonly HEALTH_PORT="8081"`,
 	} {
 		if !strings.Contains(script, want) {

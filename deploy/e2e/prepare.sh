@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the end-to-end test needs on this machine (systemd-nspawn,
-# debootstrap, shellcheck, make) and build the cached Debian 12 root filesystem.
+# debootstrap, shellcheck, make, git) and build the cached Debian 12 root filesystem.
 #
 #   deploy/e2e/prepare.sh [DIR]    (default /var/cache/agent-e2e/bookworm)
 set -euo pipefail
@@ -17,6 +17,7 @@ command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v make >/dev/null || missing+=(make)
+command -v git >/dev/null || missing+=(git) # git daemon serves the app to user_data.sh
 if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q

@@ -47,7 +47,7 @@ e2e-prepare:
 	deploy/e2e/prepare.sh
 
 e2e:
-	$(GO) test -v -count=1 -timeout 30m -run 'TestEndToEnd' ./deploy/
+	$(GO) test -v -count=1 -timeout 30m -run 'EndToEnd' ./deploy/
 
 # The Go benchmarks, then the side-by-side run against PM2 (about 17 min;
 # needs the npm registry). Not run by CI.

@@ -34,8 +34,10 @@ type Agent struct {
 	sup     *supervisor.Supervisor
 	proxy   *proxy.Proxy // nil when [proxy] is off
 	metrics *metrics.Metrics
-	// proxyPID is the process the proxy was last told is ready.
-	proxyPID atomic.Int64
+	// routed is the process the proxy sends requests to (told by Ready or
+	// Switch); swapping is set while a reload moves the traffic.
+	routed   atomic.Int64
+	swapping atomic.Bool
 	health   *probe.HealthServer
 	notify   *Notifier
 	oom      *probe.OOMWatcher // nil when memory.watch_oom is off
@@ -283,8 +285,8 @@ func (a *Agent) reload() {
 	g := a.newGeneration(cfg)
 	a.cfg.Store(cfg)
 	a.gen.Store(g)
-	upstream := ""
-	if l, ok := a.sup.Config().Tag.(*launch); ok {
+	upstream := g.upstream()
+	if l, ok := a.sup.Config().Tag.(*launch); ok && g.canOverlap() && l.upstream != "" {
 		upstream = l.upstream // the port of the last process, which a restart takes again
 	}
 	a.sup.SetConfig(g.supervisorConfig(upstream))
@@ -412,14 +414,18 @@ func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, g
 	defer t.Stop()
 	var over time.Time // when the tree first went above max; zero when below
 	sample := func() {
-		s, err := probe.SampleDescendants(self)
+		// This process's tree: during a reload the other process's tree
+		// is left out, so neither is held to max_rss for both.
+		s, err := probe.SampleDescendants(self, a.sup.Others(c)...)
 		if err != nil {
 			a.log.Debug().Err(err).Msg("rss sample")
 		}
-		a.rss.Store(s.RSS)
-		a.treePIDs.Store(&s.PIDs)
-		if st := a.sup.Status(); st.State == supervisor.Running && st.PID == c.PID {
-			a.sendStatus(a.statusLine(st), false)
+		if st := a.sup.Status(); st.PID == c.PID {
+			a.rss.Store(s.RSS)
+			a.treePIDs.Store(&s.PIDs)
+			if st.State == supervisor.Running {
+				a.sendStatus(a.statusLine(st), false)
+			}
 		}
 		if max == 0 {
 			return

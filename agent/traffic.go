@@ -42,16 +42,16 @@ func (a *Agent) followState(st supervisor.Status) {
 		return
 	}
 	switch {
+	case a.swapping.Load():
+		// A reload is moving the traffic (Switch); the swap settles it.
 	case st.State == supervisor.Running && st.Ready:
 		// Once per process: the proxy takes Ready as "a new process".
-		if a.proxyPID.Swap(int64(st.PID)) != int64(st.PID) {
+		if a.routed.Swap(int64(st.PID)) != int64(st.PID) {
 			a.proxy.Ready(upstreamOf(st))
 		}
 	case st.State == supervisor.Failed || st.State == supervisor.Stopped:
-		a.proxyPID.Store(0)
 		a.proxy.Down()
 	default:
-		a.proxyPID.Store(0)
 		a.proxy.NotReady()
 	}
 }
@@ -61,7 +61,10 @@ func (a *Agent) followState(st supervisor.Status) {
 // requests are held and the ones in flight finish, until ctx ends (the
 // stop timeout).
 func (a *Agent) gate(ctx context.Context, c *supervisor.Child, r supervisor.Reason) {
-	if a.proxy == nil || c.Tag.(*launch).upstream == "" {
+	if a.proxy == nil || a.routed.Load() != int64(c.PID) {
+		// Not the process the proxy sends requests to: a reload's new
+		// process that failed, or the old one, whose requests the swap
+		// waited for.
 		return
 	}
 	if left := a.proxy.Gate(ctx); left > 0 {
@@ -82,7 +85,7 @@ var ErrReloadFailed = errors.New("reload failed")
 func (a *Agent) Reload(ctx context.Context) error {
 	g := a.gen.Load()
 	st := a.sup.Status()
-	if !g.canOverlap() {
+	if a.proxy == nil || !g.canOverlap() {
 		return a.restartAndWait(ctx, "reload without overlap: restarting (gated)")
 	}
 	if avail, err := probe.MemAvailable(); err == nil && float64(avail) < 1.2*float64(a.rss.Load()) {
@@ -97,7 +100,9 @@ func (a *Agent) Reload(ctx context.Context) error {
 	swap := func(ctx context.Context, c *supervisor.Child) {
 		sctx, cancel := context.WithTimeout(ctx, g.cfg.Stop.Timeout.D())
 		defer cancel()
-		a.proxyPID.Store(int64(c.PID))
+		a.swapping.Store(true)
+		defer a.swapping.Store(false)
+		a.routed.Store(int64(c.PID))
 		if left := a.proxy.Switch(sctx, next); left > 0 {
 			a.log.Warn().Int("in_flight", left).Msg("reload: old process stopped with requests still in flight (stop.timeout)")
 		}
@@ -106,12 +111,16 @@ func (a *Agent) Reload(ctx context.Context) error {
 	switch {
 	case errors.Is(err, supervisor.ErrNotServing):
 		return a.restartAndWait(ctx, "reload of an app that is not serving: restarting")
+	case errors.Is(err, supervisor.ErrReloadBusy):
+		return fmt.Errorf("%w: %v", ErrReloadFailed, err)
 	case err != nil && (errors.Is(err, supervisor.ErrShuttingDown) || errors.Is(err, context.Canceled)):
 		return err
 	case err != nil:
 		return fmt.Errorf("%w: %v", ErrReloadFailed, err)
 	}
-	a.sup.SetConfig(sc) // restarts take the new port until the next reload
+	// Restarts take the new port until the next reload, with the latest
+	// config (a SIGHUP may have come meanwhile).
+	a.sup.SetConfig(a.gen.Load().supervisorConfig(next))
 	return nil
 }
 

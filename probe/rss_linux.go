@@ -39,8 +39,11 @@ func SampleTree(roots ...int) (TreeSample, error) {
 // SampleDescendants samples the descendants of pid, without pid itself. The
 // agent samples its own descendants: its app and, as child subreaper, the
 // app's orphaned daemons.
-func SampleDescendants(pid int) (TreeSample, error) {
-	procs, err := procfs.Descendants(pid)
+//
+// The processes in except are left out with their subtrees: during a
+// reload, the other app process's tree.
+func SampleDescendants(pid int, except ...int) (TreeSample, error) {
+	procs, err := procfs.Descendants(pid, except...)
 	if err != nil {
 		return TreeSample{}, fmt.Errorf("sample process tree: %w", err)
 	}

@@ -42,6 +42,9 @@ type Child struct {
 	treeGone   bool
 	final      *Exit
 	cancel     context.CancelFunc
+	// A restart asked for while a reload swapped the traffic to it.
+	pendingRestart Reason
+	pendingDetail  string
 }
 
 // Ready reports that the process serves. Safe from any goroutine; a
@@ -102,12 +105,17 @@ func (s *Supervisor) spawn(cfg Config) (*Child, error) {
 		return nil, fmt.Errorf("start app: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW // stdin: /dev/null
+	// Started under liveMu and known as live before a scan of another
+	// process's tree can see it (scanTree holds liveMu while it reads).
+	s.liveMu.Lock()
 	s.ownMu.Lock()
 	err = cmd.Start()
 	if err == nil {
 		s.owned[cmd.Process.Pid] = true
+		s.livePIDs[cmd.Process.Pid] = true
 	}
 	s.ownMu.Unlock()
+	s.liveMu.Unlock()
 	outW.Close() // the app holds the write ends now
 	errW.Close()
 	if err != nil {
@@ -116,9 +124,7 @@ func (s *Supervisor) spawn(cfg Config) (*Child, error) {
 		return nil, fmt.Errorf("start app: %w", err)
 	}
 	c := &Child{PID: cmd.Process.Pid, Gen: s.gen.Add(1), Started: s.clk.Now(), Tag: cfg.Tag, s: s, cmd: cmd}
-	s.liveMu.Lock()
-	s.live[c] = true
-	s.liveMu.Unlock()
+
 	if pidfd >= 0 {
 		c.leader = procfs.NewHandle(c.PID, pidfd)
 	}

@@ -49,6 +49,7 @@ type loop struct {
 	track    Tracker
 	cur      *Child
 	reload   *reloadReq // the reload under way, if any
+	queued   *request   // a reload waiting for the last one's old process to be gone
 	in       *Child     // its new process, until it replaces cur
 	inTimer  clock.Timer
 	retiring []*Child // processes being stopped beside cur (replaced or abandoned in a reload)
@@ -122,6 +123,7 @@ func (l *loop) beginShutdown(err error) {
 	l.err = err
 	l.cancelBackoff()
 	l.abortReload("the agent is shutting down")
+	l.dropQueued(ErrShuttingDown)
 	if l.cur != nil {
 		l.after = afterStay
 		l.stop(ReasonStop, "agent shutting down")
@@ -139,6 +141,7 @@ func (l *loop) handle(k reqKind) error {
 	switch k {
 	case reqStop:
 		l.abortReload("the app was stopped")
+		l.dropQueued(errReloadAbandoned)
 		l.cancelBackoff()
 		if l.cur != nil {
 			l.after = afterStay
@@ -148,6 +151,7 @@ func (l *loop) handle(k reqKind) error {
 		l.setState(Stopped, "stopped by request")
 	case reqRestart:
 		l.abortReload("the app was restarted")
+		l.dropQueued(errReloadAbandoned)
 		l.track.Reset()
 		if l.cur != nil {
 			l.after = afterRestart
@@ -172,7 +176,7 @@ func (l *loop) handle(k reqKind) error {
 func (l *loop) event(e event) {
 	c := e.child
 	if e.kind == evAmend {
-		if c == l.cur && c.final != nil { // explained before the tree was gone
+		if (c == l.cur || c == l.in || slices.Contains(l.retiring, c)) && c.final != nil { // explained before the tree was gone
 			c.final.Reason, c.final.Detail = e.exit.Reason, e.exit.Detail
 			return
 		}
@@ -214,7 +218,9 @@ func (l *loop) event(e event) {
 			l.setState(Stopping, "exited; clearing its process tree")
 			l.s.goStopTree(c, false)
 		}
-		l.abortReload("the running process exited")
+		if l.in == nil || !l.in.ready {
+			l.abortReload("the running process exited")
+		}
 		go l.s.explain(l.ctx, c, e.exit)
 	case evTreeGone:
 		c.treeGone = true
@@ -267,6 +273,12 @@ func (l *loop) maybeFinish() {
 	l.cur = nil
 	l.st.PID, l.st.Ready, l.st.Tag = 0, false, nil
 	l.record(ex)
+	if l.in != nil && l.in.ready {
+		// A reload's new process is ready and taking the traffic: it
+		// becomes the app when the swap ends (evSwapped), not a restart.
+		l.setState(Starting, fmt.Sprintf("the old process exited during a reload; new process %d taking over", l.in.PID))
+		return
+	}
 	l.next(c, ex)
 }
 

@@ -13,8 +13,20 @@ import (
 // are stopped, recorded and otherwise ignored. If the incoming process
 // fails first, it is the one that retires and the reload answers why.
 
-// errReloadBusy is returned by Reload while another reload is under way.
-var errReloadBusy = errors.New("a reload is already under way")
+// ErrReloadBusy is returned by Reload while another reload is under way,
+// or the process the last one replaced is still stopping (its port is not
+// free yet).
+var ErrReloadBusy = errors.New("a reload is already under way")
+
+var errReloadAbandoned = errors.New("reload abandoned: the app was stopped or restarted meanwhile")
+
+// dropQueued answers a reload waiting to start with err.
+func (l *loop) dropQueued(err error) {
+	if l.queued != nil {
+		l.queued.reply <- err
+		l.queued = nil
+	}
+}
 
 // beginReload starts the reload asked for by r; r is answered once the
 // reload is settled.
@@ -25,8 +37,13 @@ func (l *loop) beginReload(r request) {
 	case l.shutdown:
 		rr.reply <- ErrShuttingDown
 		return
-	case l.reload != nil:
-		rr.reply <- errReloadBusy
+	case l.reload != nil || l.queued != nil:
+		rr.reply <- ErrReloadBusy
+		return
+	case len(l.retiring) > 0:
+		// The process the last reload replaced still holds its port: this
+		// one starts once it is gone.
+		l.queued = &r
 		return
 	case l.cur == nil || l.cur.stopping || !l.cur.ready:
 		rr.reply <- ErrNotServing
@@ -67,13 +84,24 @@ func (l *loop) incomingEvent(e event) {
 		l.st.Restarts++
 		l.st.PID, l.st.Started, l.st.Ready, l.st.ReadySince, l.st.Tag = c.PID, c.Started, true, c.readySince, c.Tag
 		l.setState(Running, "")
-		l.s.log.Info().Int("pid", c.PID).Int("old_pid", old.PID).Msg("reload: new process serves; stopping the old one")
-		l.retire(old, ReasonReload, fmt.Sprintf("replaced by %d in a reload", c.PID), false)
+		if old != nil {
+			l.s.log.Info().Int("pid", c.PID).Int("old_pid", old.PID).Msg("reload: new process serves; stopping the old one")
+			l.retire(old, ReasonReload, fmt.Sprintf("replaced by %d in a reload", c.PID), false)
+		}
 		l.reload.reply <- nil
 		l.reload = nil
+		if c.pendingRestart != "" {
+			// Asked for while the traffic moved: acted on now.
+			l.s.log.Warn().Str("reason", string(c.pendingRestart)).Str("detail", c.pendingDetail).Int("pid", c.PID).Msg("restarting app")
+			l.after = afterDecide
+			l.stop(c.pendingRestart, c.pendingDetail)
+		}
 	case evRestart:
-		if !c.ready {
+		switch {
+		case !c.ready:
 			l.failIncoming(e.reason, e.detail)
+		case c.pendingRestart == "":
+			c.pendingRestart, c.pendingDetail = e.reason, e.detail
 		}
 	default:
 		l.sideEvent(e)
@@ -168,6 +196,11 @@ func (l *loop) finishSide(c *Child) {
 	l.setState(l.st.State, l.messageAfterReload()) // published before the reload answers
 	if failed {
 		rr.reply <- fmt.Errorf("the new process failed: %s%s; the old one keeps serving", describe(ex), detailSuffix(ex))
+	}
+	if len(l.retiring) == 0 && l.queued != nil {
+		q := *l.queued
+		l.queued = nil
+		l.beginReload(q)
 	}
 }
 

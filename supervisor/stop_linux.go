@@ -30,25 +30,31 @@ func (s *Supervisor) goStopTree(c *Child, gate bool) {
 			c.leader.Close()
 		}
 		s.liveMu.Lock()
-		delete(s.live, c)
+		delete(s.livePIDs, c.PID)
 		s.liveMu.Unlock()
 		s.reap()
 		s.send(event{kind: evTreeGone, child: c})
 	}()
 }
 
-// otherLeaders returns the PIDs of the live app processes other than c:
-// during a reload, the stop of one tree must leave the other alone.
-func (s *Supervisor) otherLeaders(c *Child) []int {
-	s.liveMu.Lock()
-	defer s.liveMu.Unlock()
+// othersLocked returns the PIDs of the live app processes other than c (two
+// run during a reload), whose trees the stop and the RSS sample of c leave
+// alone. The caller holds liveMu.
+func (s *Supervisor) othersLocked(c *Child) []int {
 	var pids []int
-	for o := range s.live {
-		if o != c {
-			pids = append(pids, o.PID)
+	for pid := range s.livePIDs {
+		if pid != c.PID {
+			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// Others returns the PIDs of the live app processes other than c.
+func (s *Supervisor) Others(c *Child) []int {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	return s.othersLocked(c)
 }
 
 // stopTree sends sig to the app's process group and to every descendant of
@@ -95,7 +101,11 @@ func (s *Supervisor) stopTree(c *Child, sig syscall.Signal, timeout time.Duratio
 // trees of the other live app processes: c's whole tree, with what escaped
 // it (re-parented to the agent as child subreaper).
 func (s *Supervisor) scanTree(c *Child) []*procfs.Handle {
-	hs, err := procfs.OpenDescendantsExcept(os.Getpid(), s.otherLeaders(c))
+	// liveMu is held through the scan: a process started meanwhile is
+	// either known as another's (and left out) or not yet there.
+	s.liveMu.Lock()
+	hs, err := procfs.OpenDescendantsExcept(os.Getpid(), s.othersLocked(c))
+	s.liveMu.Unlock()
 	if err != nil {
 		s.log.Warn().Err(err).Msg("read the app's process tree")
 	}

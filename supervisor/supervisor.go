@@ -117,8 +117,8 @@ type Supervisor struct {
 	// liveMu guards live: the processes started and not yet fully gone
 	// (two during a reload), so that the stop of one leaves the other's
 	// tree alone.
-	liveMu sync.Mutex
-	live   map[*Child]bool
+	liveMu   sync.Mutex
+	livePIDs map[int]bool
 
 	// ownMu guards owned: the app processes whose exit status belongs to
 	// their cmd.Wait, never to the reaper of orphans.
@@ -132,15 +132,15 @@ func New(cfg Config, opts Options) *Supervisor {
 		opts.Clock = clock.Real{}
 	}
 	s := &Supervisor{
-		log:    opts.Log,
-		clk:    opts.Clock,
-		opts:   opts,
-		cfg:    cfg,
-		reqs:   make(chan request),
-		events: make(chan event, 16),
-		done:   make(chan struct{}),
-		owned:  make(map[int]bool),
-		live:   make(map[*Child]bool),
+		log:      opts.Log,
+		clk:      opts.Clock,
+		opts:     opts,
+		cfg:      cfg,
+		reqs:     make(chan request),
+		events:   make(chan event, 16),
+		done:     make(chan struct{}),
+		owned:    make(map[int]bool),
+		livePIDs: make(map[int]bool),
 	}
 	s.status.Store(&Status{State: Starting})
 	return s

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 )
 
@@ -52,15 +53,19 @@ func Tree(root int) ([]Proc, error) {
 }
 
 // Descendants returns the descendants of pid, as Tree does, without pid
-// itself. The agent, the child subreaper of its app, finds the app's whole
+// itself nor the processes in except with their subtrees. The agent, the child subreaper of its app, finds the app's whole
 // tree, escaped daemons included, as its own descendants.
-func Descendants(pid int) ([]Proc, error) {
+func Descendants(pid int, except ...int) ([]Proc, error) {
 	if !haveChildrenFiles() {
 		return nil, ErrNoChildrenFiles
 	}
+	var visit func(_, c *Proc) bool
+	if len(except) > 0 {
+		visit = func(_, c *Proc) bool { return !slices.Contains(except, c.PID) }
+	}
 	// pid's own stat is not needed: without its thread count, its task
 	// directory is listed, and a pid that is gone has none.
-	procs, err := newReader().walk([]Proc{{PID: pid}}, 0, nil)
+	procs, err := newReader().walk([]Proc{{PID: pid}}, 0, visit)
 	if len(procs) > 0 {
 		procs = procs[1:]
 	}

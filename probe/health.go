@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"agent/internal/connlimit"
 )
 
 // Limits of the health server. The load balancer's checks are tiny requests
@@ -30,7 +32,7 @@ const (
 	// healthMaxConns bounds the open connections, and with them the memory a
 	// flood of clients can make the agent hold. Far above what a load
 	// balancer needs. At the cap, the connection idle or stalled longest is
-	// closed to make room (see limitListener); a client that holds a slot
+	// closed to make room (see connlimit); a client that holds a slot
 	// without sending a request loses it after healthReadHeaderTimeout anyway.
 	healthMaxConns = 1024
 )
@@ -100,7 +102,7 @@ type HealthServer struct {
 	readHeaderTimeout time.Duration
 
 	mu sync.Mutex // guards ln
-	ln *limitListener
+	ln *connlimit.Listener
 }
 
 // NewHealthServer returns a health server for listen (host:port) and path.
@@ -163,7 +165,7 @@ func (h *HealthServer) Listen() error {
 		}
 		return fmt.Errorf("health: listen %s: %w", h.listen, err)
 	}
-	h.ln = newLimitListener(ln, h.maxConns)
+	h.ln = connlimit.New(ln, h.maxConns)
 	return nil
 }
 
@@ -185,7 +187,7 @@ func (h *HealthServer) openConns() int {
 	if ln == nil {
 		return 0
 	}
-	return ln.openConns()
+	return ln.Open()
 }
 
 // Run serves until ctx is cancelled, then shuts down with a short grace for
@@ -207,7 +209,7 @@ func (h *HealthServer) Run(ctx context.Context) error {
 		IdleTimeout:       healthIdleTimeout,
 		MaxHeaderBytes:    healthMaxHeaderBytes,
 		ErrorLog:          log.New(healthErrorLog{h.log}, "", 0),
-		ConnState:         ln.connState,
+		ConnState:         ln.ConnState,
 	}
 	h.log.Info().Str("addr", ln.Addr().String()).Str("path", h.path).Msg("health page listening")
 
@@ -261,170 +263,4 @@ type healthErrorLog struct{ log zerolog.Logger }
 func (d healthErrorLog) Write(p []byte) (int, error) {
 	d.log.Debug().Msg(strings.TrimSpace(string(p)))
 	return len(p), nil
-}
-
-// limitListener accepts at most max connections at once. At the cap it
-// makes room rather than wait: it closes the connection that has waited
-// longest for a request, keep-alive connections between requests first,
-// then connections that have not finished their first request header. A
-// load balancer's check on a fresh connection is therefore answered at once
-// however many idle or stalled connections others hold. Only when every
-// connection is busy with a request (bounded by the read and write
-// timeouts) does Accept wait for one to end.
-//
-// Already past seven eighths of the cap, each Accept closes the oldest idle
-// keep-alive connection, so the cap is rarely reached at all.
-type limitListener struct {
-	net.Listener
-	max       int
-	highWater int
-	done      chan struct{}
-	closeOnce sync.Once
-
-	mu      sync.Mutex
-	open    map[*limitConn]struct{}
-	wake    chan struct{} // a slot freed or a connection fell idle; capacity 1
-	evicted uint64        // connections closed to make room
-}
-
-func newLimitListener(ln net.Listener, n int) *limitListener {
-	return &limitListener{
-		Listener:  ln,
-		max:       n,
-		highWater: n - n/8,
-		done:      make(chan struct{}),
-		open:      make(map[*limitConn]struct{}, n),
-		wake:      make(chan struct{}, 1),
-	}
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	// Room is made once a connection is there to take it, never ahead.
-	for {
-		l.mu.Lock()
-		n := len(l.open)
-		l.mu.Unlock()
-		if n < l.max {
-			if n >= l.highWater {
-				l.evict(false)
-			}
-			break
-		}
-		if l.evict(true) {
-			continue
-		}
-		select {
-		case <-l.wake:
-		case <-l.done:
-			c.Close()
-			return nil, net.ErrClosed
-		}
-	}
-	lc := &limitConn{Conn: c, l: l, since: time.Now()}
-	l.mu.Lock()
-	l.open[lc] = struct{}{}
-	l.mu.Unlock()
-	return lc, nil
-}
-
-// evict closes the connection that has waited longest for a request:
-// an idle keep-alive one, or with stalled also one whose first request has
-// not arrived. It reports whether it closed one.
-func (l *limitListener) evict(stalled bool) bool {
-	l.mu.Lock()
-	var victim *limitConn
-	for c := range l.open {
-		switch {
-		case c.state == http.StateIdle:
-			if victim == nil || victim.state != http.StateIdle || c.since.Before(victim.since) {
-				victim = c
-			}
-		case c.state == http.StateNew && stalled:
-			if victim == nil || (victim.state == http.StateNew && c.since.Before(victim.since)) {
-				victim = c
-			}
-		}
-	}
-	if victim != nil {
-		l.evicted++
-	}
-	l.mu.Unlock()
-	if victim == nil {
-		return false
-	}
-	victim.Close()
-	return true
-}
-
-// connState is the server's ConnState hook: it keeps each connection's
-// state and since when it holds, which evict goes by.
-func (l *limitListener) connState(c net.Conn, s http.ConnState) {
-	lc, ok := c.(*limitConn)
-	if !ok {
-		return
-	}
-	l.mu.Lock()
-	if _, open := l.open[lc]; open && lc.state != s {
-		lc.state, lc.since = s, time.Now()
-	}
-	l.mu.Unlock()
-	if s == http.StateIdle {
-		l.signal()
-	}
-}
-
-func (l *limitListener) release(c *limitConn) {
-	l.mu.Lock()
-	delete(l.open, c)
-	l.mu.Unlock()
-	l.signal()
-}
-
-func (l *limitListener) signal() {
-	select {
-	case l.wake <- struct{}{}:
-	default:
-	}
-}
-
-// openConns returns the number of connections open now.
-func (l *limitListener) openConns() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.open)
-}
-
-func (l *limitListener) Close() error {
-	err := l.Listener.Close()
-	l.closeOnce.Do(func() { close(l.done) })
-	return err
-}
-
-// limitConn is one accepted connection; state and since are guarded by
-// l.mu.
-type limitConn struct {
-	net.Conn
-	l     *limitListener
-	once  sync.Once
-	state http.ConnState
-	since time.Time
-}
-
-// CloseWrite lets net/http half-close the connection after an error reply,
-// as it does on a bare *net.TCPConn.
-func (c *limitConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
-
-func (c *limitConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { c.l.release(c) })
-	return err
 }

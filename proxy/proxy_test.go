@@ -742,7 +742,7 @@ func TestIdleClientsClosedFirstAtCap(t *testing.T) {
 		resp.Body.Close()
 		idle = append(idle, conn)
 	}
-	waitFor(t, "idle connections", func() bool { return p.ln.open() == 4 })
+	waitFor(t, "idle connections", func() bool { return p.ln.Open() == 4 })
 	// A fresh client still gets through at once.
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	if code, _, _ := get(t, c, url+"/"); code != 200 {
@@ -828,7 +828,7 @@ func TestSilentClientsDoNotLockOutFreshOnes(t *testing.T) {
 		}
 		defer conn.Close()
 	}
-	waitFor(t, "the cap to be reached", func() bool { return p.ln.open() == 4 })
+	waitFor(t, "the cap to be reached", func() bool { return p.ln.Open() == 4 })
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	if code, _, _ := get(t, c, url+"/"); code != 200 {
 		t.Fatalf("fresh client got %d", code)

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/internal/connlimit"
 )
 
 // Defaults for the zero fields of Config.
@@ -94,7 +95,7 @@ type Proxy struct {
 	mu sync.Mutex // serialises state changes
 
 	lnMu sync.Mutex
-	ln   *connLimiter
+	ln   *connlimit.Listener
 	port string // the bound port, for X-Forwarded-Port
 
 	inFlight atomic.Int64
@@ -152,7 +153,7 @@ func (p *Proxy) Listen() error {
 	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
 		p.port = fmt.Sprint(ta.Port)
 	}
-	p.ln = newConnLimiter(ln, p.cfg.MaxConns)
+	p.ln = connlimit.New(ln, p.cfg.MaxConns)
 	return nil
 }
 
@@ -182,7 +183,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       p.cfg.IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ConnState:         ln.connState,
+		ConnState:         ln.ConnState,
 		ErrorLog:          log.New(errorLog{p.log}, "", 0),
 	}
 	p.log.Info().Str("addr", ln.Addr().String()).Msg("proxy listening")

@@ -161,6 +161,8 @@ type bootOptions struct {
 	// appPort and healthPort are the app's and the agent's health ports
 	// (defaults appPort and healthPort).
 	appPort, healthPort string
+	// proxyPort is the agent's traffic port in proxy mode ("" = no proxy).
+	proxyPort string
 }
 
 // boot starts nspawn on dir and waits until the container's systemd reports
@@ -348,6 +350,12 @@ type agentStatus struct {
 		Signal string `json:"signal"`
 		Code   *int   `json:"code"`
 	} `json:"last_exit"`
+	Proxy *struct {
+		Upstream string `json:"upstream"`
+		Requests int    `json:"requests"`
+		Replayed int    `json:"replayed"`
+		Failed   int    `json:"failed"`
+	} `json:"proxy"`
 	Agent struct {
 		Version  string `json:"version"`
 		PID      int    `json:"pid"`

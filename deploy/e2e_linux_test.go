@@ -161,6 +161,8 @@ type bootOptions struct {
 	// appPort and healthPort are the app's and the agent's health ports
 	// (defaults appPort and healthPort).
 	appPort, healthPort string
+	// proxyPort is the agent's traffic port in proxy mode ("" = no proxy).
+	proxyPort string
 }
 
 // boot starts nspawn on dir and waits until the container's systemd reports
@@ -348,6 +350,12 @@ type agentStatus struct {
 		Signal string `json:"signal"`
 		Code   *int   `json:"code"`
 	} `json:"last_exit"`
+	Proxy *struct {
+		Upstream string `json:"upstream"`
+		Requests int    `json:"requests"`
+		Replayed int    `json:"replayed"`
+		Failed   int    `json:"failed"`
+	} `json:"proxy"`
 	Agent struct {
 		Version  string `json:"version"`
 		PID      int    `json:"pid"`
@@ -517,7 +525,7 @@ func TestEndToEnd(t *testing.T) {
 	cfgPath := userDataConfig(t, map[string]string{
 		"APP_NAME": "demo", "APP_REPO": "unused", "APP_REF": "main", "APP_DIR": "/srv/app",
 		"APP_USER": "app", "APP_COMMAND": "node server.js", "APP_PORT": appPort,
-		"NODE_MAJOR": "18", "MAX_RSS": "0", "HEALTH_PORT": healthPort,
+		"NODE_MAJOR": "18", "MAX_RSS": "0", "HEALTH_PORT": healthPort, "PROXY_PORT": "",
 		"AGENT_PKG_URL": "", "AGENT_BIN_URL": "", "AGENT_SHA256": "",
 	})
 	goodConfig, err := os.ReadFile(cfgPath)

@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -10,17 +11,28 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/hashicorp/hcl/v2/hclwrite"
 	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+	"github.com/zclconf/go-cty/cty/function"
 )
 
 // tfModule is the parsed deploy/terraform directory, with var.* bound to the
-// variables' defaults (unknown where there is none) for evaluating attributes.
+// variables' defaults (unknown where there is none) and local.* to the locals
+// computed from them, for evaluating attributes.
 type tfModule struct {
 	blocks []*hclsyntax.Block
 	ctx    *hcl.EvalContext
 }
 
 func loadTerraform(t *testing.T) *tfModule {
+	t.Helper()
+	return loadTerraformWith(t, nil)
+}
+
+// loadTerraformWith is loadTerraform with some variables set, as a
+// terraform.tfvars would.
+func loadTerraformWith(t *testing.T, set map[string]cty.Value) *tfModule {
 	t.Helper()
 	files, err := filepath.Glob("terraform/*.tf")
 	if err != nil || len(files) == 0 {
@@ -52,8 +64,77 @@ func loadTerraform(t *testing.T) *tfModule {
 		}
 		vars[b.Labels[0]] = v
 	}
-	m.ctx = &hcl.EvalContext{Variables: map[string]cty.Value{"var": cty.ObjectVal(vars)}}
+	for name, v := range set {
+		if _, ok := vars[name]; !ok {
+			t.Fatalf("no variable %s", name)
+		}
+		vars[name] = v
+	}
+	m.ctx = &hcl.EvalContext{
+		Variables: map[string]cty.Value{"var": cty.ObjectVal(vars)},
+		Functions: map[string]function.Function{"tomap": tomap},
+	}
+	m.evalLocals(t)
 	return m
+}
+
+// tomap is Terraform's tomap: an object becomes a map of its attributes'
+// unified type.
+var tomap = function.New(&function.Spec{
+	Params: []function.Parameter{{Name: "v", Type: cty.DynamicPseudoType}},
+	Type: func(args []cty.Value) (cty.Type, error) {
+		v, err := convert.Convert(cty.UnknownVal(args[0].Type()), cty.Map(cty.DynamicPseudoType))
+		if err != nil {
+			return cty.NilType, err
+		}
+		return v.Type(), nil
+	},
+	Impl: func(args []cty.Value, retType cty.Type) (cty.Value, error) {
+		return convert.Convert(args[0], retType)
+	},
+})
+
+// evalLocals binds local.* to the locals blocks' values, evaluating each once
+// the locals it refers to are known.
+func (m *tfModule) evalLocals(t *testing.T) {
+	t.Helper()
+	pending := map[string]hcl.Expression{}
+	for _, b := range m.blocks {
+		if b.Type == "locals" {
+			for name, a := range b.Body.Attributes {
+				pending[name] = a.Expr
+			}
+		}
+	}
+	locals := map[string]cty.Value{}
+	for len(pending) > 0 {
+		progress := false
+		for name, expr := range pending {
+			ready := true
+			for _, tr := range expr.Variables() {
+				if tr.RootName() == "local" {
+					if _, ok := locals[tr[1].(hcl.TraverseAttr).Name]; !ok {
+						ready = false
+					}
+				}
+			}
+			if !ready {
+				continue
+			}
+			m.ctx.Variables["local"] = cty.ObjectVal(locals)
+			v, diags := expr.Value(m.ctx)
+			if diags.HasErrors() {
+				t.Fatalf("local.%s: %s", name, diags.Error())
+			}
+			locals[name] = v
+			delete(pending, name)
+			progress = true
+		}
+		if !progress {
+			t.Fatalf("locals refer to each other in a cycle or to unknown locals: %v", pending)
+		}
+	}
+	m.ctx.Variables["local"] = cty.ObjectVal(locals)
 }
 
 // block returns the one top-level block of typ with labels, failing when absent.
@@ -92,7 +173,13 @@ func attr(t *testing.T, body *hclsyntax.Body, name string) *hclsyntax.Attribute 
 // a string (numbers in their shortest form).
 func (m *tfModule) value(t *testing.T, body *hclsyntax.Body, name string) string {
 	t.Helper()
-	v, diags := attr(t, body, name).Expr.Value(m.ctx)
+	return valueIn(t, m.ctx, body, name)
+}
+
+// valueIn is value in the evaluation context ctx.
+func valueIn(t *testing.T, ctx *hcl.EvalContext, body *hclsyntax.Body, name string) string {
+	t.Helper()
+	v, diags := attr(t, body, name).Expr.Value(ctx)
 	if diags.HasErrors() {
 		t.Fatalf("%s: %s", name, diags.Error())
 	}
@@ -130,31 +217,51 @@ func references(t *testing.T, body *hclsyntax.Body, name string) []string {
 	return out
 }
 
+// proxyModes are the two ways the stack runs: with the agent's proxy (the
+// default) and without (proxy_port = 0).
+var proxyModes = []struct {
+	name string
+	set  map[string]cty.Value
+}{
+	{"proxy", nil},
+	{"no proxy", map[string]cty.Value{"proxy_port": cty.NumberIntVal(0)}},
+}
+
 func TestTerraformTargetGroupChecksAgentHealth(t *testing.T) {
-	m := loadTerraform(t)
-	tg := m.block(t, "resource", "aws_lb_target_group", "app")
-	hcs := nested(tg, "health_check")
-	if len(hcs) != 1 {
-		t.Fatalf("want one health_check block, got %d", len(hcs))
-	}
-	want := map[string]string{
-		"port":                "8081",
-		"path":                "/health.html",
-		"matcher":             "200",
-		"interval":            "10",
-		"timeout":             "5",
-		"healthy_threshold":   "2",
-		"unhealthy_threshold": "2",
-		"protocol":            "HTTP",
-	}
-	for name, w := range want {
-		if got := m.value(t, hcs[0], name); got != w {
-			t.Errorf("health_check.%s = %s, want %s", name, got, w)
-		}
-	}
-	// The app's traffic goes to the app port.
-	if got := m.value(t, tg, "port"); got != "3000" {
-		t.Errorf("target group port = %s, want 3000", got)
+	for _, mode := range proxyModes {
+		t.Run(mode.name, func(t *testing.T) {
+			m := loadTerraformWith(t, mode.set)
+			tg := m.block(t, "resource", "aws_lb_target_group", "app")
+			hcs := nested(tg, "health_check")
+			if len(hcs) != 1 {
+				t.Fatalf("want one health_check block, got %d", len(hcs))
+			}
+			// With the proxy, the check goes where the traffic goes: the agent
+			// answers /health.html on its traffic port.
+			port, tgPort := "traffic-port", "80"
+			if mode.set != nil {
+				port, tgPort = "8081", "3000"
+			}
+			want := map[string]string{
+				"port":                port,
+				"path":                "/health.html",
+				"matcher":             "200",
+				"interval":            "10",
+				"timeout":             "5",
+				"healthy_threshold":   "2",
+				"unhealthy_threshold": "2",
+				"protocol":            "HTTP",
+			}
+			for name, w := range want {
+				if got := m.value(t, hcs[0], name); got != w {
+					t.Errorf("health_check.%s = %s, want %s", name, got, w)
+				}
+			}
+			// The traffic goes to the proxy, or without it to the app.
+			if got := m.value(t, tg, "port"); got != tgPort {
+				t.Errorf("target group port = %s, want %s", got, tgPort)
+			}
+		})
 	}
 }
 
@@ -177,28 +284,72 @@ func TestTerraformAutoscalingGroup(t *testing.T) {
 	}
 }
 
+// ingress returns the ingress rules of an aws_security_group body, static
+// blocks and those a dynamic "ingress" block makes, each with the context to
+// evaluate it in.
+func (m *tfModule) ingress(t *testing.T, sg *hclsyntax.Body) ([]*hclsyntax.Body, []*hcl.EvalContext) {
+	t.Helper()
+	var bodies []*hclsyntax.Body
+	var ctxs []*hcl.EvalContext
+	for _, b := range sg.Blocks {
+		switch {
+		case b.Type == "ingress":
+			bodies, ctxs = append(bodies, b.Body), append(ctxs, m.ctx)
+		case b.Type == "dynamic" && slices.Equal(b.Labels, []string{"ingress"}):
+			each, diags := attr(t, b.Body, "for_each").Expr.Value(m.ctx)
+			if diags.HasErrors() {
+				t.Fatalf("dynamic ingress for_each: %s", diags.Error())
+			}
+			contents := nested(b.Body, "content")
+			if len(contents) != 1 {
+				t.Fatalf("dynamic ingress: want one content block, got %d", len(contents))
+			}
+			for it := each.ElementIterator(); it.Next(); {
+				k, v := it.Element()
+				ctx := m.ctx.NewChild()
+				ctx.Variables = map[string]cty.Value{"ingress": cty.ObjectVal(map[string]cty.Value{"key": k, "value": v})}
+				bodies, ctxs = append(bodies, contents[0]), append(ctxs, ctx)
+			}
+		}
+	}
+	return bodies, ctxs
+}
+
 func TestTerraformSecurityGroupLetsALBReachAgent(t *testing.T) {
-	m := loadTerraform(t)
-	sg := m.block(t, "resource", "aws_security_group", "app")
-	open := map[string]bool{}
-	for _, in := range nested(sg, "ingress") {
-		from, to := m.value(t, in, "from_port"), m.value(t, in, "to_port")
-		if from != to {
-			t.Errorf("ingress %s-%s: want single ports", from, to)
-		}
-		if !slices.Contains(references(t, in, "security_groups"), "aws_security_group.alb") {
-			t.Errorf("ingress on %s is not from the load balancer's group", from)
-		}
-		open[from] = true
-	}
-	for _, port := range []string{"8081", "3000"} {
-		if !open[port] {
-			t.Errorf("port %s is not open to the load balancer (open: %v)", port, open)
-		}
-	}
-	// The load balancer's own group is attached to it.
-	if refs := references(t, m.block(t, "resource", "aws_lb", "app"), "security_groups"); !slices.Contains(refs, "aws_security_group.alb") {
-		t.Errorf("aws_lb.app security_groups = %q", refs)
+	for _, mode := range proxyModes {
+		t.Run(mode.name, func(t *testing.T) {
+			m := loadTerraformWith(t, mode.set)
+			sg := m.block(t, "resource", "aws_security_group", "app")
+			var open []string
+			bodies, ctxs := m.ingress(t, sg)
+			for i, in := range bodies {
+				from, to := valueIn(t, ctxs[i], in, "from_port"), valueIn(t, ctxs[i], in, "to_port")
+				if from != to {
+					t.Errorf("ingress %s-%s: want single ports", from, to)
+				}
+				if !slices.Contains(references(t, in, "security_groups"), "aws_security_group.alb") {
+					t.Errorf("ingress on %s is not from the load balancer's group", from)
+				}
+				if c := valueIn(t, ctxs[i], in, "description"); c == "" {
+					t.Errorf("ingress on %s has no description", from)
+				}
+				open = append(open, from)
+			}
+			slices.Sort(open)
+			// With the proxy, only its port: the app and the health page are
+			// on loopback.
+			want := []string{"80"}
+			if mode.set != nil {
+				want = []string{"3000", "8081"}
+			}
+			if !slices.Equal(open, want) {
+				t.Errorf("ports open to the load balancer: %v, want %v", open, want)
+			}
+			// The load balancer's own group is attached to it.
+			if refs := references(t, m.block(t, "resource", "aws_lb", "app"), "security_groups"); !slices.Contains(refs, "aws_security_group.alb") {
+				t.Errorf("aws_lb.app security_groups = %q", refs)
+			}
+		})
 	}
 }
 
@@ -263,7 +414,7 @@ func TestTerraformUserDataIsTheBootstrapScript(t *testing.T) {
 	// var.health_port.
 	for _, item := range obj.Items {
 		k, _ := item.KeyExpr.Value(nil)
-		wantRef := map[string]string{"HEALTH_PORT": "var.health_port", "APP_PORT": "var.app_port"}[k.AsString()]
+		wantRef := map[string]string{"HEALTH_PORT": "var.health_port", "APP_PORT": "var.app_port", "PROXY_PORT": "local.proxy var.proxy_port"}[k.AsString()]
 		if wantRef == "" {
 			continue
 		}
@@ -271,12 +422,59 @@ func TestTerraformUserDataIsTheBootstrapScript(t *testing.T) {
 		for _, tr := range item.ValueExpr.Variables() {
 			refs = append(refs, tr.RootName()+"."+tr[1].(hcl.TraverseAttr).Name)
 		}
-		if !slices.Equal(refs, []string{wantRef}) {
+		if !slices.Equal(refs, strings.Fields(wantRef)) {
 			t.Errorf("%s = %q, want %s", k.AsString(), refs, wantRef)
 		}
 	}
 	tg := m.block(t, "resource", "aws_lb_target_group", "app")
-	if refs := references(t, nested(tg, "health_check")[0], "port"); !slices.Equal(refs, []string{"var.health_port"}) {
-		t.Errorf("health_check.port = %q, want var.health_port", refs)
+	if refs := references(t, nested(tg, "health_check")[0], "port"); !slices.Equal(refs, []string{"local.proxy", "var.health_port"}) {
+		t.Errorf("health_check.port = %q, want local.proxy and var.health_port", refs)
+	}
+}
+
+// TestTerraformProxyPortInUserData: the script gets the proxy port in proxy
+// mode and an empty PROXY_PORT (no proxy) with proxy_port = 0.
+func TestTerraformProxyPortInUserData(t *testing.T) {
+	for _, mode := range proxyModes {
+		t.Run(mode.name, func(t *testing.T) {
+			m := loadTerraformWith(t, mode.set)
+			obj := userDataCall(t, m).Args[1].(*hclsyntax.ObjectConsExpr)
+			got := "(missing)"
+			for _, item := range obj.Items {
+				if k, _ := item.KeyExpr.Value(nil); k.AsString() == "PROXY_PORT" {
+					v, diags := item.ValueExpr.Value(m.ctx)
+					if diags.HasErrors() {
+						t.Fatalf("PROXY_PORT: %s", diags.Error())
+					}
+					sv, err := convert.Convert(v, cty.String)
+					if err != nil {
+						t.Fatalf("PROXY_PORT: %v", err)
+					}
+					got = sv.AsString()
+				}
+			}
+			want := "80"
+			if mode.set != nil {
+				want = ""
+			}
+			if got != want {
+				t.Errorf("PROXY_PORT = %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestTerraformFormatted: the files are as terraform fmt leaves them (the
+// same formatter, hclwrite).
+func TestTerraformFormatted(t *testing.T) {
+	files, _ := filepath.Glob("terraform/*.tf")
+	for _, name := range files {
+		src, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hclwrite.Format(src); string(got) != string(src) {
+			t.Errorf("%s is not formatted (terraform fmt); formatted:\n%s", name, got)
+		}
 	}
 }

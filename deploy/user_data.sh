@@ -13,6 +13,14 @@
 # export the same variables (empty for unused ones) and run it as root. The
 # script itself never uses the $-brace form, which Terraform would take for its own.
 #
+# Proxy mode (PROXY_PORT set): the agent owns the traffic port and forwards to
+# the app on 127.0.0.1:APP_PORT (a reload starts the new release on APP_PORT+1),
+# holds requests while the app restarts, and answers /health.html there too: the
+# target group forwards to PROXY_PORT and checks /health.html on traffic-port.
+# The app gets PORT from the agent and HOST=127.0.0.1 (an app that binds HOST
+# stays on loopback; `next start` takes -H 127.0.0.1), and the health port is
+# bound to loopback.
+#
 # Everything is logged to /var/log/agent-bootstrap.log and the console; each
 # step starts with a "bootstrap: step NAME" line, and a failure ends with
 # "bootstrap: failed in step NAME (exit N)". The steps: packages, user, clone,
@@ -30,7 +38,8 @@ readonly APP_COMMAND="${APP_COMMAND}"     # argv, words separated by spaces: "np
 readonly APP_PORT="${APP_PORT}"           # the app's PORT
 readonly NODE_MAJOR="${NODE_MAJOR}"       # Node major on Amazon Linux (nodejsNN); apt takes the distro's
 readonly MAX_RSS="${MAX_RSS}"             # memory.max_rss: "700MB", "0" = off
-readonly HEALTH_PORT="${HEALTH_PORT}"     # the agent's /health.html port (the target group checks it)
+readonly HEALTH_PORT="${HEALTH_PORT}"     # the agent's /health.html port (the target group checks it without the proxy)
+readonly PROXY_PORT="${PROXY_PORT}"       # the agent's traffic port (the target group forwards to it); empty = no proxy
 readonly AGENT_PKG_URL="${AGENT_PKG_URL}" # URL of the agent .deb or .rpm; or empty and...
 readonly AGENT_BIN_URL="${AGENT_BIN_URL}" # ...URL of the static agent binary
 readonly AGENT_SHA256="${AGENT_SHA256}"   # sha256 of the download; empty = not checked
@@ -93,6 +102,8 @@ retry() {
 [[ $(id -u) -eq 0 ]] || die "run as root"
 [[ -n $APP_REPO ]] || die "APP_REPO is empty"
 [[ -n $AGENT_PKG_URL || -n $AGENT_BIN_URL ]] || die "set AGENT_PKG_URL or AGENT_BIN_URL"
+[[ $APP_PORT =~ ^[0-9]+$ ]] || die "APP_PORT is not a port number: $APP_PORT"
+[[ -z $PROXY_PORT || $PROXY_PORT =~ ^[0-9]+$ ]] || die "PROXY_PORT is not a port number: $PROXY_PORT"
 tmp=$(mktemp -d)
 
 # fetch URL FILE [ALGO SUM]: download URL (https or http only) to FILE and,
@@ -212,6 +223,22 @@ write_config() {
     sep=", "
   done
   set +f
+  # Without the proxy the app owns APP_PORT and the load balancer reaches it;
+  # with it, the agent gives the app its PORT (APP_PORT, or APP_PORT+1 during a
+  # reload) and the app stays on loopback.
+  local env="PORT = \"$APP_PORT\"" health=":$HEALTH_PORT" proxy=""
+  if [[ -n $PROXY_PORT ]]; then
+    env='HOST = "127.0.0.1"'
+    health="127.0.0.1:$HEALTH_PORT"
+    proxy="
+[proxy]
+listen = \":$PROXY_PORT\"
+upstream = \"127.0.0.1:$APP_PORT\"
+spare_upstream = \"127.0.0.1:$((APP_PORT + 1))\"
+hold = \"30s\"
+idle_timeout = \"75s\"
+"
+  fi
   install -d -m 0755 /etc/agent
   cat >/etc/agent/agent.toml.new <<EOF
 # Written by user_data on $(date -u +%Y-%m-%dT%H:%M:%SZ). Keys: agent.toml.example.
@@ -221,7 +248,7 @@ name = "$APP_NAME"
 command = [$cmd]
 dir = "$APP_DIR"
 user = "$APP_USER"
-env = { NODE_ENV = "production", PORT = "$APP_PORT" }
+env = { NODE_ENV = "production", $env }
 
 [node]
 max_old_space_size = "auto"
@@ -233,9 +260,9 @@ max_rss = "$MAX_RSS"
 http = "http://127.0.0.1:$APP_PORT/"
 
 [health]
-listen = ":$HEALTH_PORT"
+listen = "$health"
 path = "/health.html"
-
+$proxy
 [log]
 format = "json"
 EOF
@@ -292,6 +319,11 @@ if $was_active; then
 fi
 systemctl --no-pager --lines=0 status agent || true
 step health
-retry 6 curl -fsS -o /dev/null "http://127.0.0.1:$HEALTH_PORT/health.html"
+# What the load balancer checks: the traffic port with the proxy, else the health port.
+check_port=$HEALTH_PORT
+if [[ -n $PROXY_PORT ]]; then
+  check_port=$PROXY_PORT
+fi
+retry 6 curl -fsS -o /dev/null "http://127.0.0.1:$check_port/health.html"
 agentctl status || true
 log "done in $SECONDS s"

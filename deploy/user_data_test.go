@@ -4,6 +4,8 @@
 package deploy
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"agent/agent"
 )
 
 var placeholder = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
@@ -87,6 +91,7 @@ func TestUserDataRendered(t *testing.T) {
 		"NODE_MAJOR":    "20",
 		"MAX_RSS":       "700MB",
 		"HEALTH_PORT":   "8081",
+		"PROXY_PORT":    "80",
 		"AGENT_PKG_URL": "https://example.com/agent_0.1.0_amd64.deb",
 		"AGENT_BIN_URL": "",
 		"AGENT_SHA256":  "",
@@ -118,6 +123,7 @@ func TestUserDataRendered(t *testing.T) {
 		"npm run build --if-present",
 		`echo "bootstrap: failed in step $step (exit $rc) after $SECONDS s" >&2`,
 		`readonly HEALTH_PORT="8081"`,
+		`readonly PROXY_PORT="80"`,
 	} {
 		if !strings.Contains(script, want) {
 			t.Errorf("rendered user_data.sh lacks %q", want)
@@ -161,12 +167,18 @@ func TestUserDataConfig(t *testing.T) {
 	path := userDataConfig(t, map[string]string{
 		"APP_NAME": "shop", "APP_REPO": "r", "APP_REF": "main", "APP_DIR": "/srv/shop",
 		"APP_USER": "shop", "APP_COMMAND": "node dist/server.js *", "APP_PORT": "4000",
-		"NODE_MAJOR": "20", "MAX_RSS": "700MB", "HEALTH_PORT": "9090",
+		"NODE_MAJOR": "20", "MAX_RSS": "700MB", "HEALTH_PORT": "9090", "PROXY_PORT": "",
 		"AGENT_PKG_URL": "", "AGENT_BIN_URL": "", "AGENT_SHA256": "",
 	})
 	cfg, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c := parseConfig(t, path); c.ProxyEnabled() {
+		t.Errorf("the proxy is on with PROXY_PORT empty:\n%s", cfg)
+	}
+	if strings.Contains(string(cfg), "[proxy]") {
+		t.Errorf("config has a [proxy] section with PROXY_PORT empty:\n%s", cfg)
 	}
 	for _, want := range []string{
 		`name = "shop"`,
@@ -185,5 +197,103 @@ func TestUserDataConfig(t *testing.T) {
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
 		t.Errorf("config mode: %v %v, want 0640", fi.Mode(), err)
+	}
+}
+
+// parseConfig parses path with the agent's own config parser (as `agent check`
+// does) and fails the test on any error. The app's directory and user, which
+// the parser looks up, become a temporary directory and this test's user.
+func parseConfig(t *testing.T, path string) *agent.Config {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case strings.HasPrefix(line, "dir = "):
+			line = fmt.Sprintf("dir = %q", t.TempDir())
+		case strings.HasPrefix(line, "user = "):
+			continue
+		}
+		lines = append(lines, line)
+	}
+	c, err := agent.Parse(path, []byte(strings.Join(lines, "\n")))
+	if err != nil {
+		t.Fatalf("the agent refuses the config user_data writes: %v", err)
+	}
+	return c
+}
+
+// TestUserDataConfigProxy checks proxy mode: the agent owns PROXY_PORT, the app
+// gets its PORT from the agent (app.env does not pin it, or reload could not
+// overlap) and binds loopback, the spare port is APP_PORT+1, the health port is
+// on loopback.
+func TestUserDataConfigProxy(t *testing.T) {
+	path := userDataConfig(t, map[string]string{
+		"APP_NAME": "shop", "APP_REPO": "r", "APP_REF": "main", "APP_DIR": "/srv/shop",
+		"APP_USER": "shop", "APP_COMMAND": "npm start", "APP_PORT": "4000",
+		"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": "9090", "PROXY_PORT": "80",
+		"AGENT_PKG_URL": "", "AGENT_BIN_URL": "", "AGENT_SHA256": "",
+	})
+	cfg, _ := os.ReadFile(path)
+	c := parseConfig(t, path)
+	if !c.ProxyEnabled() {
+		t.Fatalf("the proxy is off with PROXY_PORT=80:\n%s", cfg)
+	}
+	for _, f := range []struct{ name, got, want string }{
+		{"proxy.listen", c.Proxy.Listen, ":80"},
+		{"proxy.upstream", c.Proxy.Upstream, "127.0.0.1:4000"},
+		{"proxy.spare_upstream", c.Proxy.SpareUpstream, "127.0.0.1:4001"},
+		{"proxy.hold", c.Proxy.Hold.String(), "30s"},
+		{"proxy.idle_timeout", c.Proxy.IdleTimeout.String(), "75s"},
+		{"health.listen", c.Health.Listen, "127.0.0.1:9090"},
+		{"health.path", c.Health.Path, "/health.html"},
+		{"probe.http", c.Probe.HTTP, "http://127.0.0.1:4000/"},
+		{"app.env HOST", c.App.Env["HOST"], "127.0.0.1"},
+		{"app.env NODE_ENV", c.App.Env["NODE_ENV"], "production"},
+	} {
+		if f.got != f.want {
+			t.Errorf("%s = %q, want %q:\n%s", f.name, f.got, f.want, cfg)
+		}
+	}
+	if p, ok := c.App.Env["PORT"]; ok {
+		t.Errorf("app.env pins PORT = %q: the agent must give the app its port (reload runs it on the spare)", p)
+	}
+}
+
+// TestUserDataBadPorts: a port that is not a number stops the script before
+// it installs anything, naming the setting.
+func TestUserDataBadPorts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the script checks its settings after checking it runs as root")
+	}
+	for _, tc := range []struct{ name, app, proxy, want string }{
+		{"proxy port", "3000", "http", "PROXY_PORT is not a port number: http"},
+		{"app port", "30 00", "", "APP_PORT is not a port number: 30 00"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			script := render(t, map[string]string{
+				"APP_NAME": "web", "APP_REPO": "r", "APP_REF": "main", "APP_DIR": "/nonexistent/app",
+				"APP_USER": "app", "APP_COMMAND": "npm start", "APP_PORT": tc.app,
+				"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": "8081", "PROXY_PORT": tc.proxy,
+				"AGENT_PKG_URL": "", "AGENT_BIN_URL": "http://127.0.0.1:1/agent", "AGENT_SHA256": "",
+			})
+			// Up to the first step: the checks, nothing that changes the machine.
+			cut := strings.Index(script, "\ntmp=$(mktemp -d)")
+			if cut < 0 {
+				t.Fatal("user_data.sh: tmp=$(mktemp -d) not found")
+			}
+			head := strings.Replace(script[:cut], "/var/log/agent-bootstrap.log", filepath.Join(t.TempDir(), "bootstrap.log"), 1)
+			out, err := exec.Command("bash", "-c", head+"\nexit 0").CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("the script's checks: %v, want exit 1:\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Errorf("output lacks %q:\n%s", tc.want, out)
+			}
+		})
 	}
 }

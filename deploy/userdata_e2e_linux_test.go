@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +31,9 @@ import (
 //
 // Two full runs, each on a fresh overlay of the cached tree: the .deb with a
 // Next.js site (built by `npm run build`), and the bare binary with a plain
-// Node app. Each checks the result, a reboot and a second run. A third
+// Node app in proxy mode. Each checks the result, a reboot and a second run;
+// the proxy-mode run then sends requests through the proxy during `agentctl
+// restart`, `agentctl reload` and `systemctl restart agent`. A third
 // container takes the failure paths (unreachable repository, failing build,
 // wrong sha256), each stopping at its step.
 func TestUserDataEndToEnd(t *testing.T) {
@@ -93,9 +96,11 @@ func TestUserDataEndToEnd(t *testing.T) {
 		r.run(t, rootfs)
 	})
 	t.Run("binary", func(t *testing.T) {
+		// In proxy mode, with traffic through the proxy during restarts and a reload.
 		r := fullRun{
 			name: "bin", repo: gitURL + "/plain.git", command: "npm start",
 			binURL: files + "/agent", sha: sum(filepath.Join(bin, "agent")), built: "built.txt", page: "hello from pid",
+			proxy: true,
 		}
 		if !registry {
 			r.command, r.built = "node server.js", ""
@@ -136,6 +141,7 @@ type fullRun struct {
 	sha     string // AGENT_SHA256
 	built   string // a file the build leaves in the app directory ("" = none)
 	page    string // what the app's page says
+	proxy   bool   // proxy mode (PROXY_PORT set)
 }
 
 func (r fullRun) run(t *testing.T, rootfs string) {
@@ -143,6 +149,10 @@ func (r fullRun) run(t *testing.T, rootfs string) {
 	tree := overlay(t, rootfs)
 	t.Logf("overlay of the cached tree mounted in %v", time.Since(start).Round(time.Millisecond))
 	opts := bootOptions{hostNetwork: true, appPort: freePort(t), healthPort: freePort(t)}
+	if r.proxy {
+		// The app's port and the next one (the spare for reloads).
+		opts.appPort, opts.proxyPort = freePortPair(t), freePort(t)
+	}
 	c := bootTimed(t, tree, r.name, opts)
 
 	// The cached tree has Node (the other end-to-end test needs it): take it
@@ -246,6 +256,9 @@ func (r fullRun) run(t *testing.T, rootfs string) {
 	if n := appProcesses(c); n != procs {
 		t.Errorf("%d processes of the app user after the second run, %d before", n, procs)
 	}
+	if r.proxy {
+		proxyTraffic(t, c, r.page)
+	}
 }
 
 // steps returns the "step NAME (at N s)" parts of a bootstrap log, joined.
@@ -281,6 +294,36 @@ func (r fullRun) check(t *testing.T, c *container, when string) {
 	if code != http.StatusOK || !strings.Contains(body, r.page) {
 		t.Errorf("%s: the app answered %d %q, want 200 with %q", when, code, body, r.page)
 	}
+	if !r.proxy {
+		return
+	}
+	// What the load balancer sees: the health page and the app through the proxy.
+	if code, body := httpGet("http://127.0.0.1:" + c.opts.proxyPort + "/health.html"); code != http.StatusOK {
+		t.Errorf("%s: health page on the proxy port answered %d %q, want 200", when, code, body)
+	}
+	if code, body := httpGet("http://127.0.0.1:" + c.opts.proxyPort + "/"); code != http.StatusOK || !strings.Contains(body, r.page) {
+		t.Errorf("%s: the app through the proxy answered %d %q, want 200 with %q", when, code, body, r.page)
+	}
+	// Only the proxy listens beyond loopback.
+	for _, port := range []string{c.opts.appPort, c.opts.healthPort} {
+		if addrs := listeners(c, port); !slices.Equal(addrs, []string{"127.0.0.1:" + port}) {
+			t.Errorf("%s: port %s is bound on %q, want 127.0.0.1 only", when, port, addrs)
+		}
+	}
+}
+
+// listeners returns the local addresses the container's TCP listeners on
+// port are bound to.
+func listeners(c *container, port string) []string {
+	out, _ := c.run("ss", "-Htln", "sport = :"+port)
+	var addrs []string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 {
+			addrs = append(addrs, f[3])
+		}
+	}
+	slices.Sort(addrs)
+	return addrs
 }
 
 // failures runs the script once per failure a user meets, in one container
@@ -341,7 +384,7 @@ func scriptValues(repo, dir, command string, opts bootOptions, pkgURL, binURL, s
 	return map[string]string{
 		"APP_NAME": "web", "APP_REPO": repo, "APP_REF": "main", "APP_DIR": dir,
 		"APP_USER": "app", "APP_COMMAND": command, "APP_PORT": opts.appPort,
-		"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": opts.healthPort,
+		"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": opts.healthPort, "PROXY_PORT": opts.proxyPort,
 		"AGENT_PKG_URL": pkgURL, "AGENT_BIN_URL": binURL, "AGENT_SHA256": sha,
 	}
 }
@@ -581,6 +624,27 @@ func freePort(t *testing.T) string {
 	}
 	defer l.Close()
 	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// freePortPair returns a TCP port P such that nothing listens on P or P+1
+// right now.
+func freePortPair(t *testing.T) string {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", ":"+strconv.Itoa(p+1))
+		l.Close()
+		if err == nil {
+			l2.Close()
+			return strconv.Itoa(p)
+		}
+	}
+	t.Fatal("no two free ports in a row")
+	return ""
 }
 
 // reachable reports whether a GET of url answers at all within 15 seconds.

@@ -1,9 +1,11 @@
 // A small demo web app for trying the agent: `GET /` answers with a greeting,
 // `GET /crash` exits with code 1, `GET /leak` grows the heap by about 16 MB.
+// It listens on PORT (default 3000) at HOST (default: every address).
 'use strict';
 const http = require('http');
 
 const port = Number(process.env.PORT || 3000);
+const host = process.env.HOST || undefined; // 127.0.0.1 behind the agent's proxy
 const leaked = [];
 
 const server = http.createServer((req, res) => {
@@ -21,7 +23,7 @@ const server = http.createServer((req, res) => {
   }
 });
 server.keepAliveTimeout = 65000; // longer than the ALB's 60 s idle timeout
-server.listen(port, () => console.log(`demo listening on :${port}`));
+server.listen(port, host, () => console.log(`demo listening on ${host || ''}:${port}`));
 
 process.on('SIGTERM', () => {
   console.log('SIGTERM: closing');

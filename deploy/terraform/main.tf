@@ -1,7 +1,15 @@
 # Example stack: an Application Load Balancer in front of an Auto Scaling group
 # whose instances bootstrap the app and the agent from user_data. The target
-# group's health check hits the agent's /health.html on its own port, so a slow
-# page of the app never marks a target unhealthy.
+# group's health check hits the agent's /health.html, answered from the agent's
+# own state, so a slow page of the app never marks a target unhealthy.
+#
+# Proxy mode (var.proxy_port, the default): the agent's traffic front owns
+# proxy_port, the target group forwards there and checks /health.html on the
+# same port (traffic-port); the app listens on loopback (app_port, and
+# app_port + 1 during `agentctl reload`), and only proxy_port is open to the
+# load balancer. Restarts and deploys then cost no 502s. With proxy_port = 0 the
+# load balancer reaches the app on app_port and the health check the agent's
+# health_port.
 
 terraform {
   required_version = ">= 1.3"
@@ -24,6 +32,19 @@ data "aws_ami" "al2023" {
     name   = "name"
     values = ["al2023-ami-2023.*-x86_64"]
   }
+}
+
+locals {
+  proxy = var.proxy_port != 0
+  # The port the target group forwards to.
+  traffic_port = local.proxy ? var.proxy_port : var.app_port
+  # What the instances open to the load balancer: description => port.
+  instance_ports = local.proxy ? tomap({
+    "traffic and health checks to the agent's proxy" = var.proxy_port
+    }) : tomap({
+    "app traffic"                       = var.app_port
+    "health checks to the agent's page" = var.health_port
+  })
 }
 
 # --- security groups -------------------------------------------------------------
@@ -53,22 +74,18 @@ resource "aws_security_group" "alb" {
 
 resource "aws_security_group" "app" {
   name_prefix = "${var.app_name}-app-"
-  description = "Instances: the app port and the agent's health port from the load balancer"
+  description = "Instances: traffic and health checks from the load balancer"
   vpc_id      = var.vpc_id
 
-  ingress {
-    description     = "app traffic from the load balancer"
-    from_port       = var.app_port
-    to_port         = var.app_port
-    protocol        = "tcp"
-    security_groups = [aws_security_group.alb.id]
-  }
-  ingress {
-    description     = "health checks from the load balancer"
-    from_port       = var.health_port
-    to_port         = var.health_port
-    protocol        = "tcp"
-    security_groups = [aws_security_group.alb.id]
+  dynamic "ingress" {
+    for_each = local.instance_ports
+    content {
+      description     = "${ingress.key} from the load balancer"
+      from_port       = ingress.value
+      to_port         = ingress.value
+      protocol        = "tcp"
+      security_groups = [aws_security_group.alb.id]
+    }
   }
   egress {
     description = "packages, git, npm"
@@ -94,7 +111,7 @@ resource "aws_lb" "app" {
 
 resource "aws_lb_target_group" "app" {
   name                 = "${var.app_name}-tg"
-  port                 = var.app_port
+  port                 = local.traffic_port
   protocol             = "HTTP"
   vpc_id               = var.vpc_id
   deregistration_delay = 30
@@ -102,7 +119,7 @@ resource "aws_lb_target_group" "app" {
   health_check {
     enabled             = true
     protocol            = "HTTP"
-    port                = var.health_port
+    port                = local.proxy ? "traffic-port" : var.health_port
     path                = "/health.html"
     matcher             = "200"
     interval            = 10
@@ -142,6 +159,7 @@ resource "aws_launch_template" "app" {
     NODE_MAJOR    = var.node_major
     MAX_RSS       = var.max_rss
     HEALTH_PORT   = var.health_port
+    PROXY_PORT    = local.proxy ? var.proxy_port : ""
     AGENT_PKG_URL = var.agent_pkg_url
     AGENT_BIN_URL = var.agent_bin_url
     AGENT_SHA256  = var.agent_sha256

@@ -109,15 +109,25 @@ variable "app_command" {
 }
 
 variable "app_port" {
-  description = "Port the app listens on (its PORT); the load balancer forwards to it."
+  description = "Port the app listens on (its PORT): on loopback behind the proxy (app_port + 1 too, for reloads); else the load balancer forwards to it."
   type        = number
   default     = 3000
 }
 
 variable "health_port" {
-  description = "Port of the agent's /health.html; the target group's health check hits it."
+  description = "Port of the agent's /health.html: the target group's health check hits it without the proxy; on loopback with it."
   type        = number
   default     = 8081
+}
+
+variable "proxy_port" {
+  description = "Port of the agent's traffic front (proxy mode): the target group forwards to it and checks /health.html on it; 0 = no proxy."
+  type        = number
+  default     = 80
+  validation {
+    condition     = var.proxy_port >= 0 && var.proxy_port <= 65535 && floor(var.proxy_port) == var.proxy_port
+    error_message = "proxy_port: a port number, or 0 for no proxy."
+  }
 }
 
 variable "node_major" {

@@ -53,7 +53,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 		deadline time.Time // end of the hold, set when first held
 		minGen   uint64    // only a pool at least this new may take the request
 		fresh    bool      // the next attempt dials a new connection
-		replayed bool
+		retried  bool      // sent again on a new connection to the same process
+		replayed bool      // sent again to a newer process
 	)
 	// Without a body, the request can be sent again as it is. (GET, HEAD
 	// and OPTIONS come without one; one that has a body was consumed by
@@ -74,20 +75,21 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 			case notSent:
 				minGen = pl.gen + 1
 			case noResponse:
-				if !replayable || replayed {
+				switch {
+				case !replayable:
+					return p.fail(w, http.StatusBadGateway)
+				case reused && !retried:
+					// A kept connection the app had just closed, or a
+					// process dying: try a new connection to the same
+					// process; a refused dial then waits for the next
+					// one, and a failure there is replayed on it.
+					retried, fresh, minGen = true, true, pl.gen
+				case !replayed:
+					replayed, minGen = true, pl.gen+1
+				default:
 					return p.fail(w, http.StatusBadGateway)
 				}
-				replayed = true
 				p.replayed.Add(1)
-				if reused {
-					// Most likely a kept connection the app had just
-					// closed: try a new connection to the same process;
-					// a refused dial then waits for the next one.
-					fresh = true
-					minGen = pl.gen
-				} else {
-					minGen = pl.gen + 1
-				}
 			}
 			st = p.st.Load()
 			continue

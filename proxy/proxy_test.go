@@ -945,3 +945,63 @@ func TestHeadExpectContinueAndHTTP10(t *testing.T) {
 		t.Fatalf("HTTP/1.0: %q", all)
 	}
 }
+
+// dyingApp is a real listening socket acting as an app in its last moments:
+// it accepts connections and reads each request, then closes the
+// connection without answering, as a process being SIGKILLed may still do
+// for a few milliseconds.
+func dyingApp(t *testing.T) (addr string, requests *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	requests = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					requests.Add(1)
+					if requests.Load() > 1 {
+						return // every later request: closed unanswered
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), requests
+}
+
+// TestGETReplayedPastADyingProcess: a kept connection fails, a new one to
+// the same (dying) process fails too; the GET still reaches the next
+// process rather than getting a 502.
+func TestGETReplayedPastADyingProcess(t *testing.T) {
+	addr, seen := dyingApp(t)
+	p, url := startProxy(t, Config{}, clock.Real{})
+	p.Ready(addr)
+	c := newClient()
+	if code, _, _ := get(t, c, url+"/"); code != 200 { // leaves a kept connection
+		t.Fatalf("first GET: %d", code)
+	}
+	ch := getAsync(c, url+"/")
+	waitFor(t, "the retries on the dying process", func() bool { return seen.Load() >= 3 && p.Stats().Held == 1 })
+	next := startNode(t)
+	p.Ready(next.addr)
+	if r := await(t, ch); r.code != 200 || r.body != "hello "+next.pid()+"\n" {
+		t.Fatalf("GET past a dying process got %d %q, want the next process's answer", r.code, r.body)
+	}
+	if s := p.Stats(); s.Failed != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}

@@ -103,7 +103,29 @@ type loadGen struct {
 
 type loadConn struct {
 	c  net.Conn
+	rr *readRecorder
 	br *bufio.Reader
+}
+
+// readRecorder keeps the connection's read error, so that a response cut
+// in its header (which the HTTP parser reports as malformed) is told apart
+// from one that really is malformed.
+type readRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readRecorder) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil {
+		r.err = err
+	}
+	return n, err
+}
+
+func newLoadConn(c net.Conn) *loadConn {
+	rr := &readRecorder{r: c}
+	return &loadConn{c: c, rr: rr, br: bufio.NewReader(rr)}
 }
 
 func newLoadGen(c loadConfig) *loadGen {
@@ -191,7 +213,7 @@ func (g *loadGen) exchange(path string, deadline time.Time) string {
 		g.mu.Lock()
 		g.res.conns++
 		g.mu.Unlock()
-		lc = &loadConn{c: c, br: bufio.NewReader(c)}
+		lc = newLoadConn(c)
 	}
 	kind, reuse := exchangeOn(lc, g.c.addr, path, deadline)
 	if !reuse {
@@ -220,8 +242,8 @@ func exchangeOn(lc *loadConn, host, path string, deadline time.Time) (kind strin
 	}
 	resp, err := http.ReadResponse(lc.br, nil)
 	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isTimeout(err) || isReset(err) {
-			return classify(err, true), false
+		if lc.rr.err != nil {
+			return classify(lc.rr.err, true), false
 		}
 		return kindBad, false
 	}

@@ -155,8 +155,8 @@ func (b *bench) machine(ctx context.Context, pm2Version string) string {
 		field("/etc/os-release", "PRETTY_NAME"), runtime.NumCPU(), field("/proc/cpuinfo", "model name"),
 		strings.TrimSpace(string(kernel)))
 	fmt.Fprintf(&s, "Node %s, PM2 %s, Next.js %s, %s\n", out("node", "--version"), pm2Version, testapp.NextVersion, out(b.agentBin, "version"))
-	fmt.Fprintf(&s, "Load: %d req/s over keep-alive connections, %d events per cell over %s, request timeout %s\n",
-		b.c.rate, b.c.k, b.c.window, b.c.timeout)
+	fmt.Fprintf(&s, "Load: %d req/s (next start: %d) over keep-alive connections, %d events per cell over %s, request timeout %s\n",
+		b.c.rate, b.c.nextRate, b.c.k, b.c.window, b.c.timeout)
 	return s.String()
 }
 
@@ -204,6 +204,7 @@ func (b *bench) spec(app, rd string) appSpec {
 				args: []string{"start", "-H", "127.0.0.1"}},
 			env:   env,
 			paths: []string{"/"},
+			rate:  b.c.nextRate,
 		}
 	}
 	paths := []string{"/"}
@@ -221,6 +222,7 @@ func (b *bench) spec(app, rd string) appSpec {
 		pm2:      pm2App{script: filepath.Join(rd, "plain", "server.js")},
 		env:      env,
 		paths:    paths,
+		rate:     b.c.rate,
 	}
 }
 
@@ -302,7 +304,7 @@ func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string)
 	}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
-	g := newLoadGen(loadConfig{addr: t.Addr(), paths: spec.paths, rate: b.c.rate, timeout: b.c.timeout})
+	g := newLoadGen(loadConfig{addr: t.Addr(), paths: spec.paths, rate: spec.rate, timeout: b.c.timeout})
 	resc := make(chan loadResult, 1)
 	go func() { resc <- g.run(lctx) }()
 

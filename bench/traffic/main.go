@@ -62,6 +62,7 @@ type config struct {
 	runs       int
 	k          int
 	rate       int
+	nextRate   int
 	window     time.Duration
 	tail       time.Duration
 	timeout    time.Duration
@@ -85,7 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.rate, "rate", 200, "requests per second, fixed")
 	fs.DurationVar(&c.window, "window", 20*time.Second, "load duration per cell; the k events are spread evenly over it")
 	fs.DurationVar(&c.tail, "tail", 2*time.Second, "load kept on after the last event is over, at least")
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "per-request timeout (connect to last body byte)")
+	fs.IntVar(&c.nextRate, "next-rate", 0, "requests per second for next start (default: -rate)")
+	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "per-request timeout (connect to last body byte); the proxy holds requests up to 30s")
 	fs.IntVar(&c.slowEvery, "slow-every", 4, "plain app: every Nth request goes to /slow (20 ms); 0 = none")
 	fs.StringVar(&apps, "apps", strings.Join(allApps, ","), "apps to run: node (plain), next (next start)")
 	fs.StringVar(&sides, "sides", strings.Join(allSides, ","), "supervisors: proxy (agent with [proxy]), agent (without), pm2")
@@ -100,8 +102,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	if c.runs < 1 || c.k < 1 || c.rate < 1 || c.slowEvery < 0 {
-		return errors.New("runs, k and rate must be at least 1, slow-every at least 0")
+	if c.nextRate == 0 {
+		c.nextRate = c.rate
+	}
+	if c.runs < 1 || c.k < 1 || c.rate < 1 || c.nextRate < 1 || c.slowEvery < 0 {
+		return errors.New("runs, k, rate and next-rate must be at least 1, slow-every at least 0")
 	}
 	if c.window < time.Second || c.timeout <= 0 || c.tail < 0 {
 		return errors.New("window must be at least 1s, timeout positive, tail not negative")
@@ -269,7 +274,11 @@ func printTables(w io.Writer, c config, res results) {
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "Failed requests of all sent, %d req/s, medians of %d runs (min–max of failed in parentheses).\n\n", c.rate, c.runs)
+	rates := fmt.Sprintf("%d req/s", c.rate)
+	if c.nextRate != c.rate && has(c.apps, "next") {
+		rates += fmt.Sprintf(" (next start: %d req/s)", c.nextRate)
+	}
+	fmt.Fprintf(w, "Failed requests of all sent, %s, medians of %d runs (min–max of failed in parentheses).\n\n", rates, c.runs)
 	header("app, events")
 	for _, app := range c.apps {
 		for _, action := range c.actions {

@@ -41,6 +41,7 @@ type appSpec struct {
 	pm2      pm2App   // how PM2 runs it
 	env      map[string]string
 	paths    []string // the request paths the load cycles through
+	rate     int      // requests per second
 }
 
 // pm2App is the script and arguments PM2 starts.

@@ -284,7 +284,7 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *pm2D
 			continue
 		}
 		b.logf("run %d %s %-5s %-7s: %d of %d failed [%s], %d/%d events, p99 %.1f ms, max %.0f ms, %d connections opened%s",
-			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, b.c.k,
+			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, r.want,
 			percentile(r.load.latencies, 0.99), percentile(r.load.latencies, 1), r.load.conns, errNote(r.errs))
 	}
 }
@@ -308,11 +308,14 @@ func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string)
 	resc := make(chan loadResult, 1)
 	go func() { resc <- g.run(lctx) }()
 
-	var r cellRun
+	r := cellRun{want: b.c.k}
+	if action == "none" {
+		r.want = 0
+	}
 	t0 := time.Now()
 	interval := b.c.window / time.Duration(b.c.k)
 	lastDone := t0
-	for i := range b.c.k {
+	for i := range r.want {
 		if err := sleepUntil(ctx, t0.Add(interval/2+time.Duration(i)*interval)); err != nil {
 			break
 		}

@@ -38,6 +38,8 @@ var (
 	allApps    = []string{"node", "next"}
 	allSides   = []string{"proxy", "agent", "pm2"}
 	allActions = []string{"kill", "restart", "reload"}
+	// "none" is the reference: the same load, no events.
+	knownActions = append([]string{"none"}, allActions...)
 )
 
 var sideLabel = map[string]string{
@@ -50,6 +52,7 @@ var actionLabel = map[string]string{
 	"kill":    "SIGKILL of the app",
 	"restart": "restart",
 	"reload":  "reload",
+	"none":    "nothing (reference)",
 }
 
 var appLabel = map[string]string{
@@ -91,7 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.slowEvery, "slow-every", 4, "plain app: every Nth request goes to /slow (20 ms); 0 = none")
 	fs.StringVar(&apps, "apps", strings.Join(allApps, ","), "apps to run: node (plain), next (next start)")
 	fs.StringVar(&sides, "sides", strings.Join(allSides, ","), "supervisors: proxy (agent with [proxy]), agent (without), pm2")
-	fs.StringVar(&actions, "actions", strings.Join(allActions, ","), "events: kill (SIGKILL the app's tree), restart, reload")
+	fs.StringVar(&actions, "actions", strings.Join(allActions, ","), "events: kill (SIGKILL the app's tree), restart, reload; none = the load alone, for reference")
 	fs.StringVar(&c.agentBin, "agent", "", "agent binary (default: build it from this module)")
 	fs.StringVar(&c.pm2Version, "pm2", "7", "PM2 version to install from npm")
 	fs.StringVar(&c.pm2Dir, "pm2-dir", "", "reuse a PM2 install in this directory (default: a fresh one)")
@@ -118,7 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.sides, err = pick("sides", sides, allSides); err != nil {
 		return err
 	}
-	if c.actions, err = pick("actions", actions, allActions); err != nil {
+	if c.actions, err = pick("actions", actions, knownActions); err != nil {
 		return err
 	}
 	res, machine, err := runBench(ctx, c, stderr)
@@ -159,6 +162,7 @@ type cellKey struct{ app, side, action string }
 // cellRun is one run of a cell.
 type cellRun struct {
 	load   loadResult
+	want   int      // events asked for
 	events int      // events that took effect
 	errs   []string // why the others did not
 	err    string   // why the cell did not run at all
@@ -169,7 +173,7 @@ type results map[cellKey][]cellRun
 
 // ok reports whether the run measured what it should: the load ran and
 // every event took effect.
-func (r cellRun) ok(k int) bool { return r.err == "" && r.events == k }
+func (r cellRun) ok() bool { return r.err == "" && r.events == r.want }
 
 // medianInt returns the median of v (the mean of the middle two for an
 // even count, rounded).
@@ -213,10 +217,10 @@ func summarize(c config, runs []cellRun) summary {
 	var p99, mx []float64
 	var notes []string
 	for _, r := range runs {
-		if !r.ok(c.k) {
+		if !r.ok() {
 			why := r.err
 			if why == "" {
-				why = fmt.Sprintf("%d of %d events: %s", r.events, c.k, strings.Join(r.errs, "; "))
+				why = fmt.Sprintf("%d of %d events: %s", r.events, r.want, strings.Join(r.errs, "; "))
 			}
 			if !slices.Contains(notes, why) {
 				notes = append(notes, why)
@@ -258,7 +262,11 @@ func printTables(w io.Writer, c config, res results) {
 	}
 	var notes []string
 	row := func(app, action string, cell func(s summary) string) {
-		fmt.Fprintf(w, "| %s, %d × %s |", appLabel[app], c.k, actionLabel[action])
+		if action == "none" {
+			fmt.Fprintf(w, "| %s, %s |", appLabel[app], actionLabel[action])
+		} else {
+			fmt.Fprintf(w, "| %s, %d × %s |", appLabel[app], c.k, actionLabel[action])
+		}
 		for _, side := range c.sides {
 			runs := res[cellKey{app, side, action}]
 			s := summarize(c, runs)

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +13,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/metrics"
 	"agent/probe"
+	"agent/proxy"
 	"agent/supervisor"
 )
 
@@ -28,13 +28,17 @@ type Agent struct {
 	logDropped func() uint64
 	started    time.Time
 
-	cfg    atomic.Pointer[Config]
-	heapMB atomic.Int64
+	cfg atomic.Pointer[Config]
+	gen atomic.Pointer[generation] // the latest; each process keeps its own (launch)
 
-	sup    *supervisor.Supervisor
-	health *probe.HealthServer
-	notify *Notifier
-	oom    *probe.OOMWatcher // nil when memory.watch_oom is off
+	sup     *supervisor.Supervisor
+	proxy   *proxy.Proxy // nil when [proxy] is off
+	metrics *metrics.Metrics
+	// proxyPID is the process the proxy was last told is ready.
+	proxyPID atomic.Int64
+	health   *probe.HealthServer
+	notify   *Notifier
+	oom      *probe.OOMWatcher // nil when memory.watch_oom is off
 	// memcg is the agent's memory cgroup, which the app shares in a systemd
 	// unit: kernel OOM kills are the app's when the victim's task_memcg is
 	// in it (a worker too new for any tree sample included). The root
@@ -50,7 +54,6 @@ type Agent struct {
 	oomKills atomic.Int64          // kernel OOM kills of the app's processes
 	healthMu sync.Mutex            // orders draining against health updates
 	draining atomic.Bool           // health answers "draining" while set
-	runHeap  atomic.Int64          // the heap cap of the running process
 
 	stMu     sync.Mutex // guards the STATUS= line last sent
 	lastSt   string
@@ -96,7 +99,8 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		changed:    make(chan struct{}),
 	}
 	a.cfg.Store(cfg)
-	a.heapMB.Store(int64(ResolveHeapMB(cfg, log)))
+	g := a.newGeneration(cfg)
+	a.gen.Store(g)
 	a.health = probe.NewHealthServer(cfg.Health.Listen, cfg.Health.Path, log)
 	if cfg.Memory.WatchOOM {
 		a.oom = probe.NewOOMWatcher(log.With().Str("component", "oom").Logger(), "/dev/kmsg", a.onOOMKill)
@@ -107,10 +111,25 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		}
 	}
 	a.oomCountAtStart.Store(-1)
-	a.sup = supervisor.New(a.supervisorConfig(cfg), supervisor.Options{
+	a.metrics = metrics.New(a.metricsSnapshot)
+	if cfg.ProxyEnabled() {
+		a.proxy = proxy.New(proxy.Config{
+			Listen:      cfg.Proxy.Listen,
+			HealthPath:  cfg.Health.Path,
+			Hold:        cfg.Proxy.Hold.D(),
+			IdleTimeout: cfg.Proxy.IdleTimeout.D(),
+			Observe:     a.metrics.ObserveRequest,
+		}, log.With().Str("component", "proxy").Logger(), clk)
+		if cfg.Proxy.IdleTimeout.D() < 60*time.Second {
+			log.Warn().Dur("idle_timeout", cfg.Proxy.IdleTimeout.D()).Msg("proxy.idle_timeout is below the ALB's 60 s idle timeout: the ALB may reuse a connection the agent is closing (502)")
+		}
+	}
+	a.sup = supervisor.New(g.supervisorConfig(g.upstream()), supervisor.Options{
 		Log:      log,
 		Clock:    a.clk,
 		Output:   a.output,
+		Prepare:  prepare,
+		Gate:     a.gate,
 		Watch:    a.watchChild,
 		Explain:  a.explainExit,
 		OnChange: a.onChange,
@@ -136,64 +155,6 @@ func ResolveHeapMB(cfg *Config, log zerolog.Logger) int {
 	return probe.AutoHeapMB(total, limit)
 }
 
-// supervisorConfig translates the config for the supervisor.
-func (a *Agent) supervisorConfig(cfg *Config) supervisor.Config {
-	base := os.Environ()
-	for _, arg := range cfg.App.Command[1:] {
-		if strings.HasPrefix(arg, "--max-old-space-size") || strings.HasPrefix(arg, "--max_old_space_size") {
-			a.log.Warn().Str("arg", arg).Msg("app.command sets the heap size itself; it wins over node.max_old_space_size")
-		}
-	}
-	env, warn := supervisor.BuildEnv(base, int(a.heapMB.Load()), userEnv(cfg.App.User), cfg.App.EnvFileVars, envPairs(cfg.App.Env))
-	if warn != "" {
-		a.log.Warn().Msg(warn)
-	}
-	return supervisor.Config{
-		Name:       cfg.Name,
-		Command:    cfg.App.Command,
-		Dir:        cfg.App.Dir,
-		Env:        env,
-		Credential: cfg.App.Credential,
-		Policy: supervisor.Policy{
-			Mode:        cfg.Restart.Policy,
-			Delay:       cfg.Restart.Delay.D(),
-			MaxDelay:    cfg.Restart.MaxDelay.D(),
-			ResetAfter:  cfg.Restart.ResetAfter.D(),
-			MaxRestarts: cfg.Restart.MaxRestarts,
-			Window:      cfg.Restart.Window.D(),
-		},
-		StopSignal:      cfg.Stop.Signal.Sys(),
-		StopTimeout:     cfg.Stop.Timeout.D(),
-		ExitOnExhausted: cfg.Restart.OnExhausted == "exit",
-	}
-}
-
-// userEnv returns HOME, USER and LOGNAME for the app's user (a name or a
-// numeric uid), as systemd sets them for User=; nil for the agent's own.
-func userEnv(name string) []string {
-	if name == "" {
-		return nil
-	}
-	u, err := user.Lookup(name)
-	if err != nil {
-		if u, err = user.LookupId(name); err != nil {
-			return nil
-		}
-	}
-	return []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
-}
-
-// envPairs returns m as KEY=VALUE, sorted by key so the app's environment
-// is the same from one start to the next.
-func envPairs(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k, v := range m {
-		out = append(out, k+"="+v)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // Run runs the agent until ctx is cancelled (SIGTERM, SIGINT) and reloads
 // the config on each receive from reload (SIGHUP). It returns nil after a
 // clean shutdown.
@@ -214,8 +175,26 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 		ctl.Close()
 		return err
 	}
-	a.log.Info().Str("version", a.version).Str("config", cfg.Path).Int64("heap_cap_mb", a.heapMB.Load()).
-		Str("health", a.health.Addr().String()+cfg.Health.Path).Str("control", cfg.Control.Socket).Msg("agent starting")
+	if a.proxy != nil {
+		if err := a.proxy.Listen(); err != nil {
+			ctl.Close()
+			return err
+		}
+	}
+	metricsLn, err := a.listenMetrics(cfg)
+	if err != nil {
+		ctl.Close()
+		return err
+	}
+	ev := a.log.Info().Str("version", a.version).Str("config", cfg.Path).Int("heap_cap_mb", a.gen.Load().heapMB).
+		Str("health", a.health.Addr().String()+cfg.Health.Path).Str("control", cfg.Control.Socket)
+	if a.proxy != nil {
+		ev = ev.Str("proxy", a.proxy.Addr().String()).Str("upstream", cfg.Proxy.Upstream)
+	}
+	if metricsLn != nil {
+		ev = ev.Str("metrics", metricsLn.Addr().String()+"/metrics")
+	}
+	ev.Msg("agent starting")
 
 	var wg sync.WaitGroup
 	bg, stopBG := context.WithCancel(context.Background())
@@ -231,6 +210,12 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	}
 	goRun("health", a.health.Run)
 	goRun("control", func(ctx context.Context) error { return serveControl(ctx, ctl, a.controlHandler()) })
+	if a.proxy != nil {
+		goRun("proxy", a.proxy.Run)
+	}
+	if metricsLn != nil {
+		goRun("metrics", func(ctx context.Context) error { return a.metrics.Serve(ctx, metricsLn) })
+	}
 	if a.oom != nil {
 		goRun("oom", a.oom.Run)
 	}
@@ -295,9 +280,14 @@ func (a *Agent) reload() {
 		cfg.Memory.WatchOOM != old.Memory.WatchOOM || cfg.Log != old.Log || cfg.Proxy != old.Proxy || cfg.Metrics != old.Metrics {
 		a.log.Warn().Msg("[health], [control], [log], [proxy], [metrics] and memory.watch_oom changes apply only when the agent restarts")
 	}
-	a.heapMB.Store(int64(ResolveHeapMB(cfg, a.log)))
+	g := a.newGeneration(cfg)
 	a.cfg.Store(cfg)
-	a.sup.SetConfig(a.supervisorConfig(cfg))
+	a.gen.Store(g)
+	upstream := ""
+	if l, ok := a.sup.Config().Tag.(*launch); ok {
+		upstream = l.upstream // the port of the last process, which a restart takes again
+	}
+	a.sup.SetConfig(g.supervisorConfig(upstream))
 	a.log.Info().Str("config", cfg.Path).Msg("config reloaded: [restart] and [stop] apply now; [app], [node], [probe] and [memory] from the app's next start (agentctl restart)")
 	a.sendStatus(a.statusLine(a.sup.Status()), true)
 }
@@ -305,6 +295,7 @@ func (a *Agent) reload() {
 // onChange publishes a state change: health page, systemd status, readiness.
 func (a *Agent) onChange(st supervisor.Status) {
 	serving := st.State == supervisor.Running && st.Ready
+	a.followState(st)
 	a.healthMu.Lock()
 	if !a.draining.Load() {
 		a.health.Set(string(st.State), serving)
@@ -376,9 +367,9 @@ func (a *Agent) waitSettled(ctx context.Context, timeout time.Duration, cond fun
 // watchChild observes one app process: readiness and liveness probes, and
 // the RSS of its whole tree every second.
 func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
-	cfg := a.cfg.Load()
+	l := c.Tag.(*launch)
+	cfg := l.gen.cfg
 	a.oomCountAtStart.Store(a.cgroupOOMKills())
-	a.runHeap.Store(a.heapMB.Load())
 	spec := probe.ProbeSpec{
 		HTTP:             cfg.Probe.HTTP,
 		TCP:              cfg.Probe.TCP,
@@ -387,6 +378,19 @@ func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
 		FailureThreshold: cfg.Probe.FailureThreshold,
 		StartupTimeout:   cfg.Probe.StartupTimeout.D(),
 		ReadyAfter:       time.Second,
+	}
+	if l.upstream != "" {
+		// With the traffic front the probe goes to the port this process
+		// was given (a reload's new process has the spare one), and without
+		// a [probe] the process is ready once that port accepts.
+		switch {
+		case spec.HTTP != "":
+			spec.HTTP = probeURL(spec.HTTP, l.upstream)
+		case spec.TCP != "":
+			spec.TCP = l.upstream
+		default:
+			spec.TCP = l.upstream
+		}
 	}
 	go func() {
 		res := probe.RunProbe(ctx, a.clk, spec, c.Ready)

@@ -67,7 +67,8 @@ func (c *Client) client() *http.Client {
 				d := net.Dialer{Timeout: 5 * time.Second}
 				return d.DialContext(ctx, "unix", sock)
 			},
-			ResponseHeaderTimeout: 2 * time.Minute, // a restart answers once done
+			// No header timeout here: each call bounds its own wait
+			// (a reload answers only once the new process serves).
 		}}
 	})
 	return c.hc
@@ -98,7 +99,21 @@ func (c *Client) do(ctx context.Context, method, path string) (*http.Response, e
 	return resp, nil
 }
 
+// How long a call waits for the agent's answer: actions answer once they
+// took effect, a reload once the new process serves (probe.startup_timeout
+// is 5 minutes by default).
+const (
+	actionWait = 2 * time.Minute
+	reloadWait = 15 * time.Minute
+)
+
 func (c *Client) status(ctx context.Context, method, path string) (*Status, error) {
+	wait := actionWait
+	if path == "/v1/reload" {
+		wait = reloadWait
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
 	resp, err := c.do(ctx, method, path)
 	if err != nil {
 		return nil, err
@@ -119,6 +134,13 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 // Restart restarts the app.
 func (c *Client) Restart(ctx context.Context) (*Status, error) {
 	return c.status(ctx, http.MethodPost, "/v1/restart")
+}
+
+// Reload replaces the app's process for a deploy (zero downtime with the
+// proxy); an error with code 409 says the new process failed and the old
+// one kept serving.
+func (c *Client) Reload(ctx context.Context) (*Status, error) {
+	return c.status(ctx, http.MethodPost, "/v1/reload")
 }
 
 // Stop stops the app.

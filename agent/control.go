@@ -173,6 +173,21 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("POST /v1/start", action(a.sup.Start, func(_, now supervisor.Status) bool {
 		return started(now)
 	}))
+	// A reload answers once the new process serves (200), or with why the
+	// new one failed while the old one kept serving (409).
+	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+		err := a.Reload(r.Context())
+		switch {
+		case err == nil:
+			writeJSON(w, http.StatusOK, a.Status())
+		case errors.Is(err, ErrReloadFailed):
+			writeJSON(w, http.StatusConflict, apiError{err.Error()})
+		case errors.Is(err, supervisor.ErrShuttingDown):
+			writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
+		default:
+			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+		}
+	})
 	mux.HandleFunc("GET /v1/logs", a.serveLogs)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A browser can be tricked into talking to a local socket through a

@@ -23,7 +23,19 @@ type Status struct {
 	Message       string       `json:"message,omitempty"` // why: failed, backoff
 	LastExit      *ExitStatus  `json:"last_exit"`
 	Exits         []ExitStatus `json:"exits"`
+	Proxy         *ProxyStatus `json:"proxy,omitempty"` // absent when the proxy is off
 	Agent         AgentStatus  `json:"agent"`
+}
+
+// ProxyStatus is the traffic front's part of the status.
+type ProxyStatus struct {
+	Listen   string `json:"listen"`
+	Upstream string `json:"upstream"` // where the current process listens
+	InFlight int64  `json:"in_flight"`
+	Held     int64  `json:"held"`
+	Requests uint64 `json:"requests"`
+	Replayed uint64 `json:"replayed"`
+	Failed   uint64 `json:"failed"` // responses the agent gave instead of the app (502, 503, 504)
 }
 
 // ExitStatus is one recorded exit.
@@ -73,6 +85,15 @@ func (a *Agent) Status() Status {
 	if a.draining.Load() {
 		s.State = "draining"
 	}
+	if a.proxy != nil {
+		ps := a.proxy.Stats()
+		up := upstreamOf(st)
+		if up == "" {
+			up = upstreamOf(supervisor.Status{Tag: a.sup.Config().Tag})
+		}
+		s.Proxy = &ProxyStatus{Listen: cfg.Proxy.Listen, Upstream: up, InFlight: ps.InFlight, Held: ps.Held,
+			Requests: ps.Requests, Replayed: ps.Replayed, Failed: ps.Failed}
+	}
 	if st.PID != 0 {
 		pid := st.PID
 		s.PID = &pid
@@ -99,10 +120,10 @@ func (a *Agent) Status() Status {
 // heapCap is the heap cap of the running process, or the one the next
 // process gets when none runs.
 func (a *Agent) heapCap(st supervisor.Status) int64 {
-	if st.PID != 0 && a.runHeap.Load() != 0 {
-		return a.runHeap.Load()
+	if l, ok := st.Tag.(*launch); ok {
+		return int64(l.gen.heapMB)
 	}
-	return a.heapMB.Load()
+	return int64(a.gen.Load().heapMB)
 }
 
 func seconds(d time.Duration) float64 {

@@ -125,6 +125,11 @@ func run(args []string, b Build, stdout, stderr io.Writer) error {
 		if err := cfg.WriteEffective(stdout, heap); err != nil {
 			return err
 		}
+		plan, err := agent.PlanCommand(cfg)
+		if err != nil {
+			return usageError{err}
+		}
+		fmt.Fprintf(stdout, "\n# app.command runs as: %s\n", plan)
 		fmt.Fprintf(stderr, "%s: ok\n", path)
 		return nil
 	case "install":

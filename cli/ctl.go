@@ -35,6 +35,9 @@ commands:
   restart             restart the app (clears a failed state)
   stop                stop the app; it stays stopped until start
   start               start a stopped or failed app
+  reload              replace the app's process for a deploy (zero downtime with
+                      [proxy]); exit 0 once the new one serves, 1 if it failed
+                      and the old one kept serving
   logs [-n N] [-f]    the app's recent output; -f follows it
 `
 
@@ -74,9 +77,11 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				PrintStatus(stdout, s, time.Now())
 			}
 		}
-	case "restart", "stop", "start":
+	case "restart", "stop", "start", "reload":
 		var s *agent.Status
 		switch cmd {
+		case "reload":
+			s, err = c.Reload(ctx)
 		case "restart":
 			s, err = c.Restart(ctx)
 		case "stop":
@@ -178,6 +183,10 @@ func PrintStatus(w io.Writer, s *agent.Status, now time.Time) {
 	}
 	if e := s.LastExit; e != nil && e.Detail != "" {
 		fmt.Fprintf(w, "last exit: %s\n", e.Detail)
+	}
+	if p := s.Proxy; p != nil {
+		fmt.Fprintf(w, "proxy %s -> %s: %d in flight, %d held, %d requests, %d replayed, %d failed\n",
+			p.Listen, p.Upstream, p.InFlight, p.Held, p.Requests, p.Replayed, p.Failed)
 	}
 	fmt.Fprintf(w, "agent %s, pid %d, rss %s, up %s, oom watch %s, oom kills %d\n",
 		s.Agent.Version, s.Agent.PID, humanBytes(s.Agent.RSSBytes), humanDuration(time.Duration(s.Agent.UptimeSeconds*float64(time.Second))), s.Agent.OOMWatch, s.OOMKills)

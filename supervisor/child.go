@@ -21,6 +21,7 @@ type Child struct {
 	PID     int
 	Gen     uint64
 	Started time.Time
+	Tag     any // Config.Tag of the config it was started with
 
 	s       *Supervisor
 	cmd     *exec.Cmd
@@ -70,14 +71,22 @@ func (c *Child) requested() (Reason, string) {
 }
 
 // spawn starts the process with its pipes, in its own process group.
-func (s *Supervisor) spawn() (*Child, error) {
-	cfg := s.config()
+func (s *Supervisor) spawn(cfg Config) (*Child, error) {
+	if s.opts.Prepare != nil {
+		var err error
+		if cfg, err = s.opts.Prepare(cfg); err != nil {
+			return nil, fmt.Errorf("start app: %w", err)
+		}
+	}
 	if len(cfg.Command) == 0 {
 		return nil, errors.New("start app: empty command")
 	}
-	path, err := lookPath(cfg.Command[0], cfg.Env, cfg.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("start app: %w", err)
+	path := cfg.Path
+	if path == "" {
+		var err error
+		if path, err = lookPath(cfg.Command[0], cfg.Env, cfg.Dir); err != nil {
+			return nil, fmt.Errorf("start app: %w", err)
+		}
 	}
 	cmd := &exec.Cmd{Path: path, Args: cfg.Command, Dir: cfg.Dir, Env: cfg.Env}
 	pidfd := -1
@@ -106,7 +115,10 @@ func (s *Supervisor) spawn() (*Child, error) {
 		errR.Close()
 		return nil, fmt.Errorf("start app: %w", err)
 	}
-	c := &Child{PID: cmd.Process.Pid, Gen: s.gen.Add(1), Started: s.clk.Now(), s: s, cmd: cmd}
+	c := &Child{PID: cmd.Process.Pid, Gen: s.gen.Add(1), Started: s.clk.Now(), Tag: cfg.Tag, s: s, cmd: cmd}
+	s.liveMu.Lock()
+	s.live[c] = true
+	s.liveMu.Unlock()
 	if pidfd >= 0 {
 		c.leader = procfs.NewHandle(c.PID, pidfd)
 	}

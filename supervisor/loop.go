@@ -3,6 +3,8 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"agent/internal/clock"
@@ -20,7 +22,8 @@ const (
 	evExited   // the main process was reaped
 	evTreeGone // no process of the tree is left
 	evExplained
-	evAmend // a later explanation of an exit already recorded
+	evAmend   // a later explanation of an exit already recorded
+	evSwapped // a reload's new process took the traffic
 )
 
 type event struct {
@@ -45,6 +48,10 @@ type loop struct {
 	ctx      context.Context
 	track    Tracker
 	cur      *Child
+	reload   *reloadReq // the reload under way, if any
+	in       *Child     // its new process, until it replaces cur
+	inTimer  clock.Timer
+	retiring []*Child // processes being stopped beside cur (replaced or abandoned in a reload)
 	st       Status
 	backoff  clock.Timer
 	after    afterStop // what to do once the current process is gone
@@ -66,7 +73,7 @@ const (
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer close(s.done)
 	go s.reapOnSIGCHLD()
-	l := &loop{s: s, ctx: ctx, track: Tracker{Policy: s.config().Policy}, st: Status{State: Stopped}}
+	l := &loop{s: s, ctx: ctx, track: Tracker{Policy: s.config().Policy}, st: Status{State: Stopped, ExitCounts: map[Reason]uint64{}}}
 	var tick <-chan time.Time
 	if s.opts.Tick > 0 && s.opts.OnTick != nil {
 		t := s.clk.NewTicker(s.opts.Tick)
@@ -76,12 +83,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	l.start()
 	done := ctx.Done()
 	for {
-		if l.shutdown && l.cur == nil {
+		if l.shutdown && l.cur == nil && l.in == nil && len(l.retiring) == 0 {
 			return l.err
 		}
-		var backoff <-chan time.Time
+		var backoff, inTimeout <-chan time.Time
 		if l.backoff != nil {
 			backoff = l.backoff.C()
+		}
+		if l.inTimer != nil {
+			inTimeout = l.inTimer.C()
 		}
 		select {
 		case <-done:
@@ -92,7 +102,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		case <-backoff:
 			l.backoff = nil
 			l.start()
+		case <-inTimeout:
+			l.inTimer = nil
+			l.failIncoming(ReasonStartTimeout, fmt.Sprintf("not ready within %s", l.reload.timeout))
 		case r := <-s.reqs:
+			if r.kind == reqReload {
+				l.beginReload(r)
+				continue
+			}
 			r.reply <- l.handle(r.kind)
 		case e := <-s.events:
 			l.event(e)
@@ -104,6 +121,7 @@ func (l *loop) beginShutdown(err error) {
 	l.shutdown = true
 	l.err = err
 	l.cancelBackoff()
+	l.abortReload("the agent is shutting down")
 	if l.cur != nil {
 		l.after = afterStay
 		l.stop(ReasonStop, "agent shutting down")
@@ -120,6 +138,7 @@ func (l *loop) handle(k reqKind) error {
 	}
 	switch k {
 	case reqStop:
+		l.abortReload("the app was stopped")
 		l.cancelBackoff()
 		if l.cur != nil {
 			l.after = afterStay
@@ -128,6 +147,7 @@ func (l *loop) handle(k reqKind) error {
 		}
 		l.setState(Stopped, "stopped by request")
 	case reqRestart:
+		l.abortReload("the app was restarted")
 		l.track.Reset()
 		if l.cur != nil {
 			l.after = afterRestart
@@ -159,6 +179,14 @@ func (l *loop) event(e event) {
 		l.amend(e.exit)
 		return
 	}
+	if c == l.in {
+		l.incomingEvent(e)
+		return
+	}
+	if slices.Contains(l.retiring, c) {
+		l.sideEvent(e)
+		return
+	}
 	if c != l.cur {
 		return // about a process already gone
 	}
@@ -184,8 +212,9 @@ func (l *loop) event(e event) {
 			c.stopping = true
 			l.st.Ready = false
 			l.setState(Stopping, "exited; clearing its process tree")
-			l.s.goStopTree(c)
+			l.s.goStopTree(c, false)
 		}
+		l.abortReload("the running process exited")
 		go l.s.explain(l.ctx, c, e.exit)
 	case evTreeGone:
 		c.treeGone = true
@@ -202,6 +231,8 @@ func (l *loop) amend(ex Exit) {
 	for i := range l.st.Exits {
 		e := &l.st.Exits[i]
 		if e.PID == ex.PID && e.At.Equal(ex.At) {
+			l.st.ExitCounts[e.Reason]--
+			l.st.ExitCounts[ex.Reason]++
 			e.Reason, e.Detail = ex.Reason, ex.Detail
 			l.s.log.Warn().Int("pid", ex.PID).Str("reason", string(ex.Reason)).Str("detail", ex.Detail).Msg("app exit explained")
 			l.setState(l.st.State, l.st.Message)
@@ -222,7 +253,7 @@ func (l *loop) stop(r Reason, detail string) {
 	c.stopping = true
 	l.st.Ready = false
 	l.setState(Stopping, detail)
-	l.s.goStopTree(c)
+	l.s.goStopTree(c, !c.exited)
 }
 
 // maybeFinish acts once the current process is both explained and fully
@@ -234,13 +265,14 @@ func (l *loop) maybeFinish() {
 	}
 	ex := *c.final
 	l.cur = nil
+	l.st.PID, l.st.Ready, l.st.Tag = 0, false, nil
 	l.record(ex)
 	l.next(c, ex)
 }
 
 // record adds the exit to the status and logs it.
 func (l *loop) record(ex Exit) {
-	l.st.PID, l.st.Ready = 0, false
+	l.st.ExitCounts[ex.Reason]++
 	l.st.Exits = append([]Exit{ex}, l.st.Exits...)
 	if len(l.st.Exits) > maxExits {
 		l.st.Exits = l.st.Exits[:maxExits]
@@ -316,6 +348,7 @@ func (l *loop) setState(st State, msg string) {
 	l.st.State, l.st.Message = st, msg
 	snap := l.st
 	snap.Exits = append([]Exit(nil), l.st.Exits...)
+	snap.ExitCounts = maps.Clone(l.st.ExitCounts)
 	l.s.status.Store(&snap)
 	if l.s.opts.OnChange != nil {
 		l.s.opts.OnChange(snap)
@@ -329,7 +362,7 @@ func (l *loop) start() {
 		l.st.Restarts++
 	}
 	l.after = afterDecide
-	c, err := l.s.spawn()
+	c, err := l.s.spawn(l.s.config())
 	if err != nil {
 		l.s.log.Error().Err(err).Msg("cannot start app")
 		now := l.s.clk.Now()
@@ -342,8 +375,13 @@ func (l *loop) start() {
 		return
 	}
 	l.cur = c
-	l.st.PID, l.st.Ready, l.st.Started, l.st.ReadySince = c.PID, false, c.Started, time.Time{}
+	l.st.PID, l.st.Ready, l.st.Started, l.st.ReadySince, l.st.Tag = c.PID, false, c.Started, time.Time{}, c.Tag
 	l.setState(Starting, "")
+	l.watch(c)
+}
+
+// watch starts the observers of c (Options.Watch) until it exits.
+func (l *loop) watch(c *Child) {
 	if l.s.opts.Watch != nil {
 		ctx, cancel := context.WithCancel(l.ctx)
 		c.cancel = cancel

@@ -15,17 +15,40 @@ import (
 const killRounds = 5
 
 // goStopTree stops c's process tree in the background (see stopTree), then
-// reaps the orphans it leaves and reports evTreeGone.
-func (s *Supervisor) goStopTree(c *Child) {
+// reaps the orphans it leaves and reports evTreeGone. With gate, the stop
+// was asked for while c still runs: Options.Gate is called first.
+func (s *Supervisor) goStopTree(c *Child, gate bool) {
 	cfg := s.config()
 	go func() {
+		if r, _ := c.requested(); gate && r != "" && s.opts.Gate != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.StopTimeout)
+			s.opts.Gate(ctx, c, r)
+			cancel()
+		}
 		s.stopTree(c, cfg.StopSignal, cfg.StopTimeout)
 		if c.leader != nil {
 			c.leader.Close()
 		}
+		s.liveMu.Lock()
+		delete(s.live, c)
+		s.liveMu.Unlock()
 		s.reap()
 		s.send(event{kind: evTreeGone, child: c})
 	}()
+}
+
+// otherLeaders returns the PIDs of the live app processes other than c:
+// during a reload, the stop of one tree must leave the other alone.
+func (s *Supervisor) otherLeaders(c *Child) []int {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	var pids []int
+	for o := range s.live {
+		if o != c {
+			pids = append(pids, o.PID)
+		}
+	}
+	return pids
 }
 
 // stopTree sends sig to the app's process group and to every descendant of
@@ -41,9 +64,14 @@ func (s *Supervisor) stopTree(c *Child, sig syscall.Signal, timeout time.Duratio
 	if sig == 0 {
 		sig = syscall.SIGTERM
 	}
-	hs := s.scanTree()
+	hs := s.scanTree(c)
 	defer procfs.CloseAll(hs)
 	c.signalTree(hs, sig)
+	if sig != syscall.SIGKILL && sig != syscall.SIGCONT {
+		// A stopped process (SIGSTOP, a debugger) acts on the signal only
+		// once it runs again, as systemd knows.
+		c.signalTree(hs, syscall.SIGCONT)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	left, _ := procfs.Wait(ctx, hs...)
 	cancel()
@@ -51,7 +79,7 @@ func (s *Supervisor) stopTree(c *Child, sig syscall.Signal, timeout time.Duratio
 		s.log.Warn().Ints("pids", pidsOf(left)).Dur("timeout", timeout).Msg("app did not stop in time; killing its process tree")
 	}
 	for range killRounds {
-		hs := s.scanTree()
+		hs := s.scanTree(c)
 		if len(hs) == 0 {
 			return
 		}
@@ -63,10 +91,11 @@ func (s *Supervisor) stopTree(c *Child, sig syscall.Signal, timeout time.Duratio
 	}
 }
 
-// scanTree opens handles for the live descendants of the agent: its app's
-// whole tree.
-func (s *Supervisor) scanTree() []*procfs.Handle {
-	hs, err := procfs.OpenDescendants(os.Getpid())
+// scanTree opens handles for the live descendants of the agent but the
+// trees of the other live app processes: c's whole tree, with what escaped
+// it (re-parented to the agent as child subreaper).
+func (s *Supervisor) scanTree(c *Child) []*procfs.Handle {
+	hs, err := procfs.OpenDescendantsExcept(os.Getpid(), s.otherLeaders(c))
 	if err != nil {
 		s.log.Warn().Err(err).Msg("read the app's process tree")
 	}

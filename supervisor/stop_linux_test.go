@@ -60,7 +60,7 @@ func TestStopNeverSignalsAReusedPID(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := New(Config{}, Options{})
-	hs := s.scanTree()
+	hs := s.scanTree(&Child{})
 	defer procfs.CloseAll(hs)
 	i := slices.IndexFunc(hs, func(h *procfs.Handle) bool { return h.PID == gone.Process.Pid })
 	if i < 0 {

@@ -26,7 +26,8 @@ const maxExits = 20
 // Config says what to run and how to treat it.
 type Config struct {
 	Name            string
-	Command         []string // argv; argv[0] is looked up in the app's PATH
+	Command         []string // argv; argv[0] is looked up in the app's PATH unless Path is set
+	Path            string   // the program to run, "" = Command[0] looked up
 	Dir             string
 	Env             []string // the app's whole environment (see BuildEnv)
 	Credential      *syscall.Credential
@@ -34,6 +35,9 @@ type Config struct {
 	StopSignal      syscall.Signal
 	StopTimeout     time.Duration
 	ExitOnExhausted bool // restart.on_exhausted = "exit"
+	// Tag is carried unchanged to each Child started with this config
+	// (Child.Tag): what the caller started the process with.
+	Tag any
 }
 
 // Options are the supervisor's collaborators. Only Log is required.
@@ -56,6 +60,19 @@ type Options struct {
 	// background, amending the recorded exit if the answer comes later.
 	Explain func(ctx context.Context, c *Child, e Exit, wait bool) (r Reason, detail string, ok bool)
 
+	// Prepare, if set, is called at each start with the config about to
+	// run and returns the one to run (an npm script's command and
+	// environment, read afresh from package.json). An error fails the start
+	// as a failure to spawn does (a crash).
+	Prepare func(Config) (Config, error)
+
+	// Gate, if set, is called before the agent itself stops a process that
+	// is still running (a restart, stop, reload or shutdown, or for
+	// rss-limit, liveness or start-timeout), with a context that ends after
+	// the stop timeout; the stop signal is sent when it returns. The traffic
+	// front holds new requests there and lets the in-flight ones finish.
+	Gate func(ctx context.Context, c *Child, r Reason)
+
 	// OnChange, if set, is called from the supervisor's loop after every
 	// state change with the new status. It must not block.
 	OnChange func(Status)
@@ -75,7 +92,11 @@ type Status struct {
 	ReadySince time.Time
 	Restarts   int    // restarts since the agent started
 	Exits      []Exit // newest first
+	// ExitCounts counts every exit since the agent started by reason
+	// (Exits keeps only the last few).
+	ExitCounts map[Reason]uint64
 	Message    string // why the state is what it is, for failed and backoff
+	Tag        any    // Config.Tag of the current process, nil when none runs
 }
 
 // Supervisor runs one app process and keeps it running.
@@ -92,6 +113,12 @@ type Supervisor struct {
 	done   chan struct{} // closed when Run returns
 	status atomic.Pointer[Status]
 	gen    atomic.Uint64
+
+	// liveMu guards live: the processes started and not yet fully gone
+	// (two during a reload), so that the stop of one leaves the other's
+	// tree alone.
+	liveMu sync.Mutex
+	live   map[*Child]bool
 
 	// ownMu guards owned: the app processes whose exit status belongs to
 	// their cmd.Wait, never to the reaper of orphans.
@@ -113,6 +140,7 @@ func New(cfg Config, opts Options) *Supervisor {
 		events: make(chan event, 16),
 		done:   make(chan struct{}),
 		owned:  make(map[int]bool),
+		live:   make(map[*Child]bool),
 	}
 	s.status.Store(&Status{State: Starting})
 	return s
@@ -124,6 +152,9 @@ func (s *Supervisor) SetConfig(cfg Config) {
 	s.cfg = cfg
 	s.cfgMu.Unlock()
 }
+
+// Config returns the config the next start will use.
+func (s *Supervisor) Config() Config { return s.config() }
 
 func (s *Supervisor) config() Config {
 	s.cfgMu.Lock()
@@ -161,15 +192,53 @@ func (s *Supervisor) ask(ctx context.Context, k reqKind) error {
 	}
 }
 
+// ErrNotServing is returned by Reload when no process is running and ready
+// to be replaced: the caller restarts the app instead.
+var ErrNotServing = errors.New("the app is not running and ready")
+
+// Reload starts a new process with cfg beside the current one. Once the new
+// one is ready, swap is called with it (the traffic front sends new requests
+// to it and waits, until its context ends, for the old one's requests in
+// flight); then the old process is stopped (reason reload) and the new one
+// is the app. If the new process exits, fails its probes or is not ready
+// within timeout, its tree is stopped, the old one keeps running, and
+// Reload returns an error saying why. It returns once either is settled.
+func (s *Supervisor) Reload(ctx context.Context, cfg Config, timeout time.Duration, swap func(ctx context.Context, c *Child)) error {
+	r := request{kind: reqReload, reply: make(chan error, 1), reload: &reloadReq{cfg: cfg, timeout: timeout, swap: swap}}
+	select {
+	case s.reqs <- r:
+	case <-s.done:
+		return ErrShuttingDown
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 type reqKind int
 
 const (
 	reqRestart reqKind = iota
 	reqStop
 	reqStart
+	reqReload
 )
 
 type request struct {
-	kind  reqKind
-	reply chan error
+	kind   reqKind
+	reply  chan error
+	reload *reloadReq // for reqReload
+}
+
+type reloadReq struct {
+	cfg     Config
+	timeout time.Duration
+	swap    func(ctx context.Context, c *Child)
+	reply   chan error
+	child   *Child // the new process, once started
 }

@@ -38,13 +38,14 @@ const (
 	ReasonStartTimeout Reason = "start-timeout" // never ready within startup_timeout
 	ReasonRestart      Reason = "restart"       // asked to restart
 	ReasonStop         Reason = "stop"          // asked to stop
+	ReasonReload       Reason = "reload"        // replaced by a new process in a reload
 )
 
 // requested reports whether r is a reason the agent itself caused by
 // stopping the process, rather than one the process died of.
 func (r Reason) requested() bool {
 	switch r {
-	case ReasonRSSLimit, ReasonLiveness, ReasonStartTimeout, ReasonRestart, ReasonStop:
+	case ReasonRSSLimit, ReasonLiveness, ReasonStartTimeout, ReasonRestart, ReasonStop, ReasonReload:
 		return true
 	}
 	return false

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -79,13 +80,19 @@ func open(r *reader, p Proc) (*Handle, error) {
 // the tree is walked: a process that exited or changed meanwhile is left
 // out with its descendants. The caller closes the handles (CloseAll).
 func OpenDescendants(pid int) ([]*Handle, error) {
+	return OpenDescendantsExcept(pid, nil)
+}
+
+// OpenDescendantsExcept is OpenDescendants leaving out the processes in
+// except with their whole subtrees.
+func OpenDescendantsExcept(pid int, except []int) ([]*Handle, error) {
 	if !haveChildrenFiles() {
 		return nil, ErrNoChildrenFiles
 	}
 	r := newReader()
 	var hs []*Handle
 	_, err := r.walk([]Proc{{PID: pid}}, 0, func(_, c *Proc) bool {
-		if c.Zombie() {
+		if c.Zombie() || slices.Contains(except, c.PID) {
 			return false
 		}
 		h, err := open(r, *c)

@@ -1,0 +1,217 @@
+package agent
+
+import (
+	"net"
+	"net/url"
+	"os"
+	"os/user"
+	"slices"
+	"strings"
+
+	"agent/supervisor"
+	"agent/supervisor/npmscript"
+)
+
+// generation is one load of the config and what follows from it (the heap
+// cap, the supervisor's settings). It never changes once made: a config
+// reload makes a new one, and each app process is started and watched with
+// exactly one (through its launch), never with a mix of two.
+type generation struct {
+	cfg    *Config
+	heapMB int
+	sup    supervisor.Config // without the launch's PORT and Tag
+	// npmScript is the script app.command names when it is run without
+	// npm (app.npm = "direct"): "" otherwise.
+	npmScript string
+	npmArgs   []string
+}
+
+// launch is what one app process is started with: its generation and,
+// with the traffic front, the address it is to listen on (its PORT).
+type launch struct {
+	gen      *generation
+	upstream string // host:port; "" without the proxy
+}
+
+// newGeneration resolves cfg once for the processes started with it.
+func (a *Agent) newGeneration(cfg *Config) *generation {
+	g := &generation{cfg: cfg, heapMB: ResolveHeapMB(cfg, a.log)}
+	for _, arg := range cfg.App.Command[1:] {
+		if strings.HasPrefix(arg, "--max-old-space-size") || strings.HasPrefix(arg, "--max_old_space_size") {
+			a.log.Warn().Str("arg", arg).Msg("app.command sets the heap size itself; it wins over node.max_old_space_size")
+		}
+	}
+	if cfg.App.NPM != "npm" {
+		if name, args, ok := npmscript.Parse(cfg.App.Command); ok {
+			g.npmScript, g.npmArgs = name, args
+		}
+	}
+	env, warn := supervisor.BuildEnv(os.Environ(), g.heapMB, userEnv(cfg.App.User), cfg.App.EnvFileVars, envPairs(cfg.App.Env))
+	if warn != "" {
+		a.log.Warn().Msg(warn)
+	}
+	g.sup = supervisor.Config{
+		Name:       cfg.Name,
+		Command:    cfg.App.Command,
+		Dir:        cfg.App.Dir,
+		Env:        env,
+		Credential: cfg.App.Credential,
+		Policy: supervisor.Policy{
+			Mode:        cfg.Restart.Policy,
+			Delay:       cfg.Restart.Delay.D(),
+			MaxDelay:    cfg.Restart.MaxDelay.D(),
+			ResetAfter:  cfg.Restart.ResetAfter.D(),
+			MaxRestarts: cfg.Restart.MaxRestarts,
+			Window:      cfg.Restart.Window.D(),
+		},
+		StopSignal:      cfg.Stop.Signal.Sys(),
+		StopTimeout:     cfg.Stop.Timeout.D(),
+		ExitOnExhausted: cfg.Restart.OnExhausted == "exit",
+	}
+	if cfg.ProxyEnabled() {
+		if p, ok := g.appPort(); ok && p != portOf(cfg.Proxy.Upstream) {
+			a.log.Warn().Str("PORT", p).Str("upstream", cfg.Proxy.Upstream).Msg("app.env sets PORT to another port than proxy.upstream: the proxy forwards to proxy.upstream")
+		}
+	}
+	return g
+}
+
+// appPort returns the PORT that app.env or app.env_file sets, if any.
+func (g *generation) appPort() (string, bool) {
+	port, ok := "", false
+	for _, kv := range append(slices.Clone(g.cfg.App.EnvFileVars), envPairs(g.cfg.App.Env)...) {
+		if v, found := strings.CutPrefix(kv, "PORT="); found {
+			port, ok = v, true
+		}
+	}
+	return port, ok
+}
+
+// supervisorConfig is the supervisor's config for a process of g given
+// upstream ("" without the proxy): PORT is set to its port unless the app's
+// own environment sets PORT.
+func (g *generation) supervisorConfig(upstream string) supervisor.Config {
+	sc := g.sup
+	sc.Tag = &launch{gen: g, upstream: upstream}
+	if upstream != "" {
+		if _, set := g.appPort(); !set {
+			sc.Env = append(slices.Clone(sc.Env), "PORT="+portOf(upstream))
+		}
+	}
+	return sc
+}
+
+// canOverlap reports whether a reload can run the new process beside the
+// old one: the proxy is on with a spare port, and the app takes its port
+// from PORT (app.env does not pin it).
+func (g *generation) canOverlap() bool {
+	_, pinned := g.appPort()
+	return g.cfg.ProxyEnabled() && g.cfg.Proxy.SpareUpstream != "" && !pinned
+}
+
+// prepare is the supervisor's Prepare: an npm script run without npm is
+// planned afresh at each start (a deploy may change package.json) and run
+// as npm would, pre<NAME> first.
+func prepare(sc supervisor.Config) (supervisor.Config, error) {
+	l := sc.Tag.(*launch)
+	if l.gen.npmScript == "" {
+		return sc, nil
+	}
+	plan, err := npmscript.Resolve(sc.Dir, l.gen.npmScript, l.gen.npmArgs, sc.Env, "")
+	if err != nil {
+		return sc, err
+	}
+	sc.Dir, sc.Env = plan.Dir, plan.Main.Env
+	sc.Command, sc.Path = plan.Main.Argv, plan.Main.Path
+	if plan.Pre != nil {
+		sc.Command, sc.Path = preThenExec(plan), "/bin/sh"
+	}
+	return sc, nil
+}
+
+// preThenExec returns the argv that runs plan's pre step to completion (its
+// failure is the start's failure, with its exit code) and then execs the
+// main step in the same process, so that no shell stays above the app:
+//
+//	sh -c '<pre's own variables> /bin/sh -c "$0" || exit; exec "$@"' PRE-LINE MAIN-ARGV...
+func preThenExec(plan *npmscript.Plan) []string {
+	var vars strings.Builder
+	for _, kv := range plan.Pre.Env {
+		if !slices.Contains(plan.Main.Env, kv) {
+			k, v, _ := strings.Cut(kv, "=")
+			vars.WriteString(k + "=" + shellQuote(v) + " ")
+		}
+	}
+	script := vars.String() + `/bin/sh -c "$0" || exit; exec "$@"`
+	main := append([]string{plan.Main.Path}, plan.Main.Argv[1:]...)
+	return append([]string{"/bin/sh", "-c", script, plan.Pre.Line}, main...)
+}
+
+// shellQuote quotes s for sh: single quotes, with ' written as '\”.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// PlanCommand says how app.command will run for `agent check`: the npm
+// script's plan when it runs without npm, else the command itself.
+func PlanCommand(cfg *Config) (string, error) {
+	if cfg.App.NPM == "npm" {
+		return strings.Join(cfg.App.Command, " ") + " (npm itself, app.npm = \"npm\")", nil
+	}
+	name, args, ok := npmscript.Parse(cfg.App.Command)
+	if !ok {
+		return strings.Join(cfg.App.Command, " "), nil
+	}
+	env, _ := supervisor.BuildEnv(os.Environ(), 0, userEnv(cfg.App.User), cfg.App.EnvFileVars, envPairs(cfg.App.Env))
+	plan, err := npmscript.Resolve(cfg.App.Dir, name, args, env, "")
+	if err != nil {
+		return "", err
+	}
+	return plan.String() + " (without npm)", nil
+}
+
+// portOf returns the port of a host:port address.
+func portOf(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return port
+}
+
+// probeURL returns the probe URL sent to the port a process was given:
+// the configured one with its host:port replaced, its path kept.
+func probeURL(raw, upstream string) string {
+	u, err := url.Parse(raw)
+	if err != nil || upstream == "" {
+		return raw
+	}
+	u.Host = upstream
+	return u.String()
+}
+
+// userEnv returns HOME, USER and LOGNAME for the app's user (a name or a
+// numeric uid), as systemd sets them for User=; nil for the agent's own.
+func userEnv(name string) []string {
+	if name == "" {
+		return nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return nil
+		}
+	}
+	return []string{"HOME=" + u.HomeDir, "USER=" + u.Username, "LOGNAME=" + u.Username}
+}
+
+// envPairs returns m as KEY=VALUE, sorted by key so the app's environment
+// is the same from one start to the next.
+func envPairs(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	slices.Sort(out)
+	return out
+}

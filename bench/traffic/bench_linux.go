@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -277,7 +278,12 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *pm2D
 			return
 		}
 		k := cellKey{app, side, action}
+		before := proxyFigures(ctx, t)
 		r := b.cell(ctx, t, spec, action)
+		if after := proxyFigures(ctx, t); after != nil && before != nil {
+			b.logf("run %d %s %s %s: the proxy counted %d requests, %d replayed, %d failed (its own 502/503/504)",
+				run, app, side, action, after.Requests-before.Requests, after.Replayed-before.Replayed, after.Failed-before.Failed)
+		}
 		b.res[k] = append(b.res[k], r)
 		if r.err != "" {
 			b.logf("run %d %s %s %s: %s", run, app, side, action, r.err)
@@ -287,6 +293,23 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *pm2D
 			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, r.want,
 			percentile(r.load.latencies, 0.99), percentile(r.load.latencies, 1), r.load.conns, errNote(r.errs))
 	}
+}
+
+// proxyFigures returns the agent's proxy counters, nil without a proxy.
+func proxyFigures(ctx context.Context, t target) *proxyStatus {
+	a, ok := t.(*agentTarget)
+	if !ok {
+		return nil
+	}
+	st, err := a.status(ctx)
+	if err != nil || len(st.Proxy) == 0 {
+		return nil
+	}
+	var p proxyStatus
+	if json.Unmarshal(st.Proxy, &p) != nil {
+		return nil
+	}
+	return &p
 }
 
 func errNote(errs []string) string {

@@ -192,6 +192,13 @@ type agentStatus struct {
 	Proxy json.RawMessage `json:"proxy"`
 }
 
+// proxyStatus is the proxy object of the agent's status.
+type proxyStatus struct {
+	Requests uint64 `json:"requests"`
+	Replayed uint64 `json:"replayed"`
+	Failed   uint64 `json:"failed"`
+}
+
 func (a *agentTarget) status(ctx context.Context) (agentStatus, error) {
 	var s agentStatus
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -289,8 +289,8 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *pm2D
 			b.logf("run %d %s %s %s: %s", run, app, side, action, r.err)
 			continue
 		}
-		b.logf("run %d %s %-5s %-7s: %d of %d failed [%s], %d/%d events, p99 %.1f ms, max %.0f ms, %d connections opened%s",
-			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, r.want,
+		b.logf("run %d %s %-5s %-7s: %d of %d failed [%s], %d/%d events (took %s), p99 %.1f ms, max %.0f ms, %d connections opened%s",
+			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, r.want, durList(r.took),
 			percentile(r.load.latencies, 0.99), percentile(r.load.latencies, 1), r.load.conns, errNote(r.errs))
 	}
 }
@@ -310,6 +310,14 @@ func proxyFigures(ctx context.Context, t target) *proxyStatus {
 		return nil
 	}
 	return &p
+}
+
+func durList(ds []time.Duration) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = fmt.Sprintf("%.2fs", d.Seconds())
+	}
+	return strings.Join(s, " ")
 }
 
 func errNote(errs []string) string {
@@ -342,7 +350,10 @@ func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string)
 		if err := sleepUntil(ctx, t0.Add(interval/2+time.Duration(i)*interval)); err != nil {
 			break
 		}
-		if err := b.event(ctx, t, action); err != nil {
+		at := time.Now()
+		err := b.event(ctx, t, action)
+		r.took = append(r.took, time.Since(at))
+		if err != nil {
 			// The first line says it (agentctl's usage text follows).
 			msg, _, _ := strings.Cut(err.Error(), "\n")
 			if !has(r.errs, msg) {

@@ -162,10 +162,11 @@ type cellKey struct{ app, side, action string }
 // cellRun is one run of a cell.
 type cellRun struct {
 	load   loadResult
-	want   int      // events asked for
-	events int      // events that took effect
-	errs   []string // why the others did not
-	err    string   // why the cell did not run at all
+	want   int             // events asked for
+	events int             // events that took effect
+	errs   []string        // why the others did not
+	took   []time.Duration // how long each event took, until a new process was seen
+	err    string          // why the cell did not run at all
 }
 
 // results holds every run of every cell.

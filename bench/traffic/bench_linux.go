@@ -1,0 +1,580 @@
+package main
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"agent/internal/procfs"
+	"agent/internal/testapp"
+)
+
+// The plain Node app (apps/plain/server.js).
+//
+//go:embed apps
+var apps embed.FS
+
+type bench struct {
+	c        config
+	log      io.Writer
+	work     string
+	agentBin string
+	pm2Bin   string
+	nextDir  string
+	res      results
+
+	mu      sync.Mutex
+	started []*agentTarget // every agent started, stopped at the end whatever happened
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.log, time.Now().Format("15:04:05 ")+format+"\n", args...)
+}
+
+// runBench runs every cell c.runs times and returns the results and a
+// description of the machine. Results come back even with an error.
+func runBench(ctx context.Context, c config, logw io.Writer) (results, string, error) {
+	work, err := os.MkdirTemp("", "bench-traffic-")
+	if err != nil {
+		return nil, "", err
+	}
+	b := &bench{c: c, log: logw, work: work, res: results{}}
+	defer func() {
+		b.stopAgents()
+		killUnder(work)
+		if c.keep {
+			b.logf("work directory kept: %s", work)
+		} else {
+			os.RemoveAll(work)
+		}
+	}()
+
+	b.agentBin = c.agentBin
+	if b.agentBin == "" && (has(c.sides, "proxy") || has(c.sides, "agent")) {
+		b.agentBin = filepath.Join(work, "agent")
+		b.logf("building the agent")
+		if err := buildAgent(ctx, b.agentBin); err != nil {
+			return nil, "", err
+		}
+	}
+	pm2Version := "-"
+	if has(c.sides, "pm2") {
+		pm2Dir := c.pm2Dir
+		if pm2Dir == "" {
+			pm2Dir = filepath.Join(work, "pm2")
+		}
+		b.logf("installing pm2@%s into %s", c.pm2Version, pm2Dir)
+		if b.pm2Bin, pm2Version, err = installPM2(ctx, pm2Dir, c.pm2Version); err != nil {
+			return nil, "", err
+		}
+	}
+	if has(c.apps, "next") {
+		b.logf("building or finding the Next.js app")
+		if b.nextDir, err = testapp.NextAppDir(ctx); err != nil {
+			return nil, "", err
+		}
+		b.logf("next app: %s", b.nextDir)
+	}
+	machine := b.machine(ctx, pm2Version)
+	b.logf("%s", strings.TrimSpace(machine))
+
+	for i := 1; i <= c.runs; i++ {
+		b.logf("run %d of %d", i, c.runs)
+		b.oneRun(ctx, i)
+		if ctx.Err() != nil {
+			return b.res, machine, ctx.Err()
+		}
+	}
+	return b.res, machine, nil
+}
+
+func has(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// buildAgent builds the agent from the module holding the current
+// directory, as `make build` does.
+func buildAgent(ctx context.Context, out string) error {
+	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, ".")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build agent: %w\n%s", err, b)
+	}
+	return nil
+}
+
+// machine describes the machine and the versions under test.
+func (b *bench) machine(ctx context.Context, pm2Version string) string {
+	out := func(name string, args ...string) string {
+		if name == "" {
+			return "-"
+		}
+		o, err := exec.CommandContext(ctx, name, args...).Output()
+		if err != nil {
+			return "?"
+		}
+		return strings.TrimSpace(string(o))
+	}
+	field := func(path, key string) string {
+		data, _ := os.ReadFile(path)
+		for line := range strings.Lines(string(data)) {
+			if v, ok := strings.CutPrefix(line, key); ok {
+				return strings.Trim(strings.TrimSpace(strings.TrimLeft(v, " \t:=")), `"`)
+			}
+		}
+		return "?"
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	var s strings.Builder
+	fmt.Fprintf(&s, "Machine: %s, %d cores (%s), kernel %s\n",
+		field("/etc/os-release", "PRETTY_NAME"), runtime.NumCPU(), field("/proc/cpuinfo", "model name"),
+		strings.TrimSpace(string(kernel)))
+	fmt.Fprintf(&s, "Node %s, PM2 %s, Next.js %s, %s\n", out("node", "--version"), pm2Version, testapp.NextVersion, out(b.agentBin, "version"))
+	fmt.Fprintf(&s, "Load: %d req/s (next start: %d) over keep-alive connections, %d events per cell over %s, request timeout %s\n",
+		b.c.rate, b.c.nextRate, b.c.k, b.c.window, b.c.timeout)
+	return s.String()
+}
+
+// oneRun runs every cell once: for each app and supervisor, one start, then
+// the cells of the actions one after the other.
+func (b *bench) oneRun(ctx context.Context, i int) {
+	rd := filepath.Join(b.work, fmt.Sprintf("run%d", i))
+	if err := writeApps(rd); err != nil {
+		b.logf("run %d: %v", i, err)
+		return
+	}
+	d := &pm2Daemon{bin: b.pm2Bin, home: filepath.Join(rd, "pm2home")}
+	defer func() {
+		if b.pm2Bin != "" {
+			if err := d.kill(context.WithoutCancel(ctx)); err != nil {
+				b.logf("pm2 kill: %v", err)
+			}
+		}
+		b.stopAgents()
+		killUnder(rd)
+	}()
+	for _, app := range b.c.apps {
+		spec := b.spec(app, rd)
+		for _, side := range b.c.sides {
+			if ctx.Err() != nil {
+				return
+			}
+			b.supervisorCells(ctx, i, rd, d, spec, app, side)
+		}
+	}
+}
+
+// spec describes app for every side.
+func (b *bench) spec(app, rd string) appSpec {
+	env := map[string]string{"NEXT_TELEMETRY_DISABLED": "1"}
+	if app == "next" {
+		// PM2 runs the next binary itself (the usual advice; `pm2 start npm
+		// -- start` cannot reload). The agent runs `npm start`, which it
+		// executes without npm: `next start` exec'd directly.
+		return appSpec{
+			name:     "next",
+			dir:      b.nextDir,
+			agentCmd: []string{"npm", "start", "--", "-H", "127.0.0.1"},
+			pm2: pm2App{script: filepath.Join(b.nextDir, "node_modules", "next", "dist", "bin", "next"),
+				args: []string{"start", "-H", "127.0.0.1"}},
+			env:   env,
+			paths: []string{"/"},
+			rate:  b.c.nextRate,
+		}
+	}
+	paths := []string{"/"}
+	if b.c.slowEvery > 0 {
+		paths = make([]string, b.c.slowEvery)
+		for i := range paths {
+			paths[i] = "/"
+		}
+		paths[len(paths)-1] = "/slow"
+	}
+	return appSpec{
+		name:     "plain",
+		dir:      filepath.Join(rd, "plain"),
+		agentCmd: []string{"node", "server.js"},
+		pm2:      pm2App{script: filepath.Join(rd, "plain", "server.js")},
+		env:      env,
+		paths:    paths,
+		rate:     b.c.rate,
+	}
+}
+
+// supervisorCells starts app under one supervisor and runs the cells of
+// every action on it.
+func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *pm2Daemon, spec appSpec, app, side string) {
+	fail := func(err error) {
+		b.logf("run %d %s %s: %v", run, app, side, err)
+		for _, action := range b.c.actions {
+			k := cellKey{app, side, action}
+			b.res[k] = append(b.res[k], cellRun{err: err.Error()})
+		}
+	}
+	ports, err := freePorts(5)
+	if err != nil {
+		fail(err)
+		return
+	}
+	var t target
+	switch side {
+	case "proxy", "agent":
+		dir := filepath.Join(rd, side+"-"+app)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			fail(err)
+			return
+		}
+		p := agentPorts{health: ports[0], app: ports[1], listen: ports[2], up: ports[3], spare: ports[4]}
+		a, err := startAgent(ctx, b.agentBin, dir, spec, side == "proxy", p)
+		if err != nil {
+			fail(err)
+			return
+		}
+		b.mu.Lock()
+		b.started = append(b.started, a)
+		b.mu.Unlock()
+		t = a
+	case "pm2":
+		p, err := startPM2(ctx, d, rd, spec, ports[1])
+		if err != nil {
+			fail(err)
+			return
+		}
+		t = p
+	}
+	defer func() {
+		if err := t.Close(context.WithoutCancel(ctx)); err != nil {
+			b.logf("%s %s: stop: %v", app, side, err)
+		}
+	}()
+	for _, action := range b.c.actions {
+		if ctx.Err() != nil {
+			return
+		}
+		k := cellKey{app, side, action}
+		before := proxyFigures(ctx, t)
+		r := b.cell(ctx, t, spec, action)
+		if after := proxyFigures(ctx, t); after != nil && before != nil {
+			b.logf("run %d %s %s %s: the proxy counted %d requests, %d replayed, %d failed (its own 502/503/504)",
+				run, app, side, action, after.Requests-before.Requests, after.Replayed-before.Replayed, after.Failed-before.Failed)
+		}
+		b.res[k] = append(b.res[k], r)
+		if r.err != "" {
+			b.logf("run %d %s %s %s: %s", run, app, side, action, r.err)
+			continue
+		}
+		b.logf("run %d %s %-5s %-7s: %d of %d failed [%s], %d/%d events (took %s), p99 %.1f ms, max %.0f ms, %d connections opened%s",
+			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, r.want, durList(r.took),
+			percentile(r.load.latencies, 0.99), percentile(r.load.latencies, 1), r.load.conns, errNote(r.errs))
+	}
+}
+
+// proxyFigures returns the agent's proxy counters, nil without a proxy.
+func proxyFigures(ctx context.Context, t target) *proxyStatus {
+	a, ok := t.(*agentTarget)
+	if !ok {
+		return nil
+	}
+	st, err := a.status(ctx)
+	if err != nil || len(st.Proxy) == 0 {
+		return nil
+	}
+	var p proxyStatus
+	if json.Unmarshal(st.Proxy, &p) != nil {
+		return nil
+	}
+	return &p
+}
+
+func durList(ds []time.Duration) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = fmt.Sprintf("%.2fs", d.Seconds())
+	}
+	return strings.Join(s, " ")
+}
+
+func errNote(errs []string) string {
+	if len(errs) == 0 {
+		return ""
+	}
+	return "; event errors: " + strings.Join(errs, "; ")
+}
+
+// cell runs the load for the window and the k events spread over it, the
+// i-th at (i+½)·window/k.
+func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string) cellRun {
+	if err := waitServing(ctx, t.Addr(), 60*time.Second); err != nil {
+		return cellRun{err: fmt.Sprintf("not serving before the load: %v", err)}
+	}
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	g := newLoadGen(loadConfig{addr: t.Addr(), paths: spec.paths, rate: spec.rate, timeout: b.c.timeout})
+	resc := make(chan loadResult, 1)
+	go func() { resc <- g.run(lctx) }()
+
+	r := cellRun{want: b.c.k}
+	if action == "none" {
+		r.want = 0
+	}
+	t0 := time.Now()
+	interval := b.c.window / time.Duration(b.c.k)
+	lastDone := t0
+	for i := range r.want {
+		if err := sleepUntil(ctx, t0.Add(interval/2+time.Duration(i)*interval)); err != nil {
+			break
+		}
+		at := time.Now()
+		err := b.event(ctx, t, action)
+		r.took = append(r.took, time.Since(at))
+		if err != nil {
+			// The first line says it (agentctl's usage text follows).
+			msg, _, _ := strings.Cut(err.Error(), "\n")
+			if !has(r.errs, msg) {
+				r.errs = append(r.errs, msg)
+			}
+		} else {
+			r.events++
+		}
+		lastDone = time.Now()
+	}
+	end := t0.Add(b.c.window)
+	if e := lastDone.Add(b.c.tail); e.After(end) {
+		end = e
+	}
+	sleepUntil(ctx, end)
+	stop()
+	r.load = <-resc
+	if ctx.Err() != nil {
+		r.err = "interrupted"
+	}
+	return r
+}
+
+// event kills, restarts or reloads the app once and checks that it took
+// effect: the supervisor reports a new app process.
+func (b *bench) event(ctx context.Context, t target, action string) error {
+	old, err := t.AppPID(ctx)
+	if err != nil || old == 0 {
+		return fmt.Errorf("%s: no app process before: %v", action, err)
+	}
+	switch action {
+	case "kill":
+		err = killTree(old)
+	case "restart":
+		err = t.Restart(ctx)
+	case "reload":
+		err = t.Reload(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	// A new process: at once after restart and reload, which return once
+	// it runs; after a kill, once the supervisor has started it.
+	return poll(ctx, 30*time.Second, 10*time.Millisecond, func() (bool, error) {
+		pid, err := t.AppPID(ctx)
+		return err == nil && pid != 0 && pid != old, nil
+	})
+}
+
+// killTree SIGKILLs pid and all its descendants, through pidfds (a reused
+// pid is never hit), as the kernel's OOM killer or a crash would end them.
+func killTree(pid int) error {
+	p, err := procfs.Stat(pid)
+	if err != nil {
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	h, err := procfs.Open(p)
+	if err != nil {
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	hs, err := procfs.OpenDescendants(pid)
+	hs = append(hs, h)
+	defer procfs.CloseAll(hs)
+	if err != nil {
+		return fmt.Errorf("kill %d: %w", pid, err)
+	}
+	for _, h := range hs {
+		if err := h.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("kill: %w", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if left, err := procfs.Wait(ctx, hs...); len(left) > 0 {
+		return fmt.Errorf("kill %d: %d processes still there: %v", pid, len(left), err)
+	}
+	return nil
+}
+
+// stopAgents stops every agent still running, then SIGKILLs whatever is
+// left of its app's tree (the agent is its app's child subreaper, so the
+// whole tree is below it).
+func (b *bench) stopAgents() {
+	b.mu.Lock()
+	started := b.started
+	b.started = nil
+	b.mu.Unlock()
+	for _, a := range started {
+		select {
+		case <-a.done:
+			continue
+		default:
+		}
+		hs, _ := procfs.OpenDescendants(a.cmd.Process.Pid)
+		if err := a.Close(context.Background()); err != nil {
+			b.logf("agent: %v", err)
+		}
+		for _, h := range hs {
+			h.Signal(syscall.SIGKILL)
+		}
+		procfs.CloseAll(hs)
+	}
+}
+
+// waitServing waits until GET / through addr answers 200.
+func waitServing(ctx context.Context, addr string, timeout time.Duration) error {
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	var last error
+	err := poll(ctx, timeout, 50*time.Millisecond, func() (bool, error) {
+		resp, err := c.Get("http://" + addr + "/")
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		last = fmt.Errorf("%s", resp.Status)
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w (last: %v)", err, last)
+	}
+	return nil
+}
+
+// writeApps writes the embedded Node apps into dir.
+func writeApps(dir string) error {
+	return fs.WalkDir(apps, "apps", func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(dir, strings.TrimPrefix(path, "apps"))
+		if e.IsDir() {
+			return os.MkdirAll(dst, 0o755)
+		}
+		data, err := apps.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, data, 0o644)
+	})
+}
+
+// killUnder SIGKILLs every process working under dir (the plain apps this
+// benchmark started, should any be left) and returns how many it found.
+func killUnder(dir string) int {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return 0
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	n := 0
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			n++
+		}
+	}
+	return n
+}
+
+// freePorts returns n distinct free loopback ports.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var out []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	return out, nil
+}
+
+var errTimeout = errors.New("timed out")
+
+// poll calls cond every interval until it reports true or fails, or
+// timeout passes (errTimeout).
+func poll(ctx context.Context, timeout, interval time.Duration, cond func() (bool, error)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, err := cond()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w after %s", errTimeout, timeout)
+		}
+		if err := sleepUntil(ctx, time.Now().Add(interval)); err != nil {
+			return err
+		}
+	}
+}
+
+func sleepUntil(ctx context.Context, t time.Time) error {
+	d := time.Until(t)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-tm.C:
+		return nil
+	}
+}

@@ -19,9 +19,15 @@ const (
 	ReasonStartTimeout = "start-timeout"
 )
 
-// startupProbeInterval is how often the app is probed until it is first
-// ready, so readiness is seen within a quarter second of the app listening.
-const startupProbeInterval = 250 * time.Millisecond
+// Until the app is first ready it is probed after firstStartupProbe, then
+// at twice the wait each time up to startupProbeInterval: a quick app (Node
+// listens some 80 ms after exec) is seen ready within a few milliseconds,
+// which is how long the traffic front holds requests across a restart, and
+// a slow one is probed four times a second.
+const (
+	firstStartupProbe    = 10 * time.Millisecond
+	startupProbeInterval = 250 * time.Millisecond
+)
 
 // Defaults for a ProbeSpec whose fields are zero.
 const (
@@ -83,8 +89,10 @@ func awaitReady(ctx context.Context, clk clock.Clock, spec ProbeSpec, check prob
 		deadline = t.C()
 	}
 	var lastErr error
+	next := firstStartupProbe
 	for {
-		wait := clk.NewTimer(startupProbeInterval)
+		wait := clk.NewTimer(next)
+		next = min(2*next, startupProbeInterval)
 		select {
 		case <-ctx.Done():
 			wait.Stop()

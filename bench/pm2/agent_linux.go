@@ -2,18 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"agent/bench/internal/benchkit"
 )
 
 // supervisor is one side of the comparison, supervising one app.
@@ -41,11 +35,7 @@ type appSpec struct {
 
 // agentSide is a running `agent run` supervising one app.
 type agentSide struct {
-	bin    string
-	socket string
-	cmd    *exec.Cmd
-	done   chan struct{}
-	client *http.Client
+	*benchkit.Agent
 }
 
 // startAgent writes the config of spec into dir and starts the agent on it,
@@ -81,134 +71,20 @@ socket = %q
 
 [log]
 level = "warn"
-`, spec.name, tomlList(spec.command), spec.dir, strings.Join(env, ", "), spec.maxRSS, healthAddr, socket)
-	path := filepath.Join(dir, "agent.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	logf, err := os.Create(filepath.Join(dir, "agent.log"))
+`, spec.name, benchkit.TOMLList(spec.command), spec.dir, strings.Join(env, ", "), spec.maxRSS, healthAddr, socket)
+	a, err := benchkit.StartAgent(ctx, bin, dir, socket, cfg)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "run", "--config", path)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start agent: %w", err)
-	}
-	a := &agentSide{
-		bin:    bin,
-		socket: socket,
-		cmd:    cmd,
-		done:   make(chan struct{}),
-		client: &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", socket)
-			},
-		}},
-	}
-	go func() {
-		cmd.Wait()
-		logf.Close()
-		close(a.done)
-	}()
-	err = poll(ctx, 20*time.Second, 10*time.Millisecond, func() (bool, error) {
-		select {
-		case <-a.done:
-			return false, fmt.Errorf("agent exited: %s (log %s)", cmd.ProcessState, logf.Name())
-		default:
-		}
-		_, err := a.status(ctx)
-		return err == nil, nil
-	})
-	if err != nil {
-		a.Close(ctx)
-		return nil, fmt.Errorf("agent control socket: %w", err)
-	}
-	return a, nil
+	return &agentSide{a}, nil
 }
 
-func tomlList(s []string) string {
-	q := make([]string, len(s))
-	for i, v := range s {
-		q[i] = fmt.Sprintf("%q", v)
-	}
-	return "[" + strings.Join(q, ", ") + "]"
-}
-
-type agentStatus struct {
-	State string `json:"state"`
-	PID   *int   `json:"pid"`
-	Ready bool   `json:"ready"`
-}
-
-func (a *agentSide) get(ctx context.Context, path string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, b)
-	}
-	return b, nil
-}
-
-func (a *agentSide) status(ctx context.Context) (agentStatus, error) {
-	var s agentStatus
-	b, err := a.get(ctx, "/v1/status")
-	if err != nil {
-		return s, err
-	}
-	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("status: %w", err)
-	}
-	return s, nil
-}
-
-func (a *agentSide) PID() int { return a.cmd.Process.Pid }
-
-func (a *agentSide) AppPID(ctx context.Context) (int, error) {
-	s, err := a.status(ctx)
-	if err != nil || s.PID == nil {
-		return 0, err
-	}
-	return *s.PID, nil
-}
-
-func (a *agentSide) Restart(ctx context.Context) error {
-	out, err := exec.CommandContext(ctx, a.bin, "ctl", "--socket", a.socket, "restart").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("agentctl restart: %w: %s", err, out)
-	}
-	return nil
-}
+func (a *agentSide) Restart(ctx context.Context) error { return a.Ctl(ctx, "restart") }
 
 func (a *agentSide) Output(ctx context.Context) (string, error) {
-	b, err := a.get(ctx, "/v1/logs?n=1000")
+	b, err := a.Get(ctx, "/v1/logs?n=1000")
 	return string(b), err
 }
 
 // Close stops the agent (SIGTERM), which stops the app; SIGKILL after 20 s.
-func (a *agentSide) Close(ctx context.Context) error {
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(20 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.done
-		return errors.New("agent did not stop within 20s of SIGTERM")
-	}
-	return nil
-}
+func (a *agentSide) Close(context.Context) error { return a.Stop(20 * time.Second) }

@@ -6,21 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"math"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"agent/bench/internal/benchkit"
 )
 
 // apps are the Node apps both supervisors run: web (a page, a 200 ms CPU
@@ -57,7 +55,7 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 	}
 	b := &bench{c: c, log: logw, work: work, res: results{}}
 	defer func() {
-		killUnder(work)
+		benchkit.KillUnder(work)
 		if c.keep {
 			b.logf("work directory kept: %s", work)
 		} else {
@@ -69,7 +67,7 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 	if b.agentBin == "" {
 		b.agentBin = filepath.Join(work, "agent")
 		b.logf("building the agent")
-		if err := buildAgent(ctx, b.agentBin); err != nil {
+		if err := benchkit.BuildAgent(ctx, b.agentBin); err != nil {
 			return nil, "", err
 		}
 	}
@@ -78,7 +76,7 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 		pm2Dir = filepath.Join(work, "pm2")
 	}
 	b.logf("installing pm2@%s into %s", c.pm2Version, pm2Dir)
-	bin, pm2Version, err := installPM2(ctx, pm2Dir, c.pm2Version)
+	bin, pm2Version, err := benchkit.InstallPM2(ctx, pm2Dir, c.pm2Version)
 	if err != nil {
 		return nil, "", err
 	}
@@ -104,49 +102,10 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 	return b.res, machine, nil
 }
 
-// buildAgent builds the agent from the module holding the current directory,
-// as `make build` does.
-func buildAgent(ctx context.Context, out string) error {
-	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, ".")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build agent: %w\n%s", err, b)
-	}
-	return nil
-}
-
 // machine describes the machine and the versions under test.
 func (b *bench) machine(ctx context.Context, pm2Version string) string {
-	out := func(name string, args ...string) string {
-		o, err := exec.CommandContext(ctx, name, args...).Output()
-		if err != nil {
-			return "?"
-		}
-		return strings.TrimSpace(string(o))
-	}
-	field := func(path, key string) string {
-		data, _ := os.ReadFile(path)
-		for line := range strings.Lines(string(data)) {
-			if v, ok := strings.CutPrefix(line, key); ok {
-				return strings.Trim(strings.TrimSpace(strings.TrimLeft(v, " \t:=")), `"`)
-			}
-		}
-		return "?"
-	}
-	memKB, _ := strconv.ParseFloat(strings.TrimSuffix(field("/proc/meminfo", "MemTotal"), " kB"), 64)
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	var s strings.Builder
-	fmt.Fprintf(&s, "Machine: %s, %d cores (%s), %.1f GiB memory, kernel %s\n",
-		field("/etc/os-release", "PRETTY_NAME"), runtime.NumCPU(), field("/proc/cpuinfo", "model name"),
-		memKB/(1<<20), strings.TrimSpace(string(kernel)))
-	fmt.Fprintf(&s, "Node %s, PM2 %s, %s\n", out("node", "--version"), pm2Version, out(b.agentBin, "version"))
-	return s.String()
+	return benchkit.MachineLine(true) +
+		fmt.Sprintf("Node %s, PM2 %s, %s\n", benchkit.Version(ctx, "node", "--version"), pm2Version, benchkit.Version(ctx, b.agentBin, "version"))
 }
 
 // oneRun measures everything once: a fresh PM2 daemon and fresh agents.
@@ -159,12 +118,12 @@ func (b *bench) oneRun(ctx context.Context, i int) {
 			return
 		}
 	}
-	d := &pm2Daemon{bin: b.pm2Bin, home: filepath.Join(rd, "pm2home")}
+	d := &benchkit.PM2{Bin: b.pm2Bin, Home: filepath.Join(rd, "pm2home")}
 	defer func() {
-		if err := d.kill(context.WithoutCancel(ctx)); err != nil {
+		if err := d.Kill(context.WithoutCancel(ctx)); err != nil {
 			b.logf("pm2 kill: %v", err)
 		}
-		killUnder(rd)
+		benchkit.KillUnder(rd)
 	}()
 
 	b.webScenario(ctx, rd, dirs, d)
@@ -180,7 +139,7 @@ func (b *bench) oneRun(ctx context.Context, i int) {
 
 // start starts spec on one side: the agent (its own config and health
 // port) or the PM2 daemon.
-func (b *bench) start(ctx context.Context, s side, rd string, d *pm2Daemon, spec appSpec, healthAddr string) (supervisor, error) {
+func (b *bench) start(ctx context.Context, s side, rd string, d *benchkit.PM2, spec appSpec, healthAddr string) (supervisor, error) {
 	if s == sideAgent {
 		dir := filepath.Join(rd, "agent-"+spec.name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -199,8 +158,8 @@ func (b *bench) stop(s side, sup supervisor) {
 
 // webScenario: idle memory and CPU, crash to respawn, and the health page
 // under a saturated event loop, on the web app.
-func (b *bench) webScenario(ctx context.Context, rd string, dirs [2]string, d *pm2Daemon) {
-	ports, err := freePorts(3)
+func (b *bench) webScenario(ctx context.Context, rd string, dirs [2]string, d *benchkit.PM2) {
+	ports, err := benchkit.FreePorts(3)
 	if err != nil {
 		b.logf("ports: %v", err)
 		return
@@ -264,7 +223,7 @@ func (b *bench) webScenario(ctx context.Context, rd string, dirs [2]string, d *p
 // idle measures each supervisor's resident memory and CPU while its app is
 // idle, both sides over the same window.
 func (b *bench) idle(ctx context.Context, sups [2]supervisor) error {
-	if err := sleep(ctx, b.c.settle); err != nil {
+	if err := benchkit.Sleep(ctx, b.c.settle); err != nil {
 		return err
 	}
 	var cpu0 [2]time.Duration
@@ -281,7 +240,7 @@ func (b *bench) idle(ctx context.Context, sups [2]supervisor) error {
 		b.logf("%s: pid %d rss %.1f MB at start of idle window", side(s), sup.PID(), float64(rss)/mb)
 	}
 	t0 := time.Now()
-	if err := sleep(ctx, b.c.idle); err != nil {
+	if err := benchkit.Sleep(ctx, b.c.idle); err != nil {
 		return err
 	}
 	elapsed := time.Since(t0)
@@ -313,7 +272,7 @@ func (b *bench) crash(ctx context.Context, sup supervisor, port int) (pidMs, acc
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	for k := 0; k < b.c.kills; k++ {
 		var old int
-		err := poll(ctx, 30*time.Second, 10*time.Millisecond, func() (bool, error) {
+		err := benchkit.Poll(ctx, 30*time.Second, 10*time.Millisecond, func() (bool, error) {
 			pid, err := appChild(sup.PID())
 			old = pid
 			return pid != 0 && dialOK(addr), err
@@ -323,7 +282,7 @@ func (b *bench) crash(ctx context.Context, sup supervisor, port int) (pidMs, acc
 		}
 		// PM2 counts a restart within min_uptime (1 s) as unstable: stay
 		// clear of it, on both sides alike.
-		if err := sleep(ctx, 1500*time.Millisecond); err != nil {
+		if err := benchkit.Sleep(ctx, 1500*time.Millisecond); err != nil {
 			return pidMs, accMs, err
 		}
 		w, err := newChildWatch(sup.PID())
@@ -405,7 +364,7 @@ func (b *bench) health(ctx context.Context, s side, port int, url string) error 
 		cancel()
 		finish()
 	}()
-	if err := sleep(ctx, time.Second); err != nil {
+	if err := benchkit.Sleep(ctx, time.Second); err != nil {
 		return err
 	}
 	r := fixedRate(ctx, url, b.c.rate, b.c.load, b.c.reqTimeout)
@@ -422,7 +381,7 @@ func (b *bench) health(ctx context.Context, s side, port int, url string) error 
 		s, url, s50, s99, slices.Max(r.latencies), r.failures, len(r.latencies), r.errs, n,
 		float64(n)/(b.c.load+time.Second).Seconds())
 	// Let the app work off its queue before the next measurement.
-	return poll(ctx, 60*time.Second, 100*time.Millisecond, func() (bool, error) {
+	return benchkit.Poll(ctx, 60*time.Second, 100*time.Millisecond, func() (bool, error) {
 		c := http.Client{Timeout: time.Second}
 		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
 		if err != nil {
@@ -434,8 +393,8 @@ func (b *bench) health(ctx context.Context, s side, port int, url string) error 
 }
 
 // growScenario: the memory limit, agent then PM2, on the grow app.
-func (b *bench) growScenario(ctx context.Context, rd string, dirs [2]string, d *pm2Daemon) {
-	ports, err := freePorts(1)
+func (b *bench) growScenario(ctx context.Context, rd string, dirs [2]string, d *benchkit.PM2) {
+	ports, err := benchkit.FreePorts(1)
 	if err != nil {
 		b.logf("ports: %v", err)
 		return
@@ -470,7 +429,7 @@ func (b *bench) growScenario(ctx context.Context, rd string, dirs [2]string, d *
 // wait).
 func (b *bench) memLimit(ctx context.Context, s side, sup supervisor, wait time.Duration) (float64, error) {
 	var app int
-	err := poll(ctx, 30*time.Second, 10*time.Millisecond, func() (bool, error) {
+	err := benchkit.Poll(ctx, 30*time.Second, 10*time.Millisecond, func() (bool, error) {
 		pid, err := appChild(sup.PID())
 		app = pid
 		return pid != 0, err
@@ -484,7 +443,7 @@ func (b *bench) memLimit(ctx context.Context, s side, sup supervisor, wait time.
 	}
 	defer ew.close()
 	var cross time.Time
-	err = poll(ctx, 60*time.Second, 10*time.Millisecond, func() (bool, error) {
+	err = benchkit.Poll(ctx, 60*time.Second, 10*time.Millisecond, func() (bool, error) {
 		rss, err := vmRSS(app)
 		if err != nil {
 			return false, fmt.Errorf("app exited before crossing the limit: %w", err)
@@ -505,7 +464,7 @@ func (b *bench) memLimit(ctx context.Context, s side, sup supervisor, wait time.
 	// Restarted means both: the old process is gone (its memory freed) and
 	// a new one runs. PM2 starts the new one first, then stops the old.
 	var gone, started time.Time
-	err = poll(ctx, wait, 10*time.Millisecond, func() (bool, error) {
+	err = benchkit.Poll(ctx, wait, 10*time.Millisecond, func() (bool, error) {
 		if gone.IsZero() {
 			if ok, _ := ew.wait(0); ok {
 				gone = time.Now()
@@ -522,7 +481,7 @@ func (b *bench) memLimit(ctx context.Context, s side, sup supervisor, wait time.
 		}
 		return !gone.IsZero() && !started.IsZero(), nil
 	})
-	if errors.Is(err, errTimeout) {
+	if errors.Is(err, benchkit.ErrTimeout) {
 		b.logf("%s: crossed %d MB, not restarted within %s", s, memLimitMB, wait)
 		return math.Inf(1), nil
 	}
@@ -540,8 +499,8 @@ func (b *bench) memLimit(ctx context.Context, s side, sup supervisor, wait time.
 
 // forkerScenario: restarts of an `npm start` app with a forked worker, and
 // what each supervisor leaves behind.
-func (b *bench) forkerScenario(ctx context.Context, rd string, dirs [2]string, d *pm2Daemon) {
-	ports, err := freePorts(3)
+func (b *bench) forkerScenario(ctx context.Context, rd string, dirs [2]string, d *benchkit.PM2) {
+	ports, err := benchkit.FreePorts(3)
 	if err != nil {
 		b.logf("ports: %v", err)
 		return
@@ -571,7 +530,7 @@ func (b *bench) forkerScenario(ctx context.Context, rd string, dirs [2]string, d
 		b.stop(side(s), sup)
 		// Whatever is left belongs to no supervisor now; clear it so the
 		// other side starts clean.
-		if n := killUnder(dir); n > 0 {
+		if n := benchkit.KillUnder(dir); n > 0 {
 			b.logf("%s: killed %d leftover processes after stopping", side(s), n)
 		}
 	}
@@ -597,7 +556,7 @@ func (b *bench) orphans(ctx context.Context, s side, sup supervisor, port int, d
 			return t.tree(pid)[server], err
 		}
 	}
-	if err := poll(ctx, 30*time.Second, 50*time.Millisecond, up(0)); err != nil {
+	if err := benchkit.Poll(ctx, 30*time.Second, 50*time.Millisecond, up(0)); err != nil {
 		return 0, 0, fmt.Errorf("app not up: %w", err)
 	}
 	failed := 0
@@ -606,7 +565,7 @@ func (b *bench) orphans(ctx context.Context, s side, sup supervisor, port int, d
 		if err := sup.Restart(ctx); err != nil {
 			return 0, 0, err
 		}
-		if err := poll(ctx, 30*time.Second, 50*time.Millisecond, up(old)); err != nil {
+		if err := benchkit.Poll(ctx, 30*time.Second, 50*time.Millisecond, up(old)); err != nil {
 			if ctx.Err() != nil {
 				return 0, 0, err
 			}
@@ -616,7 +575,7 @@ func (b *bench) orphans(ctx context.Context, s side, sup supervisor, port int, d
 	}
 	// Processes of old trees on their way out get a moment to go.
 	var left []int
-	poll(ctx, 5*time.Second, 100*time.Millisecond, func() (bool, error) {
+	benchkit.Poll(ctx, 5*time.Second, 100*time.Millisecond, func() (bool, error) {
 		var err error
 		left, err = leftovers(ctx, sup, dir)
 		return len(left) == 0, err
@@ -667,23 +626,6 @@ func inDir(pid int, dir string) bool {
 	return err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/"))
 }
 
-// killUnder SIGKILLs every process working under dir (the apps this
-// benchmark started and any leftovers) and returns how many it found.
-func killUnder(dir string) int {
-	t, err := scanProcs()
-	if err != nil {
-		return 0
-	}
-	n := 0
-	for pid := range t {
-		if pid != os.Getpid() && inDir(pid, dir) {
-			syscall.Kill(pid, syscall.SIGKILL)
-			n++
-		}
-	}
-	return n
-}
-
 // getPID asks the forker app on port for its server's pid.
 func getPID(port int) (int, error) {
 	c := http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -700,42 +642,7 @@ func getPID(port int) (int, error) {
 }
 
 // writeApps writes the embedded Node apps into dir.
-func writeApps(dir string) error {
-	return fs.WalkDir(apps, "apps", func(path string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		dst := filepath.Join(dir, strings.TrimPrefix(path, "apps"))
-		if e.IsDir() {
-			return os.MkdirAll(dst, 0o755)
-		}
-		data, err := apps.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(dst, data, 0o644)
-	})
-}
-
-// freePorts returns n distinct free loopback ports.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var out []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
-}
+func writeApps(dir string) error { return benchkit.WriteTree(apps, "apps", dir) }
 
 func dialOK(addr string) bool {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -748,41 +655,7 @@ func dialOK(addr string) bool {
 
 func waitAccept(ctx context.Context, port int, timeout time.Duration) error {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	return poll(ctx, timeout, 20*time.Millisecond, func() (bool, error) { return dialOK(addr), nil })
-}
-
-var errTimeout = errors.New("timed out")
-
-// poll calls cond every interval until it reports true or fails, or
-// timeout passes (errTimeout).
-func poll(ctx context.Context, timeout, interval time.Duration, cond func() (bool, error)) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, err := cond()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%w after %s", errTimeout, timeout)
-		}
-		if err := sleep(ctx, interval); err != nil {
-			return err
-		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return benchkit.Poll(ctx, timeout, 20*time.Millisecond, func() (bool, error) { return dialOK(addr), nil })
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

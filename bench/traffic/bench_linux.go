@@ -7,19 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"agent/bench/internal/benchkit"
 	"agent/internal/procfs"
 	"agent/internal/testapp"
 )
@@ -56,7 +52,7 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 	b := &bench{c: c, log: logw, work: work, res: results{}}
 	defer func() {
 		b.stopAgents()
-		killUnder(work)
+		benchkit.KillUnder(work)
 		if c.keep {
 			b.logf("work directory kept: %s", work)
 		} else {
@@ -68,7 +64,7 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 	if b.agentBin == "" && (has(c.sides, "proxy") || has(c.sides, "agent")) {
 		b.agentBin = filepath.Join(work, "agent")
 		b.logf("building the agent")
-		if err := buildAgent(ctx, b.agentBin); err != nil {
+		if err := benchkit.BuildAgent(ctx, b.agentBin); err != nil {
 			return nil, "", err
 		}
 	}
@@ -79,7 +75,7 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 			pm2Dir = filepath.Join(work, "pm2")
 		}
 		b.logf("installing pm2@%s into %s", c.pm2Version, pm2Dir)
-		if b.pm2Bin, pm2Version, err = installPM2(ctx, pm2Dir, c.pm2Version); err != nil {
+		if b.pm2Bin, pm2Version, err = benchkit.InstallPM2(ctx, pm2Dir, c.pm2Version); err != nil {
 			return nil, "", err
 		}
 	}
@@ -112,50 +108,11 @@ func has(list []string, s string) bool {
 	return false
 }
 
-// buildAgent builds the agent from the module holding the current
-// directory, as `make build` does.
-func buildAgent(ctx context.Context, out string) error {
-	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, ".")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build agent: %w\n%s", err, b)
-	}
-	return nil
-}
-
 // machine describes the machine and the versions under test.
 func (b *bench) machine(ctx context.Context, pm2Version string) string {
-	out := func(name string, args ...string) string {
-		if name == "" {
-			return "-"
-		}
-		o, err := exec.CommandContext(ctx, name, args...).Output()
-		if err != nil {
-			return "?"
-		}
-		return strings.TrimSpace(string(o))
-	}
-	field := func(path, key string) string {
-		data, _ := os.ReadFile(path)
-		for line := range strings.Lines(string(data)) {
-			if v, ok := strings.CutPrefix(line, key); ok {
-				return strings.Trim(strings.TrimSpace(strings.TrimLeft(v, " \t:=")), `"`)
-			}
-		}
-		return "?"
-	}
-	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	var s strings.Builder
-	fmt.Fprintf(&s, "Machine: %s, %d cores (%s), kernel %s\n",
-		field("/etc/os-release", "PRETTY_NAME"), runtime.NumCPU(), field("/proc/cpuinfo", "model name"),
-		strings.TrimSpace(string(kernel)))
-	fmt.Fprintf(&s, "Node %s, PM2 %s, Next.js %s, %s\n", out("node", "--version"), pm2Version, testapp.NextVersion, out(b.agentBin, "version"))
+	s.WriteString(benchkit.MachineLine(false))
+	fmt.Fprintf(&s, "Node %s, PM2 %s, Next.js %s, %s\n", benchkit.Version(ctx, "node", "--version"), pm2Version, testapp.NextVersion, benchkit.Version(ctx, b.agentBin, "version"))
 	fmt.Fprintf(&s, "Load: %d req/s (next start: %d) over keep-alive connections, %d events per cell over %s, request timeout %s\n",
 		b.c.rate, b.c.nextRate, b.c.k, b.c.window, b.c.timeout)
 	return s.String()
@@ -169,15 +126,15 @@ func (b *bench) oneRun(ctx context.Context, i int) {
 		b.logf("run %d: %v", i, err)
 		return
 	}
-	d := &pm2Daemon{bin: b.pm2Bin, home: filepath.Join(rd, "pm2home")}
+	d := &benchkit.PM2{Bin: b.pm2Bin, Home: filepath.Join(rd, "pm2home")}
 	defer func() {
 		if b.pm2Bin != "" {
-			if err := d.kill(context.WithoutCancel(ctx)); err != nil {
+			if err := d.Kill(context.WithoutCancel(ctx)); err != nil {
 				b.logf("pm2 kill: %v", err)
 			}
 		}
 		b.stopAgents()
-		killUnder(rd)
+		benchkit.KillUnder(rd)
 	}()
 	for _, app := range b.c.apps {
 		spec := b.spec(app, rd)
@@ -229,7 +186,7 @@ func (b *bench) spec(app, rd string) appSpec {
 
 // supervisorCells starts app under one supervisor and runs the cells of
 // every action on it.
-func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *pm2Daemon, spec appSpec, app, side string) {
+func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *benchkit.PM2, spec appSpec, app, side string) {
 	fail := func(err error) {
 		b.logf("run %d %s %s: %v", run, app, side, err)
 		for _, action := range b.c.actions {
@@ -237,7 +194,7 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *pm2D
 			b.res[k] = append(b.res[k], cellRun{err: err.Error()})
 		}
 	}
-	ports, err := freePorts(5)
+	ports, err := benchkit.FreePorts(5)
 	if err != nil {
 		fail(err)
 		return
@@ -301,7 +258,7 @@ func proxyFigures(ctx context.Context, t target) *proxyStatus {
 	if !ok {
 		return nil
 	}
-	st, err := a.status(ctx)
+	st, err := a.Status(ctx)
 	if err != nil || len(st.Proxy) == 0 {
 		return nil
 	}
@@ -347,7 +304,7 @@ func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string)
 	interval := b.c.window / time.Duration(b.c.k)
 	lastDone := t0
 	for i := range r.want {
-		if err := sleepUntil(ctx, t0.Add(interval/2+time.Duration(i)*interval)); err != nil {
+		if err := benchkit.SleepUntil(ctx, t0.Add(interval/2+time.Duration(i)*interval)); err != nil {
 			break
 		}
 		at := time.Now()
@@ -368,7 +325,7 @@ func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string)
 	if e := lastDone.Add(b.c.tail); e.After(end) {
 		end = e
 	}
-	sleepUntil(ctx, end)
+	benchkit.SleepUntil(ctx, end)
 	stop()
 	r.load = <-resc
 	if ctx.Err() != nil {
@@ -397,7 +354,7 @@ func (b *bench) event(ctx context.Context, t target, action string) error {
 	}
 	// A new process: at once after restart and reload, which return once
 	// it runs; after a kill, once the supervisor has started it.
-	return poll(ctx, 30*time.Second, 10*time.Millisecond, func() (bool, error) {
+	return benchkit.Poll(ctx, 30*time.Second, 10*time.Millisecond, func() (bool, error) {
 		pid, err := t.AppPID(ctx)
 		return err == nil && pid != 0 && pid != old, nil
 	})
@@ -443,11 +400,11 @@ func (b *bench) stopAgents() {
 	b.mu.Unlock()
 	for _, a := range started {
 		select {
-		case <-a.done:
+		case <-a.Done():
 			continue
 		default:
 		}
-		hs, _ := procfs.OpenDescendants(a.cmd.Process.Pid)
+		hs, _ := procfs.OpenDescendants(a.PID())
 		if err := a.Close(context.Background()); err != nil {
 			b.logf("agent: %v", err)
 		}
@@ -462,7 +419,7 @@ func (b *bench) stopAgents() {
 func waitServing(ctx context.Context, addr string, timeout time.Duration) error {
 	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 	var last error
-	err := poll(ctx, timeout, 50*time.Millisecond, func() (bool, error) {
+	err := benchkit.Poll(ctx, timeout, 50*time.Millisecond, func() (bool, error) {
 		resp, err := c.Get("http://" + addr + "/")
 		if err != nil {
 			last = err
@@ -480,101 +437,4 @@ func waitServing(ctx context.Context, addr string, timeout time.Duration) error 
 }
 
 // writeApps writes the embedded Node apps into dir.
-func writeApps(dir string) error {
-	return fs.WalkDir(apps, "apps", func(path string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		dst := filepath.Join(dir, strings.TrimPrefix(path, "apps"))
-		if e.IsDir() {
-			return os.MkdirAll(dst, 0o755)
-		}
-		data, err := apps.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(dst, data, 0o644)
-	})
-}
-
-// killUnder SIGKILLs every process working under dir (the plain apps this
-// benchmark started, should any be left) and returns how many it found.
-func killUnder(dir string) int {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return 0
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	n := 0
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-		if err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) {
-			syscall.Kill(pid, syscall.SIGKILL)
-			n++
-		}
-	}
-	return n
-}
-
-// freePorts returns n distinct free loopback ports.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var out []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
-}
-
-var errTimeout = errors.New("timed out")
-
-// poll calls cond every interval until it reports true or fails, or
-// timeout passes (errTimeout).
-func poll(ctx context.Context, timeout, interval time.Duration, cond func() (bool, error)) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, err := cond()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%w after %s", errTimeout, timeout)
-		}
-		if err := sleepUntil(ctx, time.Now().Add(interval)); err != nil {
-			return err
-		}
-	}
-}
-
-func sleepUntil(ctx context.Context, t time.Time) error {
-	d := time.Until(t)
-	if d <= 0 {
-		return ctx.Err()
-	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-tm.C:
-		return nil
-	}
-}
+func writeApps(dir string) error { return benchkit.WriteTree(apps, "apps", dir) }

@@ -1,0 +1,195 @@
+package benchkit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Agent is a running `agent run` on a config of its own.
+type Agent struct {
+	bin    string
+	socket string
+	log    string
+	cmd    *exec.Cmd
+	done   chan struct{}
+	client *http.Client
+}
+
+// AgentStatus is the part of the agent's status the harnesses read.
+type AgentStatus struct {
+	State string          `json:"state"`
+	PID   *int            `json:"pid"`
+	Ready bool            `json:"ready"`
+	Proxy json.RawMessage `json:"proxy"`
+}
+
+// StartAgent writes config to dir/agent.toml and runs the agent bin on it,
+// its output going to dir/agent.log. config must set control.socket to
+// socket. It returns once the control socket answers (20 s at most).
+func StartAgent(ctx context.Context, bin, dir, socket, config string) (*Agent, error) {
+	path := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "agent.log"))
+	if err != nil {
+		return nil, fmt.Errorf("agent log: %w", err)
+	}
+	cmd := exec.Command(bin, "run", "--config", path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start agent: %w", err)
+	}
+	a := &Agent{
+		bin:    bin,
+		socket: socket,
+		log:    logf.Name(),
+		cmd:    cmd,
+		done:   make(chan struct{}),
+		client: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+		}},
+	}
+	go func() {
+		cmd.Wait()
+		logf.Close()
+		close(a.done)
+	}()
+	err = Poll(ctx, 20*time.Second, 10*time.Millisecond, func() (bool, error) {
+		select {
+		case <-a.done:
+			return false, fmt.Errorf("agent exited: %s: %s", cmd.ProcessState, TailFile(a.log))
+		default:
+		}
+		_, err := a.Status(ctx)
+		return err == nil, nil
+	})
+	if err != nil {
+		a.Stop(20 * time.Second)
+		return nil, fmt.Errorf("agent control socket: %w", err)
+	}
+	return a, nil
+}
+
+// PID is the agent's own process.
+func (a *Agent) PID() int { return a.cmd.Process.Pid }
+
+// Done is closed once the agent has exited.
+func (a *Agent) Done() <-chan struct{} { return a.done }
+
+// Log is the path of the agent's output.
+func (a *Agent) Log() string { return a.log }
+
+// Get sends GET path to the control API (5 s at most) and returns the body
+// of a 200 answer.
+func (a *Agent) Get(ctx context.Context, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", path, resp.Status, b)
+	}
+	return b, nil
+}
+
+// Status returns the agent's status.
+func (a *Agent) Status(ctx context.Context) (AgentStatus, error) {
+	var s AgentStatus
+	b, err := a.Get(ctx, "/v1/status")
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("status: %w", err)
+	}
+	return s, nil
+}
+
+// AppPID returns the app's main process as the agent reports it (0: none).
+func (a *Agent) AppPID(ctx context.Context) (int, error) {
+	s, err := a.Status(ctx)
+	if err != nil || s.PID == nil {
+		return 0, err
+	}
+	return *s.PID, nil
+}
+
+// Ctl runs `agent ctl VERB` on the agent's socket (60 s at most) and
+// returns once it does.
+func (a *Agent) Ctl(ctx context.Context, verb string) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, a.bin, "ctl", "--socket", a.socket, verb).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("agentctl %s: %w: %s", verb, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Stop stops the agent (SIGTERM), which stops the app; SIGKILL after
+// timeout.
+func (a *Agent) Stop(timeout time.Duration) error {
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-a.done:
+	case <-t.C:
+		a.cmd.Process.Kill()
+		<-a.done
+		return fmt.Errorf("agent did not stop within %s of SIGTERM", timeout)
+	}
+	return nil
+}
+
+// KillUnder SIGKILLs every process other than this one whose working
+// directory is dir or below it (the apps a harness started, should any be
+// left) and returns how many it found.
+func KillUnder(dir string) int {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return 0
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	n := 0
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+		if err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			n++
+		}
+	}
+	return n
+}

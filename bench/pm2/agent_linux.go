@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"agent/bench/internal/benchkit"
@@ -42,37 +40,14 @@ type agentSide struct {
 // health page on healthAddr. It returns once the control socket answers.
 // Like PM2 it has no probe: the app counts as ready after 1 s alive.
 func startAgent(ctx context.Context, bin, dir string, spec appSpec, healthAddr string) (*agentSide, error) {
-	socket := filepath.Join(dir, "agent.sock")
-	var env []string
-	for k, v := range spec.env {
-		env = append(env, fmt.Sprintf("%s = %q", k, v))
-	}
-	cfg := fmt.Sprintf(`name = %q
-
-[app]
-command = %s
-dir = %q
-env = { %s }
-
-[restart]
-delay = "0s"
-max_delay = "0s"
-max_restarts = 0
-
-[memory]
-max_rss = "%sMB"
-rss_grace = "1s"
-
-[health]
-listen = %q
-
-[control]
-socket = %q
-
-[log]
-level = "warn"
-`, spec.name, benchkit.TOMLList(spec.command), spec.dir, strings.Join(env, ", "), spec.maxRSS, healthAddr, socket)
-	a, err := benchkit.StartAgent(ctx, bin, dir, socket, cfg)
+	a, err := benchkit.StartAgent(ctx, bin, dir, benchkit.AgentConfig{
+		Name:    spec.name,
+		Command: spec.command,
+		Dir:     spec.dir,
+		Env:     spec.env,
+		Memory:  fmt.Sprintf("max_rss = \"%sMB\"\nrss_grace = \"1s\"\n", spec.maxRSS),
+		Health:  healthAddr,
+	})
 	if err != nil {
 		return nil, err
 	}

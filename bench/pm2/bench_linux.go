@@ -42,9 +42,7 @@ type bench struct {
 	res      results
 }
 
-func (b *bench) logf(format string, args ...any) {
-	fmt.Fprintf(b.log, time.Now().Format("15:04:05 ")+format+"\n", args...)
-}
+func (b *bench) logf(format string, args ...any) { benchkit.Logf(b.log, format, args...) }
 
 // runBench runs everything and returns the results and a description of
 // the machine. Results come back even with an error (partial runs).
@@ -54,33 +52,15 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 		return nil, "", err
 	}
 	b := &bench{c: c, log: logw, work: work, res: results{}}
-	defer func() {
-		benchkit.KillUnder(work)
-		if c.keep {
-			b.logf("work directory kept: %s", work)
-		} else {
-			os.RemoveAll(work)
-		}
-	}()
+	defer c.Finish(work, b.logf)
 
-	b.agentBin = c.agentBin
-	if b.agentBin == "" {
-		b.agentBin = filepath.Join(work, "agent")
-		b.logf("building the agent")
-		if err := benchkit.BuildAgent(ctx, b.agentBin); err != nil {
-			return nil, "", err
-		}
-	}
-	pm2Dir := c.pm2Dir
-	if pm2Dir == "" {
-		pm2Dir = filepath.Join(work, "pm2")
-	}
-	b.logf("installing pm2@%s into %s", c.pm2Version, pm2Dir)
-	bin, pm2Version, err := benchkit.InstallPM2(ctx, pm2Dir, c.pm2Version)
-	if err != nil {
+	if b.agentBin, err = c.Agent(ctx, work, b.logf); err != nil {
 		return nil, "", err
 	}
-	b.pm2Bin = bin
+	var pm2Version string
+	if b.pm2Bin, pm2Version, err = c.PM2(ctx, work, b.logf); err != nil {
+		return nil, "", err
+	}
 	machine := b.machine(ctx, pm2Version)
 	b.logf("%s", strings.TrimSpace(machine))
 

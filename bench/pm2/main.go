@@ -12,22 +12,13 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"os/signal"
 	"slices"
-	"syscall"
 	"time"
+
+	"agent/bench/internal/benchkit"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("bench", run) }
 
 // config holds the command-line flags.
 type config struct {
@@ -42,10 +33,7 @@ type config struct {
 	cpuConc    int
 	agentWait  time.Duration
 	pm2Wait    time.Duration
-	agentBin   string
-	pm2Version string
-	pm2Dir     string
-	keep       bool
+	benchkit.Flags
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -63,10 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.cpuConc, "cpu-clients", 16, "concurrent clients hammering the app's 200 ms /cpu endpoint")
 	fs.DurationVar(&c.agentWait, "agent-mem-wait", 15*time.Second, "how long to wait for the agent's memory-limit restart")
 	fs.DurationVar(&c.pm2Wait, "pm2-mem-wait", 45*time.Second, "how long to wait for PM2's memory-limit restart")
-	fs.StringVar(&c.agentBin, "agent", "", "agent binary (default: build it from this module)")
-	fs.StringVar(&c.pm2Version, "pm2", "7", "PM2 version to install from npm")
-	fs.StringVar(&c.pm2Dir, "pm2-dir", "", "reuse a PM2 install in this directory (default: a fresh one)")
-	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (configs, logs)")
+	c.Register(fs, "keep the work directory (configs, logs)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -38,9 +38,7 @@ type bench struct {
 	started []*agentTarget // every agent started, stopped at the end whatever happened
 }
 
-func (b *bench) logf(format string, args ...any) {
-	fmt.Fprintf(b.log, time.Now().Format("15:04:05 ")+format+"\n", args...)
-}
+func (b *bench) logf(format string, args ...any) { benchkit.Logf(b.log, format, args...) }
 
 // runBench runs every cell c.runs times and returns the results and a
 // description of the machine. Results come back even with an error.
@@ -52,30 +50,18 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 	b := &bench{c: c, log: logw, work: work, res: results{}}
 	defer func() {
 		b.stopAgents()
-		benchkit.KillUnder(work)
-		if c.keep {
-			b.logf("work directory kept: %s", work)
-		} else {
-			os.RemoveAll(work)
-		}
+		c.Finish(work, b.logf)
 	}()
 
-	b.agentBin = c.agentBin
-	if b.agentBin == "" && (has(c.sides, "proxy") || has(c.sides, "agent")) {
-		b.agentBin = filepath.Join(work, "agent")
-		b.logf("building the agent")
-		if err := benchkit.BuildAgent(ctx, b.agentBin); err != nil {
+	b.agentBin = c.AgentBin // for the banner even when no agent runs
+	if has(c.sides, "proxy") || has(c.sides, "agent") {
+		if b.agentBin, err = c.Agent(ctx, work, b.logf); err != nil {
 			return nil, "", err
 		}
 	}
 	pm2Version := "-"
 	if has(c.sides, "pm2") {
-		pm2Dir := c.pm2Dir
-		if pm2Dir == "" {
-			pm2Dir = filepath.Join(work, "pm2")
-		}
-		b.logf("installing pm2@%s into %s", c.pm2Version, pm2Dir)
-		if b.pm2Bin, pm2Version, err = benchkit.InstallPM2(ctx, pm2Dir, c.pm2Version); err != nil {
+		if b.pm2Bin, pm2Version, err = c.PM2(ctx, work, b.logf); err != nil {
 			return nil, "", err
 		}
 	}

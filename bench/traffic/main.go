@@ -15,23 +15,14 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"agent/bench/internal/benchkit"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "traffic:", err)
-		os.Exit(1)
-	}
-}
+func main() { benchkit.Main("traffic", run) }
 
 // The cells' coordinates.
 var (
@@ -62,21 +53,18 @@ var appLabel = map[string]string{
 
 // config holds the command-line flags.
 type config struct {
-	runs       int
-	k          int
-	rate       int
-	nextRate   int
-	window     time.Duration
-	tail       time.Duration
-	timeout    time.Duration
-	slowEvery  int
-	apps       []string
-	sides      []string
-	actions    []string
-	agentBin   string
-	pm2Version string
-	pm2Dir     string
-	keep       bool
+	runs      int
+	k         int
+	rate      int
+	nextRate  int
+	window    time.Duration
+	tail      time.Duration
+	timeout   time.Duration
+	slowEvery int
+	apps      []string
+	sides     []string
+	actions   []string
+	benchkit.Flags
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -95,10 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&apps, "apps", strings.Join(allApps, ","), "apps to run: node (plain), next (next start)")
 	fs.StringVar(&sides, "sides", strings.Join(allSides, ","), "supervisors: proxy (agent with [proxy]), agent (without), pm2")
 	fs.StringVar(&actions, "actions", strings.Join(allActions, ","), "events: kill (SIGKILL the app's tree), restart, reload; none = the load alone, for reference")
-	fs.StringVar(&c.agentBin, "agent", "", "agent binary (default: build it from this module)")
-	fs.StringVar(&c.pm2Version, "pm2", "7", "PM2 version to install from npm")
-	fs.StringVar(&c.pm2Dir, "pm2-dir", "", "reuse a PM2 install in this directory (default: a fresh one)")
-	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (configs, agent logs, PM2_HOME)")
+	c.Register(fs, "keep the work directory (configs, agent logs, PM2_HOME)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

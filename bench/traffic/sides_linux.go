@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"agent/bench/internal/benchkit"
@@ -64,7 +62,6 @@ type agentPorts struct {
 // no [probe]: with the proxy, ready = the upstream accepts; without, ready =
 // alive 1 s).
 func startAgent(ctx context.Context, bin, dir string, spec appSpec, proxy bool, p agentPorts) (*agentTarget, error) {
-	socket := filepath.Join(dir, "agent.sock")
 	env := map[string]string{}
 	for k, v := range spec.env {
 		env[k] = v
@@ -83,35 +80,15 @@ hold = "30s"
 	} else {
 		env["PORT"] = fmt.Sprint(p.app)
 	}
-	var envs []string
-	for k, v := range env {
-		envs = append(envs, fmt.Sprintf("%s = %q", k, v))
-	}
-	cfg := fmt.Sprintf(`name = %q
-
-[app]
-command = %s
-dir = %q
-env = { %s }
-
-[restart]
-delay = "0s"
-max_delay = "0s"
-max_restarts = 0
-
-[memory]
-watch_oom = false
-
-[health]
-listen = "127.0.0.1:%d"
-
-[control]
-socket = %q
-%s
-[log]
-level = "warn"
-`, spec.name, benchkit.TOMLList(spec.agentCmd), spec.dir, strings.Join(envs, ", "), p.health, socket, proxyCfg)
-	a, err := benchkit.StartAgent(ctx, bin, dir, socket, cfg)
+	a, err := benchkit.StartAgent(ctx, bin, dir, benchkit.AgentConfig{
+		Name:    spec.name,
+		Command: spec.agentCmd,
+		Dir:     spec.dir,
+		Env:     env,
+		Memory:  "watch_oom = false\n",
+		Health:  fmt.Sprintf("127.0.0.1:%d", p.health),
+		Extra:   proxyCfg,
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -34,12 +33,57 @@ type AgentStatus struct {
 	Proxy json.RawMessage `json:"proxy"`
 }
 
-// StartAgent writes config to dir/agent.toml and runs the agent bin on it,
-// its output going to dir/agent.log. config must set control.socket to
-// socket. It returns once the control socket answers (20 s at most).
-func StartAgent(ctx context.Context, bin, dir, socket, config string) (*Agent, error) {
+// AgentConfig is an agent config as the harnesses write it: restart
+// delays 0 and restarts unlimited (as PM2 is set), warnings only in the
+// log, everything else given here or the agent's default.
+type AgentConfig struct {
+	Name    string
+	Command []string // app.command
+	Dir     string   // app.dir
+	Env     map[string]string
+	Memory  string // the [memory] section's lines
+	Health  string // health.listen
+	Extra   string // more sections, each starting with an empty line
+}
+
+// TOML returns the config's text, control.socket set to socket.
+func (c AgentConfig) TOML(socket string) string {
+	var env []string
+	for k, v := range c.Env {
+		env = append(env, fmt.Sprintf("%s = %q", k, v))
+	}
+	return fmt.Sprintf(`name = %q
+
+[app]
+command = %s
+dir = %q
+env = { %s }
+
+[restart]
+delay = "0s"
+max_delay = "0s"
+max_restarts = 0
+
+[memory]
+%s
+[health]
+listen = %q
+
+[control]
+socket = %q
+%s
+[log]
+level = "warn"
+`, c.Name, TOMLList(c.Command), c.Dir, strings.Join(env, ", "), c.Memory, c.Health, socket, c.Extra)
+}
+
+// StartAgent writes cfg to dir/agent.toml, its control socket
+// dir/agent.sock, and runs the agent bin on it, its output going to
+// dir/agent.log. It returns once the control socket answers (20 s at most).
+func StartAgent(ctx context.Context, bin, dir string, cfg AgentConfig) (*Agent, error) {
+	socket := filepath.Join(dir, "agent.sock")
 	path := filepath.Join(dir, "agent.toml")
-	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(cfg.TOML(socket)), 0o644); err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
 	logf, err := os.Create(filepath.Join(dir, "agent.log"))
@@ -167,29 +211,4 @@ func (a *Agent) Stop(timeout time.Duration) error {
 		return fmt.Errorf("agent did not stop within %s of SIGTERM", timeout)
 	}
 	return nil
-}
-
-// KillUnder SIGKILLs every process other than this one whose working
-// directory is dir or below it (the apps a harness started, should any be
-// left) and returns how many it found.
-func KillUnder(dir string) int {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return 0
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	n := 0
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-		if err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) {
-			syscall.Kill(pid, syscall.SIGKILL)
-			n++
-		}
-	}
-	return n
 }

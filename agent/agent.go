@@ -249,6 +249,9 @@ func (a *Agent) shutdown(stopSup context.CancelFunc, supDone <-chan error) error
 		a.healthMu.Lock()
 		a.draining.Store(true)
 		a.health.Set("draining", false)
+		if a.proxy != nil {
+			a.proxy.Drain()
+		}
 		a.healthMu.Unlock()
 		a.log.Info().Dur("drain", d).Msg("draining: health answers 503 before the app stops")
 		t := a.clk.NewTimer(d)

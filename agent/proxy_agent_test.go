@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"agent/internal/clock"
 )
 
 // frontConfig is an agent config with the proxy in front of front.js.
@@ -218,4 +220,49 @@ func (r *running) waitFor2(cond func(Status) bool) Status {
 	var s Status
 	r.waitFor("the status", func() bool { s = r.a.Status(); return cond(s) })
 	return s
+}
+
+// TestProxyHealthDrainsOnShutdown: on shutdown, health.path on the traffic
+// port says 503 draining for stop.drain (of the agent's clock) while the
+// app still answers through the proxy.
+func TestProxyHealthDrainsOnShutdown(t *testing.T) {
+	node := needNode(t)
+	fk := clock.NewFake(time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC))
+	text, addr := frontConfig(t, node, "")
+	text = strings.Replace(text, "timeout = \"5s\"", "timeout = \"5s\"\ndrain = \"30s\"", 1)
+	r := startAgentWith(t, text, Options{Version: "test", Clock: fk})
+	base := "http://" + addr
+	r.waitFor("the app to be ready", func() bool {
+		fk.Advance(10 * time.Millisecond) // start-up probes run on the agent's clock
+		return r.a.Status().State == "running"
+	})
+	waitServed(t, r, base)
+	r.cancel()
+	r.waitFor("the traffic port's health to say draining", func() bool {
+		resp, err := http.Get(base + "/health.html")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == 503 && string(b) == "draining\n"
+	})
+	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("a request while draining: %d, want the app's 200", resp.StatusCode)
+	}
+	fk.Advance(30 * time.Second)
+	select {
+	case err := <-r.errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.errc <- nil // for the cleanup
+	case <-time.After(waitTime):
+		t.Fatal("the agent did not stop once stop.drain passed")
+	}
 }

@@ -40,6 +40,7 @@ var (
 	healthStale      = newReply(http.StatusServiceUnavailable, "restarting\n")
 	healthStarting   = newReply(http.StatusServiceUnavailable, "starting\n")
 	healthDown       = newReply(http.StatusServiceUnavailable, "down\n")
+	healthDraining   = newReply(http.StatusServiceUnavailable, "draining\n")
 	healthNotAllowed = func() *reply {
 		r := newReply(http.StatusMethodNotAllowed, "method not allowed\n")
 		r.allow = []string{"GET, HEAD"}
@@ -81,7 +82,9 @@ func writeReply(w http.ResponseWriter, r *reply, body bool) {
 
 // serveHealth answers health.path on the traffic port: 200 while the app
 // is ready, and while a restart is under way for less than Hold since the
-// app was last ready (requests are held, not refused); 503 otherwise.
+// app was last ready (requests are held, not refused); 503 otherwise, and
+// 503 "draining" from Drain on (the agent is shutting down: the load
+// balancer stops sending while requests are still served).
 func (p *Proxy) serveHealth(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		writeReply(w, healthNotAllowed, true)
@@ -91,6 +94,9 @@ func (p *Proxy) serveHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Proxy) health() *reply {
+	if p.draining.Load() {
+		return healthDraining
+	}
 	st := p.st.Load()
 	switch st.mode {
 	case modeReady:
@@ -106,3 +112,8 @@ func (p *Proxy) health() *reply {
 	}
 	return healthStale
 }
+
+// Drain makes the health page answer 503 "draining" from now on, while
+// requests are still forwarded: on shutdown, for stop.drain, so that the
+// load balancer takes the instance out before the app stops.
+func (p *Proxy) Drain() { p.draining.Store(true) }

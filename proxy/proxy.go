@@ -87,9 +87,10 @@ type Stats struct {
 // with Run, and steer it with Ready, NotReady, Down, Gate and Switch from
 // any goroutine.
 type Proxy struct {
-	cfg Config
-	log zerolog.Logger
-	clk clock.Clock
+	draining atomic.Bool // the health page says draining (shutdown)
+	cfg      Config
+	log      zerolog.Logger
+	clk      clock.Clock
 
 	st atomic.Pointer[state]
 	mu sync.Mutex // serialises state changes

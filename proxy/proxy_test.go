@@ -1005,3 +1005,22 @@ func TestGETReplayedPastADyingProcess(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestDrainHealthWhileServing: from Drain on, the traffic port's health page
+// says 503 draining while requests still reach the app.
+func TestDrainHealthWhileServing(t *testing.T) {
+	app := startNode(t)
+	p, url := startProxy(t, Config{HealthPath: "/health.html"}, clock.Real{})
+	p.Ready(app.addr)
+	c := newClient()
+	if code, body, _ := get(t, c, url+"/health.html"); code != 200 || body != "ready\n" {
+		t.Fatalf("health before the drain: %d %q", code, body)
+	}
+	p.Drain()
+	if code, body, _ := get(t, c, url+"/health.html"); code != 503 || body != "draining\n" {
+		t.Fatalf("health while draining: %d %q, want 503 draining", code, body)
+	}
+	if code, body, _ := get(t, c, url+"/"); code != 200 || body != "hello "+app.pid()+"\n" {
+		t.Fatalf("request while draining: %d %q, want the app's answer", code, body)
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,24 +123,13 @@ func done(dir string) bool {
 	return err == nil
 }
 
+// registryReachable asks npm itself (`npm ping`, its configured registry)
+// whether the registry answers.
 func registryReachable(ctx context.Context) error {
-	registry := os.Getenv("npm_config_registry")
-	if registry == "" {
-		registry = "https://registry.npmjs.org/"
-	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, strings.TrimSuffix(registry, "/")+"/next", nil)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrRegistryUnreachable, err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrRegistryUnreachable, err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode >= 500 {
-		return fmt.Errorf("%w: %s answered %s", ErrRegistryUnreachable, registry, resp.Status)
+	if out, err := exec.CommandContext(ctx, "npm", "ping").CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: npm ping: %v: %s", ErrRegistryUnreachable, err, tail(out))
 	}
 	return nil
 }

@@ -2,12 +2,10 @@ package probe
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -152,20 +150,11 @@ func (h *HealthServer) Listen() error {
 	if h.ln != nil {
 		return nil
 	}
-	ln, err := net.Listen("tcp", h.listen)
+	ln, err := connlimit.Listen(h.listen, h.maxConns)
 	if err != nil {
-		// "listen tcp :8081: bind: address already in use" says the
-		// address twice over; keep the cause, still errors.Is-comparable.
-		var se *os.SyscallError
-		var op *net.OpError
-		if errors.As(err, &se) {
-			err = se.Err
-		} else if errors.As(err, &op) && op.Err != nil {
-			err = op.Err
-		}
 		return fmt.Errorf("health: listen %s: %w", h.listen, err)
 	}
-	h.ln = connlimit.New(ln, h.maxConns)
+	h.ln = ln
 	return nil
 }
 

@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"net"
 	"net/http"
-	"os"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -140,21 +138,14 @@ func (p *Proxy) Listen() error {
 	if p.ln != nil {
 		return nil
 	}
-	ln, err := net.Listen("tcp", p.cfg.Listen)
+	ln, err := connlimit.Listen(p.cfg.Listen, p.cfg.MaxConns)
 	if err != nil {
-		var se *os.SyscallError
-		var op *net.OpError
-		if errors.As(err, &se) {
-			err = se.Err
-		} else if errors.As(err, &op) && op.Err != nil {
-			err = op.Err
-		}
 		return fmt.Errorf("proxy: listen %s: %w", p.cfg.Listen, err)
 	}
 	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
 		p.port = fmt.Sprint(ta.Port)
 	}
-	p.ln = connlimit.New(ln, p.cfg.MaxConns)
+	p.ln = ln
 	return nil
 }
 

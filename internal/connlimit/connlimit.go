@@ -35,8 +35,10 @@
 package connlimit
 
 import (
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 )
 
@@ -54,6 +56,25 @@ type Listener struct {
 	open  int   // connections counted
 	idle  queue // idle between requests, idle longest first
 	fresh queue // no request yet, oldest first
+}
+
+// Listen binds a TCP listener on addr capped at n connections. Its error
+// is the bare cause ("address already in use"), still comparable with
+// errors.Is: the caller names the address once, not the package's
+// "listen tcp ADDR: bind:" twice over.
+func Listen(addr string, n int) (*Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		var se *os.SyscallError
+		var op *net.OpError
+		if errors.As(err, &se) {
+			err = se.Err
+		} else if errors.As(err, &op) && op.Err != nil {
+			err = op.Err
+		}
+		return nil, err
+	}
+	return New(ln, n), nil
 }
 
 // New returns a Listener that accepts from ln and holds at most n

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"sync"
@@ -21,6 +22,12 @@ import (
 
 // Agent is one running agent: it supervises the configured app and answers
 // for it to the load balancer, systemd and agentctl.
+//
+// Who owns what: the supervisor's loop owns the processes and their state;
+// Run's goroutine owns the front (front.go: proxy routing, health pages,
+// sd_notify) and applies the supervisor's events to it; each process's
+// observers (watchChild) own what they observe of it (its launch's
+// observed); cfg and gen are replaced whole on SIGHUP.
 type Agent struct {
 	log        zerolog.Logger
 	version    string
@@ -31,40 +38,21 @@ type Agent struct {
 	cfg atomic.Pointer[Config]
 	gen atomic.Pointer[generation] // the latest; each process keeps its own (launch)
 
-	sup     *supervisor.Supervisor
-	proxy   *proxy.Proxy // nil when [proxy] is off
+	sup     *appSupervisor
+	events  chan appEvent
+	view    atomic.Pointer[view] // published by the front
+	proxy   *proxy.Proxy         // nil when [proxy] is off
 	metrics *metrics.Metrics
-	// routed is the process the proxy sends requests to (told by Ready or
-	// Switch); swapping is set while a reload moves the traffic.
-	routed   atomic.Int64
-	swapping atomic.Bool
-	health   *probe.HealthServer
-	notify   *Notifier
-	oom      *probe.OOMWatcher // nil when memory.watch_oom is off
+	health  *probe.HealthServer
+	notify  *Notifier
+	oom     *probe.OOMWatcher // nil when memory.watch_oom is off
 	// memcg is the agent's memory cgroup, which the app shares in a systemd
 	// unit: kernel OOM kills are the app's when the victim's task_memcg is
 	// in it (a worker too new for any tree sample included). The root
 	// cgroup (no unit) matches nothing, and then only PIDs count.
-	memcg probe.MemoryCgroup
-	// oomCountAtStart is the cgroup's oom_kill counter when the running
-	// app process started, -1 when the cgroup keeps none.
-	oomCountAtStart atomic.Int64
-	output          *supervisor.Ring
-
-	rss      atomic.Uint64         // the app tree's RSS, last sample
-	treePIDs atomic.Pointer[[]int] // the app tree, last sample
-	oomKills atomic.Int64          // kernel OOM kills of the app's processes
-	healthMu sync.Mutex            // orders draining against health updates
-	draining atomic.Bool           // health answers "draining" while set
-
-	stMu     sync.Mutex // guards the STATUS= line last sent
-	lastSt   string
-	lastStAt time.Time
-
-	readySent atomic.Bool // READY=1 was sent
-
-	changedMu sync.Mutex
-	changed   chan struct{} // closed and replaced on every state change
+	memcg    probe.MemoryCgroup
+	output   *supervisor.Ring
+	oomKills atomic.Int64 // kernel OOM kills of the app's processes
 }
 
 // ErrSocketInUse is returned by Run when another agent answers on the
@@ -98,7 +86,7 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		started:    clk.Now(),
 		notify:     NewNotifier(log),
 		output:     supervisor.NewRing(1000, 1<<20),
-		changed:    make(chan struct{}),
+		events:     make(chan appEvent, 64),
 	}
 	a.cfg.Store(cfg)
 	g := a.newGeneration(cfg)
@@ -112,7 +100,6 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 			a.memcg = m
 		}
 	}
-	a.oomCountAtStart.Store(-1)
 	a.metrics = metrics.New(a.metricsSnapshot)
 	if cfg.ProxyEnabled() {
 		a.proxy = proxy.New(proxy.Config{
@@ -126,18 +113,18 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 			log.Warn().Dur("idle_timeout", cfg.Proxy.IdleTimeout.D()).Msg("proxy.idle_timeout is below the ALB's 60 s idle timeout: the ALB may reuse a connection the agent is closing (502)")
 		}
 	}
-	a.sup = supervisor.New(g.supervisorConfig(g.upstream()), supervisor.Options{
-		Log:      log,
-		Clock:    a.clk,
-		Output:   a.output,
-		Prepare:  prepare,
-		Gate:     a.gate,
-		Watch:    a.watchChild,
-		Explain:  a.explainExit,
-		OnChange: a.onChange,
-		Tick:     a.notify.WatchdogInterval(),
-		OnTick:   a.notify.Watchdog,
+	a.sup = supervisor.New(g.supervisorConfig(g.upstream()), supervisor.Options[*launch]{
+		Log:     log,
+		Clock:   a.clk,
+		Output:  a.output,
+		Prepare: a.prepare,
+		Watch:   a.watchChild,
+		Explain: a.explainExit,
+		Events:  a.events,
+		Tick:    a.notify.WatchdogInterval(),
+		OnTick:  a.notify.Watchdog,
 	})
+	newFront(a) // a view to read before Run
 	return a
 }
 
@@ -160,32 +147,41 @@ func ResolveHeapMB(cfg *Config, log zerolog.Logger) int {
 // Run runs the agent until ctx is cancelled (SIGTERM, SIGINT) and reloads
 // the config on each receive from reload (SIGHUP). It returns nil after a
 // clean shutdown.
-func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
+func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 	cfg := a.cfg.Load()
 	// Orphans of the app (daemonized workers) are re-parented to the agent,
 	// so that a stop can still reach them.
 	if err := supervisor.BecomeSubreaper(); err != nil {
 		return err
 	}
+	// What is bound is closed again if the start fails further on.
+	var bound []io.Closer
+	defer func() {
+		if err != nil {
+			for _, c := range bound {
+				c.Close()
+			}
+		}
+	}()
 	// The control socket first: a second agent must stop (exit 2) on it
 	// before it binds anything else.
 	ctl, err := listenControl(cfg.Control.Socket, cfg.Control.GID)
 	if err != nil {
 		return err
 	}
+	bound = append(bound, ctl)
 	if err := a.health.Listen(); err != nil {
-		ctl.Close()
 		return err
 	}
+	bound = append(bound, closerFunc(a.health.Close))
 	if a.proxy != nil {
 		if err := a.proxy.Listen(); err != nil {
-			ctl.Close()
 			return err
 		}
+		bound = append(bound, closerFunc(a.proxy.Close))
 	}
 	metricsLn, err := a.listenMetrics(cfg)
 	if err != nil {
-		ctl.Close()
 		return err
 	}
 	ev := a.log.Info().Str("version", a.version).Str("config", cfg.Path).Int("heap_cap_mb", a.gen.Load().heapMB).
@@ -227,51 +223,64 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
 	supDone := make(chan error, 1)
 	go func() { supDone <- a.sup.Run(supCtx) }()
 
+	// This goroutine owns the front: every event of the supervisor is
+	// applied here, in order, until the supervisor returns.
+	f := newFront(a)
+	refresh := a.clk.NewTicker(statusRefresh)
+	defer refresh.Stop()
+	done := ctx.Done()
+	var drained <-chan time.Time
 	for {
 		select {
-		case err := <-supDone: // on_exhausted = "exit"
-			a.notify.Stopping()
+		case ev := <-a.events:
+			f.handle(ev)
+		case <-refresh.C():
+			f.sendStatus()
+		case err := <-supDone:
+			for len(a.events) > 0 {
+				f.handle(<-a.events)
+			}
+			if ctx.Err() == nil { // on_exhausted = "exit"
+				a.notify.Stopping()
+			}
+			a.log.Info().Msg("agent stopped")
 			return err
 		case <-reload:
-			a.reload()
-		case <-ctx.Done():
-			return a.shutdown(stopSup, supDone)
+			a.reload(f)
+		case <-done:
+			done = nil
+			a.notify.Stopping()
+			a.notify.Status("stopping")
+			d := a.cfg.Load().Stop.Drain.D()
+			if d <= 0 {
+				stopSup()
+				continue
+			}
+			f.drain()
+			a.log.Info().Dur("drain", d).Msg("draining: health answers 503 before the app stops")
+			t := a.clk.NewTimer(d)
+			defer t.Stop()
+			drained = t.C()
+		case <-drained:
+			drained = nil
+			stopSup()
 		}
 	}
 }
 
-// shutdown drains the health check, stops the app and waits for it.
-func (a *Agent) shutdown(stopSup context.CancelFunc, supDone <-chan error) error {
-	cfg := a.cfg.Load()
-	a.notify.Stopping()
-	a.notify.Status("stopping")
-	if d := cfg.Stop.Drain.D(); d > 0 {
-		a.healthMu.Lock()
-		a.draining.Store(true)
-		a.health.Set("draining", false)
-		if a.proxy != nil {
-			a.proxy.Drain()
-		}
-		a.healthMu.Unlock()
-		a.log.Info().Dur("drain", d).Msg("draining: health answers 503 before the app stops")
-		t := a.clk.NewTimer(d)
-		<-t.C()
-	}
-	stopSup()
-	err := <-supDone
-	a.log.Info().Msg("agent stopped")
-	return err
-}
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // reload loads the config again; an invalid one is refused and the running
 // config kept. App settings apply from the app's next start.
-func (a *Agent) reload() {
+func (a *Agent) reload(f *front) {
 	old := a.cfg.Load()
 	a.notify.Reloading()
 	defer func() {
 		// Reloading ends with READY=1, but a start that is not over must
 		// not be completed by a reload.
-		if a.readySent.Load() {
+		if f.readySent {
 			a.notify.Ready()
 		}
 	}()
@@ -289,55 +298,19 @@ func (a *Agent) reload() {
 	a.cfg.Store(cfg)
 	a.gen.Store(g)
 	upstream := g.upstream()
-	if l, ok := a.sup.Config().Tag.(*launch); ok && g.canOverlap() && l.upstream != "" {
+	if l := a.sup.Config().Launch; g.canOverlap() && l.upstream != "" {
 		upstream = l.upstream // the port of the last process, which a restart takes again
 	}
 	a.sup.SetConfig(g.supervisorConfig(upstream))
 	a.log.Info().Str("config", cfg.Path).Msg("config reloaded: [restart] and [stop] apply now; [app], [node], [probe] and [memory] from the app's next start (agentctl restart)")
-	a.sendStatus(a.statusLine(a.sup.Status()), true)
+	f.lastLine = "" // said again after RELOADING=1
+	f.sendStatus()
 }
 
-// onChange publishes a state change: health page, systemd status, readiness.
-func (a *Agent) onChange(st supervisor.Status) {
-	serving := st.State == supervisor.Running && st.Ready
-	a.followState(st)
-	a.healthMu.Lock()
-	if !a.draining.Load() {
-		a.health.Set(string(st.State), serving)
-	}
-	a.healthMu.Unlock()
-	a.changedMu.Lock()
-	close(a.changed)
-	a.changed = make(chan struct{})
-	a.changedMu.Unlock()
-	a.sendStatus(a.statusLine(st), true)
-	// READY=1 once: when the app is first ready, or when its start is over
-	// without that (failed, stopped, or not ready within startup_timeout),
-	// with the reason in STATUS=, so that `systemctl start` never hangs.
-	startOver := st.State == supervisor.Failed || st.State == supervisor.Stopped ||
-		(st.State == supervisor.Backoff && len(st.Exits) > 0 && st.Exits[0].Reason == supervisor.ReasonStartTimeout)
-	if (serving || startOver) && a.readySent.CompareAndSwap(false, true) {
-		a.notify.Ready()
-	}
-}
-
-// sendStatus sends STATUS=line: always on a state change, otherwise (a new
-// RSS figure) only when it changed and at most every 10 s.
-func (a *Agent) sendStatus(line string, stateChange bool) {
-	a.stMu.Lock()
-	defer a.stMu.Unlock()
-	now := a.clk.Now()
-	if !stateChange && (line == a.lastSt || now.Sub(a.lastStAt) < 10*time.Second) {
-		return
-	}
-	a.lastSt, a.lastStAt = line, now
-	a.notify.Status(line)
-}
-
-func (a *Agent) statusLine(st supervisor.Status) string {
+func (a *Agent) statusLine(st appStatus) string {
 	switch st.State {
 	case supervisor.Running, supervisor.Starting:
-		return fmt.Sprintf("%s pid %d, %d restarts, rss %d MB", st.State, st.PID, st.Restarts, a.rss.Load()>>20)
+		return fmt.Sprintf("%s pid %d, %d restarts, rss %d MB", st.State, st.PID, st.Restarts, st.Launch.rss()>>20)
 	case supervisor.Failed, supervisor.Backoff:
 		return fmt.Sprintf("%s: %s", st.State, st.Message)
 	}
@@ -347,34 +320,27 @@ func (a *Agent) statusLine(st supervisor.Status) string {
 	return string(st.State)
 }
 
-// waitSettled waits until cond holds for the supervisor's status, ctx ends
-// or timeout passes, and reports whether cond held.
-func (a *Agent) waitSettled(ctx context.Context, timeout time.Duration, cond func(supervisor.Status) bool) bool {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
+// WaitFor waits until cond holds for the agent's status, checked again on
+// every change the front publishes, or until ctx ends.
+func (a *Agent) WaitFor(ctx context.Context, cond func(Status) bool) error {
 	for {
-		a.changedMu.Lock()
-		ch := a.changed
-		a.changedMu.Unlock()
-		if cond(a.sup.Status()) {
-			return true
+		v := a.view.Load()
+		if cond(a.Status()) {
+			return nil
 		}
 		select {
-		case <-ch:
+		case <-v.changed:
 		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return false
+			return ctx.Err()
 		}
 	}
 }
 
 // watchChild observes one app process: readiness and liveness probes, and
 // the RSS of its whole tree every second.
-func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
-	l := c.Tag.(*launch)
+func (a *Agent) watchChild(ctx context.Context, c *appChild) {
+	l := c.Launch
 	cfg := l.gen.cfg
-	a.oomCountAtStart.Store(a.cgroupOOMKills())
 	spec := probe.ProbeSpec{
 		HTTP:             cfg.Probe.HTTP,
 		TCP:              cfg.Probe.TCP,
@@ -403,7 +369,7 @@ func (a *Agent) watchChild(ctx context.Context, c *supervisor.Child) {
 			c.Restart(supervisor.Reason(res.Reason), res.Detail)
 		}
 	}()
-	a.watchRSS(ctx, c, uint64(cfg.Memory.MaxRSS), cfg.Memory.RSSGrace.D())
+	a.watchRSS(ctx, c, l.obs, uint64(cfg.Memory.MaxRSS), cfg.Memory.RSSGrace.D())
 }
 
 // rssInterval is how often the app tree's RSS is sampled.
@@ -411,7 +377,7 @@ const rssInterval = time.Second
 
 // watchRSS samples the app tree's RSS every second; above max (if set) for
 // grace, it restarts the process once (reason rss-limit).
-func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, grace time.Duration) {
+func (a *Agent) watchRSS(ctx context.Context, c *appChild, obs *observed, max uint64, grace time.Duration) {
 	self := os.Getpid()
 	t := a.clk.NewTicker(rssInterval)
 	defer t.Stop()
@@ -419,17 +385,12 @@ func (a *Agent) watchRSS(ctx context.Context, c *supervisor.Child, max uint64, g
 	sample := func() {
 		// This process's tree: during a reload the other process's tree
 		// is left out, so neither is held to max_rss for both.
-		s, err := probe.SampleDescendants(self, a.sup.Others(c)...)
+		s, err := probe.SampleDescendants(self, a.sup.Others(c.PID)...)
 		if err != nil {
 			a.log.Debug().Err(err).Msg("rss sample")
 		}
-		if st := a.sup.Status(); st.PID == c.PID {
-			a.rss.Store(s.RSS)
-			a.treePIDs.Store(&s.PIDs)
-			if st.State == supervisor.Running {
-				a.sendStatus(a.statusLine(st), false)
-			}
-		}
+		obs.rss.Store(s.RSS)
+		obs.tree.Store(&s.PIDs)
 		if max == 0 {
 			return
 		}
@@ -475,14 +436,21 @@ func (a *Agent) cgroupOOMKills() int64 {
 
 // isAppKill reports whether the kernel's OOM kill k was of the app: by the
 // victim's memory cgroup (see memcg), or by its PID being the app's or one
-// of the last sample of its tree (plus extra, if not nil).
+// of the last sample of its tree, for each live process (plus extra, if
+// not nil).
 func (a *Agent) isAppKill(k probe.OOMKill, extra map[int]bool) bool {
+	live := a.sup.Status().Live
 	return probe.OOMKillIsOurs(k, a.memcg, func(pid int) bool {
-		if extra[pid] || pid == a.sup.Status().PID {
+		if extra[pid] {
 			return true
 		}
-		if p := a.treePIDs.Load(); p != nil {
-			return slices.Contains(*p, pid)
+		for _, c := range live {
+			if c.PID == pid {
+				return true
+			}
+			if p := c.Launch.obs.tree.Load(); p != nil && slices.Contains(*p, pid) {
+				return true
+			}
 		}
 		return false
 	})
@@ -494,7 +462,7 @@ func (a *Agent) isAppKill(k probe.OOMKill, extra map[int]bool) bool {
 // cgroup or with a PID of the tree, or else the cgroup's oom_kill counter
 // gone up since the process started. With wait it waits for the kernel's
 // record, which can land about a second after the exit is seen.
-func (a *Agent) explainExit(ctx context.Context, c *supervisor.Child, e supervisor.Exit, wait bool) (supervisor.Reason, string, bool) {
+func (a *Agent) explainExit(ctx context.Context, c *appChild, e supervisor.Exit, wait bool) (supervisor.Reason, string, bool) {
 	if a.oom == nil {
 		return "", "", false
 	}
@@ -510,7 +478,7 @@ func (a *Agent) explainExit(ctx context.Context, c *supervisor.Child, e supervis
 	if ok {
 		return supervisor.ReasonOOMKill, k.Line, true
 	}
-	if before, now := a.oomCountAtStart.Load(), a.cgroupOOMKills(); before >= 0 && now > before {
+	if before, now := c.Launch.obs.oomAtStart, a.cgroupOOMKills(); before >= 0 && now > before {
 		return supervisor.ReasonOOMKill, fmt.Sprintf("kernel OOM killer: oom_kill of memory cgroup %s went from %d to %d (no kernel log record)", a.memcg.Path, before, now), true
 	}
 	return "", "", false

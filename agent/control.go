@@ -139,55 +139,30 @@ func (a *Agent) controlHandler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Status())
 	})
-	// Each action answers once it has taken effect (the old process gone,
-	// the new one started), or after the stop timeout and a margin.
-	action := func(do func(context.Context) error, done func(before, now supervisor.Status) bool) http.HandlerFunc {
+	// Each action answers once its transition is complete: the supervisor
+	// replies from its loop then (restart and start: the new process ready;
+	// stop: the tree gone; reload: the new process serving and the old one
+	// gone), or with the error that stopped it.
+	action := func(do func(context.Context) error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			before := a.sup.Status()
 			err := do(r.Context())
-			if err == nil {
-				limit := a.cfg.Load().Stop.Timeout.D() + 10*time.Second
-				a.waitSettled(r.Context(), limit, func(now supervisor.Status) bool { return done(before, now) })
+			switch {
+			case err == nil:
+				writeJSON(w, http.StatusOK, a.Status())
+			case errors.Is(err, supervisor.ErrStartFailed), errors.Is(err, supervisor.ErrStopped),
+				errors.Is(err, ErrReloadFailed):
+				writeJSON(w, http.StatusConflict, apiError{err.Error()})
+			case errors.Is(err, supervisor.ErrShuttingDown):
+				writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
+			default:
+				writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
 			}
-			if err != nil {
-				code := http.StatusInternalServerError
-				if errors.Is(err, supervisor.ErrShuttingDown) {
-					code = http.StatusServiceUnavailable
-				}
-				writeJSON(w, code, apiError{err.Error()})
-				return
-			}
-			writeJSON(w, http.StatusOK, a.Status())
 		}
 	}
-	started := func(st supervisor.Status) bool {
-		return st.State == supervisor.Starting || st.State == supervisor.Running ||
-			st.State == supervisor.Backoff || st.State == supervisor.Failed
-	}
-	mux.HandleFunc("POST /v1/restart", action(a.sup.Restart, func(before, now supervisor.Status) bool {
-		return now.Restarts > before.Restarts && started(now)
-	}))
-	mux.HandleFunc("POST /v1/stop", action(a.sup.Stop, func(_, now supervisor.Status) bool {
-		return now.State == supervisor.Stopped || now.State == supervisor.Failed
-	}))
-	mux.HandleFunc("POST /v1/start", action(a.sup.Start, func(_, now supervisor.Status) bool {
-		return started(now)
-	}))
-	// A reload answers once the new process serves (200), or with why the
-	// new one failed while the old one kept serving (409).
-	mux.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-		err := a.Reload(r.Context())
-		switch {
-		case err == nil:
-			writeJSON(w, http.StatusOK, a.Status())
-		case errors.Is(err, ErrReloadFailed):
-			writeJSON(w, http.StatusConflict, apiError{err.Error()})
-		case errors.Is(err, supervisor.ErrShuttingDown):
-			writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
-		default:
-			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
-		}
-	})
+	mux.HandleFunc("POST /v1/restart", action(a.sup.Restart))
+	mux.HandleFunc("POST /v1/stop", action(a.sup.Stop))
+	mux.HandleFunc("POST /v1/start", action(a.sup.Start))
+	mux.HandleFunc("POST /v1/reload", action(a.Reload))
 	mux.HandleFunc("GET /v1/logs", a.serveLogs)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A browser can be tricked into talking to a local socket through a

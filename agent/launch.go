@@ -7,6 +7,7 @@ import (
 	"os/user"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"agent/supervisor"
 	"agent/supervisor/npmscript"
@@ -19,7 +20,7 @@ import (
 type generation struct {
 	cfg    *Config
 	heapMB int
-	sup    supervisor.Config // without the launch's PORT and Tag
+	sup    appConfig // without the launch's PORT and Launch
 	// npmScript is the script app.command names when it is run without
 	// npm (app.npm = "direct"): "" otherwise.
 	npmScript string
@@ -27,10 +28,39 @@ type generation struct {
 }
 
 // launch is what one app process is started with: its generation and,
-// with the traffic front, the address it is to listen on (its PORT).
+// with the traffic front, the address it is to listen on (its PORT). Each
+// start gets its own copy (prepare), with what is observed of that process.
 type launch struct {
 	gen      *generation
 	upstream string // host:port; "" without the proxy
+	obs      *observed
+}
+
+// observed is what the agent learns about one app process while it runs.
+type observed struct {
+	rss  atomic.Uint64         // its tree's RSS, last sample
+	tree atomic.Pointer[[]int] // its tree's PIDs, last sample
+	// oomAtStart is the memory cgroup's oom_kill counter when it started,
+	// -1 when the cgroup keeps none.
+	oomAtStart int64
+}
+
+// The supervisor's types for the agent's processes.
+type (
+	appConfig     = supervisor.Config[*launch]
+	appChild      = supervisor.Child[*launch]
+	appStatus     = supervisor.Status[*launch]
+	appEvent      = supervisor.Event[*launch]
+	appSupervisor = supervisor.Supervisor[*launch]
+)
+
+// rss returns the last RSS figure of the process l was started with; 0
+// for none.
+func (l *launch) rss() uint64 {
+	if l == nil || l.obs == nil {
+		return 0
+	}
+	return l.obs.rss.Load()
 }
 
 // newGeneration resolves cfg once for the processes started with it.
@@ -50,7 +80,7 @@ func (a *Agent) newGeneration(cfg *Config) *generation {
 	if warn != "" {
 		a.log.Warn().Msg(warn)
 	}
-	g.sup = supervisor.Config{
+	g.sup = appConfig{
 		Name:       cfg.Name,
 		Command:    cfg.App.Command,
 		Dir:        cfg.App.Dir,
@@ -90,9 +120,9 @@ func (g *generation) appPort() (string, bool) {
 // supervisorConfig is the supervisor's config for a process of g given
 // upstream ("" without the proxy): PORT is set to its port unless the app's
 // own environment sets PORT.
-func (g *generation) supervisorConfig(upstream string) supervisor.Config {
+func (g *generation) supervisorConfig(upstream string) appConfig {
 	sc := g.sup
-	sc.Tag = &launch{gen: g, upstream: upstream}
+	sc.Launch = &launch{gen: g, upstream: upstream}
 	if upstream != "" {
 		if _, set := g.appPort(); !set {
 			sc.Env = append(slices.Clone(sc.Env), "PORT="+portOf(upstream))
@@ -109,11 +139,14 @@ func (g *generation) canOverlap() bool {
 	return g.cfg.ProxyEnabled() && g.cfg.Proxy.SpareUpstream != "" && !pinned
 }
 
-// prepare is the supervisor's Prepare: an npm script run without npm is
-// planned afresh at each start (a deploy may change package.json) and run
-// as npm would, pre<NAME> first.
-func prepare(sc supervisor.Config) (supervisor.Config, error) {
-	l := sc.Tag.(*launch)
+// prepare is the supervisor's Prepare: each start gets its own launch, to
+// hold what is observed of its process; an npm script run without npm is
+// planned afresh (a deploy may change package.json) and run as npm would,
+// pre<NAME> first.
+func (a *Agent) prepare(sc appConfig) (appConfig, error) {
+	l := *sc.Launch
+	l.obs = &observed{oomAtStart: a.cgroupOOMKills()}
+	sc.Launch = &l
 	if l.gen.npmScript == "" {
 		return sc, nil
 	}

@@ -61,15 +61,16 @@ type AgentStatus struct {
 // Status returns the agent's current status.
 func (a *Agent) Status() Status {
 	st := a.sup.Status()
+	draining := a.view.Load().draining
 	cfg := a.cfg.Load()
 	now := time.Now()
 	s := Status{
 		Name:      cfg.Name,
 		State:     string(st.State),
 		Ready:     st.Ready,
-		Healthy:   st.State == supervisor.Running && st.Ready && !a.draining.Load(),
+		Healthy:   st.State == supervisor.Running && st.Ready && !draining,
 		Restarts:  st.Restarts,
-		HeapCapMB: int(a.heapCap(st)),
+		HeapCapMB: a.heapCap(st),
 		OOMKills:  a.oomKills.Load(),
 		Message:   st.Message,
 		Exits:     make([]ExitStatus, 0, len(st.Exits)),
@@ -82,15 +83,16 @@ func (a *Agent) Status() Status {
 			LogDropped:    a.logDropped(),
 		},
 	}
-	if a.draining.Load() {
+	if draining {
 		s.State = "draining"
 	}
 	if a.proxy != nil {
 		ps := a.proxy.Stats()
-		up := upstreamOf(st)
-		if up == "" {
-			up = upstreamOf(supervisor.Status{Tag: a.sup.Config().Tag})
+		l := st.Launch
+		if l == nil {
+			l = a.sup.Config().Launch // where the next process listens
 		}
+		up := l.upstream
 		s.Proxy = &ProxyStatus{Listen: cfg.Proxy.Listen, Upstream: up, InFlight: ps.InFlight, Held: ps.Held,
 			Requests: ps.Requests, Replayed: ps.Replayed, Failed: ps.Failed}
 	}
@@ -98,7 +100,7 @@ func (a *Agent) Status() Status {
 		pid := st.PID
 		s.PID = &pid
 		s.UptimeSeconds = seconds(now.Sub(st.Started))
-		s.RSSBytes = a.rss.Load()
+		s.RSSBytes = st.Launch.rss()
 	}
 	if a.oom != nil {
 		s.Agent.OOMWatch = a.oom.Status()
@@ -119,11 +121,11 @@ func (a *Agent) Status() Status {
 
 // heapCap is the heap cap of the running process, or the one the next
 // process gets when none runs.
-func (a *Agent) heapCap(st supervisor.Status) int64 {
-	if l, ok := st.Tag.(*launch); ok {
-		return int64(l.gen.heapMB)
+func (a *Agent) heapCap(st appStatus) int {
+	if st.Launch != nil {
+		return st.Launch.gen.heapMB
 	}
-	return int64(a.gen.Load().heapMB)
+	return a.gen.Load().heapMB
 }
 
 func seconds(d time.Duration) float64 {

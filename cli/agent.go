@@ -166,6 +166,10 @@ func runAgent(path, version string, stderr io.Writer) error {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	defer func() {
+		signal.Stop(hup)
+		close(hup) // ends the forwarder
+	}()
 	reload := make(chan struct{}, 1)
 	go func() {
 		for range hup {

@@ -158,6 +158,17 @@ func (h *HealthServer) Listen() error {
 	return nil
 }
 
+// Close closes the socket bound by Listen, for a start that fails before
+// Run; Run closes it itself.
+func (h *HealthServer) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ln == nil {
+		return nil
+	}
+	return h.ln.Close()
+}
+
 // Addr returns the bound address, or nil before Listen.
 func (h *HealthServer) Addr() net.Addr {
 	h.mu.Lock()

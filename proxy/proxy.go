@@ -149,6 +149,17 @@ func (p *Proxy) Listen() error {
 	return nil
 }
 
+// Close closes the socket bound by Listen, for a start that fails before
+// Run; Run closes it itself.
+func (p *Proxy) Close() error {
+	p.lnMu.Lock()
+	defer p.lnMu.Unlock()
+	if p.ln == nil {
+		return nil
+	}
+	return p.ln.Close()
+}
+
 // Addr returns the bound address, or nil before Listen.
 func (p *Proxy) Addr() net.Addr {
 	p.lnMu.Lock()
@@ -345,18 +356,29 @@ func (p *Proxy) Gate(ctx context.Context) int {
 // its idle connections. It returns the number still in flight when it gave
 // up (0 = drained).
 func (p *Proxy) Switch(ctx context.Context, newUpstream string) int {
+	return p.Route(newUpstream)(ctx)
+}
+
+// Route routes new requests to newUpstream at once and returns the drain
+// of the old upstream: it waits (until its ctx ends) for the requests in
+// flight there to finish, closes its idle connections, and returns the
+// number still in flight when it gave up (0 = drained).
+func (p *Proxy) Route(newUpstream string) (drain func(context.Context) int) {
 	p.mu.Lock()
 	cur := p.st.Load()
 	np := newPool(p, newUpstream, cur.gen+1)
 	p.publish(&state{mode: modeReady, pool: np, gen: np.gen, everReady: true})
 	p.mu.Unlock()
 	p.log.Debug().Str("upstream", newUpstream).Uint64("gen", np.gen).Msg("upstream switched")
-	if cur.pool == nil {
-		return 0
+	old := cur.pool
+	return func(ctx context.Context) int {
+		if old == nil {
+			return 0
+		}
+		n := old.drain(ctx)
+		old.retire()
+		return n
 	}
-	n := cur.pool.drain(ctx)
-	cur.pool.retire()
-	return n
 }
 
 // Stats returns the current counters.

@@ -16,18 +16,21 @@ import (
 	"agent/internal/procfs"
 )
 
-// Child is one run of the app process, as observers see it.
-type Child struct {
+// Child is one process of the app, as observers see it. Its lifecycle
+// (spawned, ready, stopping, gone) is kept by the loop.
+type Child[L any] struct {
 	PID     int
 	Gen     uint64
 	Started time.Time
-	Tag     any // Config.Tag of the config it was started with
+	Launch  L // Config.Launch of the config it was started with
 
-	s       *Supervisor
+	s       *Supervisor[L]
 	cmd     *exec.Cmd
 	leader  *procfs.Handle         // pidfd of the process, which leads its group; nil if the kernel gave none
 	heapOOM atomic.Pointer[string] // the V8 fatal line, once seen
 	output  sync.WaitGroup         // the stdout and stderr readers
+	gate    chan func(context.Context) int // a gated stop waits for its drain here
+	slot    int
 
 	reqMu      sync.Mutex
 	stopReason Reason // set when the agent stops it
@@ -42,23 +45,20 @@ type Child struct {
 	treeGone   bool
 	final      *Exit
 	cancel     context.CancelFunc
-	// A restart asked for while a reload swapped the traffic to it.
-	pendingRestart Reason
-	pendingDetail  string
 }
 
 // Ready reports that the process serves. Safe from any goroutine; a
-// report about a process that is no longer current is ignored.
-func (c *Child) Ready() { c.s.send(event{kind: evReady, child: c}) }
+// report about a process that is gone is ignored.
+func (c *Child[L]) Ready() { c.s.send(event[L]{kind: evReady, child: c}) }
 
 // Restart asks for a restart of this process with reason r (rss-limit,
 // liveness, start-timeout). Only the first request per process counts.
-func (c *Child) Restart(r Reason, detail string) {
-	c.s.send(event{kind: evRestart, child: c, reason: r, detail: detail})
+func (c *Child[L]) Restart(r Reason, detail string) {
+	c.s.send(event[L]{kind: evRestart, child: c, reason: r, detail: detail})
 }
 
 // setRequested records why the agent stops c; the first reason stays.
-func (c *Child) setRequested(r Reason, detail string) {
+func (c *Child[L]) setRequested(r Reason, detail string) {
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
 	if c.stopReason == "" {
@@ -67,14 +67,14 @@ func (c *Child) setRequested(r Reason, detail string) {
 }
 
 // requested returns why the agent stopped c, "" if it did not.
-func (c *Child) requested() (Reason, string) {
+func (c *Child[L]) requested() (Reason, string) {
 	c.reqMu.Lock()
 	defer c.reqMu.Unlock()
 	return c.stopReason, c.stopDetail
 }
 
 // spawn starts the process with its pipes, in its own process group.
-func (s *Supervisor) spawn(cfg Config) (*Child, error) {
+func (s *Supervisor[L]) spawn(cfg Config[L]) (*Child[L], error) {
 	if s.opts.Prepare != nil {
 		var err error
 		if cfg, err = s.opts.Prepare(cfg); err != nil {
@@ -107,15 +107,7 @@ func (s *Supervisor) spawn(cfg Config) (*Child, error) {
 	cmd.Stdout, cmd.Stderr = outW, errW // stdin: /dev/null
 	// Started under liveMu and known as live before a scan of another
 	// process's tree can see it (scanTree holds liveMu while it reads).
-	s.liveMu.Lock()
-	s.ownMu.Lock()
-	err = cmd.Start()
-	if err == nil {
-		s.owned[cmd.Process.Pid] = true
-		s.livePIDs[cmd.Process.Pid] = true
-	}
-	s.ownMu.Unlock()
-	s.liveMu.Unlock()
+	err = s.table.start(cmd)
 	outW.Close() // the app holds the write ends now
 	errW.Close()
 	if err != nil {
@@ -123,7 +115,7 @@ func (s *Supervisor) spawn(cfg Config) (*Child, error) {
 		errR.Close()
 		return nil, fmt.Errorf("start app: %w", err)
 	}
-	c := &Child{PID: cmd.Process.Pid, Gen: s.gen.Add(1), Started: s.clk.Now(), Tag: cfg.Tag, s: s, cmd: cmd}
+	c := &Child[L]{PID: cmd.Process.Pid, Gen: s.gen.Add(1), Started: s.clk.Now(), Launch: cfg.Launch, s: s, cmd: cmd}
 
 	if pidfd >= 0 {
 		c.leader = procfs.NewHandle(c.PID, pidfd)
@@ -138,19 +130,17 @@ func (s *Supervisor) spawn(cfg Config) (*Child, error) {
 	go func() {
 		// The one place the main process is reaped.
 		err := cmd.Wait()
-		s.ownMu.Lock()
-		delete(s.owned, c.PID)
-		s.ownMu.Unlock()
-		s.send(event{kind: evExited, child: c, exit: exitOf(cmd.ProcessState, err, s.clk.Now(), c)})
+		s.table.disown(c.PID)
+		s.send(event[L]{kind: evExited, child: c, exit: exitOf(cmd.ProcessState, err, s.clk.Now(), c.Started, c.PID)})
 	}()
 	return c, nil
 }
 
 // capture reads one of the app's output streams into the log and the ring.
-func (s *Supervisor) capture(c *Child, r *os.File, stream string) {
+func (s *Supervisor[L]) capture(c *Child[L], r *os.File, stream string) {
 	defer c.output.Done()
 	defer r.Close()
-	name := s.config().Name
+	name := s.Config().Name
 	_ = readLines(r, func(b []byte, cut bool) {
 		text := string(b)
 		if stream == "stderr" && c.heapOOM.Load() == nil && isHeapOOM(text) {

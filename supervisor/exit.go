@@ -9,8 +9,8 @@ import (
 )
 
 // exitOf turns a wait result into an Exit with its raw code or signal.
-func exitOf(ps *os.ProcessState, err error, at time.Time, c *Child) Exit {
-	e := Exit{At: at, PID: c.PID, Uptime: at.Sub(c.Started)}
+func exitOf(ps *os.ProcessState, err error, at, started time.Time, pid int) Exit {
+	e := Exit{At: at, PID: pid, Uptime: at.Sub(started)}
 	if ps == nil {
 		e.Reason, e.Detail = ReasonCrashed, fmt.Sprint(err)
 		return e
@@ -31,17 +31,17 @@ func exitOf(ps *os.ProcessState, err error, at time.Time, c *Child) Exit {
 }
 
 // explain settles the reason of an exit and reports it to the loop.
-func (s *Supervisor) explain(ctx context.Context, c *Child, e Exit) {
+func (s *Supervisor[L]) explain(ctx context.Context, c *Child[L], e Exit) {
 	// The V8 fatal line may still sit in the pipe: give the readers a moment
 	// to reach the end of the output (they end when the whole tree is gone).
 	waitTimeout(&c.output, time.Second)
 	e = s.classify(ctx, c, e)
-	s.send(event{kind: evExplained, child: c, exit: e})
+	s.send(event[L]{kind: evExplained, child: c, exit: e})
 	killed := e.Signal == "SIGKILL" || (e.Code != nil && *e.Code == 137)
 	if req, _ := c.requested(); req == "" && s.opts.Explain != nil && killed && (e.Reason == ReasonSignaled || e.Reason == ReasonCrashed) {
 		if r, d, ok := s.opts.Explain(ctx, c, e, true); ok {
 			e.Reason, e.Detail = r, d
-			s.send(event{kind: evAmend, child: c, exit: e})
+			s.send(event[L]{kind: evAmend, child: c, exit: e})
 		}
 	}
 }
@@ -50,7 +50,7 @@ func (s *Supervisor) explain(ctx context.Context, c *Child, e Exit) {
 // evidence of a memory death (V8's line, the kernel's record) wins over the
 // reason the agent was stopping the process for, since a process stopped for
 // failed probes may well have been dying of its heap.
-func (s *Supervisor) classify(ctx context.Context, c *Child, e Exit) Exit {
+func (s *Supervisor[L]) classify(ctx context.Context, c *Child[L], e Exit) Exit {
 	req, reqDetail := c.requested()
 	during := ""
 	if req != "" {

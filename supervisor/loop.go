@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -10,9 +9,18 @@ import (
 	"agent/internal/clock"
 )
 
-// The loop: Run owns the state of the app and changes it only in answer to
-// requests (restart, stop, start), events from the current process (ready,
-// restart, exited, tree gone, explained) and the backoff timer.
+// The loop: Run's goroutine owns the state of every slot and process and
+// changes it only in answer to requests (restart, stop, start, reload),
+// events from the processes (ready, restart, exited, tree gone, explained)
+// and its timers. Each change is published as one Event with the status
+// after it.
+//
+// A slot is one place for an app process, with its restart policy state
+// (Tracker), its state word and its current process. Beside the current
+// process a slot can hold side processes: a reload's incoming one, and
+// retiring ones (replaced or abandoned) being stopped. A process moves
+// spawned → ready → stopping → gone; it is finished (its exit recorded)
+// once its exit is explained and its whole tree is gone, whatever its role.
 
 type evKind int
 
@@ -22,42 +30,66 @@ const (
 	evExited   // the main process was reaped
 	evTreeGone // no process of the tree is left
 	evExplained
-	evAmend   // a later explanation of an exit already recorded
-	evSwapped // a reload's new process took the traffic
+	evAmend // a later explanation of an exit already recorded
+	evTimer // a loop timer fired
 )
 
-type event struct {
+type event[L any] struct {
 	kind   evKind
-	child  *Child
+	child  *Child[L]
 	reason Reason
 	detail string
 	exit   Exit
+	timer  *timer
 }
 
 // send hands e to the loop. Once Run has returned it drops e.
-func (s *Supervisor) send(e event) {
+func (s *Supervisor[L]) send(e event[L]) {
 	select {
 	case s.events <- e:
 	case <-s.done: // Run has returned; nobody listens
 	}
 }
 
+// timer is a loop timer: when it fires, fire runs in the loop, unless it
+// was stopped first.
+type timer struct {
+	t       clock.Timer
+	stop    chan struct{}
+	stopped bool // owned by the loop
+	fire    func()
+}
+
+func (tm *timer) Stop() {
+	if tm != nil && !tm.stopped {
+		tm.stopped = true
+		tm.t.Stop()
+		close(tm.stop)
+	}
+}
+
+func (l *loop[L]) newTimer(d time.Duration, fire func()) *timer {
+	tm := &timer{t: l.s.clk.NewTimer(d), stop: make(chan struct{}), fire: fire}
+	go func() {
+		select {
+		case <-tm.t.C():
+			l.s.send(event[L]{kind: evTimer, timer: tm})
+		case <-tm.stop:
+		}
+	}()
+	return tm
+}
+
 // loop is the state of Run, owned by its goroutine.
-type loop struct {
-	s        *Supervisor
-	ctx      context.Context
-	track    Tracker
-	cur      *Child
-	reload   *reloadReq // the reload under way, if any
-	queued   *request   // a reload waiting for the last one's old process to be gone
-	in       *Child     // its new process, until it replaces cur
-	inTimer  clock.Timer
-	retiring []*Child // processes being stopped beside cur (replaced or abandoned in a reload)
-	st       Status
-	backoff  clock.Timer
-	after    afterStop // what to do once the current process is gone
-	shutdown bool
-	err      error // returned by Run once everything is stopped
+type loop[L any] struct {
+	s          *Supervisor[L]
+	ctx        context.Context
+	slots      []*slot[L]
+	restarts   int
+	exits      []Exit
+	exitCounts map[Reason]uint64
+	shutdown   bool
+	err        error // returned by Run once everything is stopped
 }
 
 type afterStop int
@@ -71,28 +103,27 @@ const (
 // Run starts the app and supervises it until ctx is cancelled, then stops
 // it. It returns nil on a clean shutdown and ErrExhausted when the restart
 // budget is spent with ExitOnExhausted.
-func (s *Supervisor) Run(ctx context.Context) error {
+func (s *Supervisor[L]) Run(ctx context.Context) error {
 	defer close(s.done)
-	go s.reapOnSIGCHLD()
-	l := &loop{s: s, ctx: ctx, track: Tracker{Policy: s.config().Policy}, st: Status{State: Stopped, ExitCounts: map[Reason]uint64{}}}
+	go s.reapOnSIGCHLD(s.done)
+	l := &loop[L]{s: s, ctx: ctx, exitCounts: map[Reason]uint64{}}
+	l.slots = []*slot[L]{{l: l, track: Tracker{Policy: s.Config().Policy}, state: Stopped}}
 	var tick <-chan time.Time
 	if s.opts.Tick > 0 && s.opts.OnTick != nil {
 		t := s.clk.NewTicker(s.opts.Tick)
 		defer t.Stop()
 		tick = t.C()
 	}
-	l.start()
+	for _, sl := range l.slots {
+		sl.start()
+	}
 	done := ctx.Done()
 	for {
-		if l.shutdown && l.cur == nil && l.in == nil && len(l.retiring) == 0 {
+		if l.shutdown && l.idle() {
+			for _, sl := range l.slots {
+				sl.answerAll(ErrShuttingDown)
+			}
 			return l.err
-		}
-		var backoff, inTimeout <-chan time.Time
-		if l.backoff != nil {
-			backoff = l.backoff.C()
-		}
-		if l.inTimer != nil {
-			inTimeout = l.inTimer.C()
 		}
 		select {
 		case <-done:
@@ -100,194 +131,106 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			l.beginShutdown(nil)
 		case <-tick:
 			s.opts.OnTick()
-		case <-backoff:
-			l.backoff = nil
-			l.start()
-		case <-inTimeout:
-			l.inTimer = nil
-			l.failIncoming(ReasonStartTimeout, fmt.Sprintf("not ready within %s", l.reload.timeout))
 		case r := <-s.reqs:
-			if r.kind == reqReload {
-				l.beginReload(r)
-				continue
-			}
-			r.reply <- l.handle(r.kind)
+			l.request(r)
 		case e := <-s.events:
 			l.event(e)
 		}
 	}
 }
 
-func (l *loop) beginShutdown(err error) {
-	l.shutdown = true
-	l.err = err
-	l.cancelBackoff()
-	l.abortReload("the agent is shutting down")
-	l.dropQueued(ErrShuttingDown)
-	if l.cur != nil {
-		l.after = afterStay
-		l.stop(ReasonStop, "agent shutting down")
+// idle reports whether no process of any slot is left.
+func (l *loop[L]) idle() bool {
+	for _, sl := range l.slots {
+		if sl.cur != nil || len(sl.side) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *loop[L]) beginShutdown(err error) {
+	if l.shutdown {
 		return
 	}
-	if l.st.State != Failed {
-		l.setState(Stopped, "")
+	l.shutdown = true
+	l.err = err
+	for _, sl := range l.slots {
+		sl.cancelBackoff()
+		sl.abortReload("the agent is shutting down")
+		sl.answerReady(ErrShuttingDown)
+		if sl.cur != nil {
+			sl.after = afterStay
+			sl.stopCur(ReasonStop, "agent shutting down")
+			continue
+		}
+		if sl.state != Failed {
+			sl.setState(Stopped, "")
+		}
 	}
 }
 
-func (l *loop) handle(k reqKind) error {
+// request acts on an agentctl request. The app has one slot today; each
+// request is answered once its transition is complete.
+func (l *loop[L]) request(r request[L]) {
 	if l.shutdown {
-		return ErrShuttingDown
+		r.reply <- ErrShuttingDown
+		return
 	}
-	switch k {
+	sl := l.slots[0]
+	switch r.kind {
 	case reqStop:
-		l.abortReload("the app was stopped")
-		l.dropQueued(errReloadAbandoned)
-		l.cancelBackoff()
-		if l.cur != nil {
-			l.after = afterStay
-			l.stop(ReasonStop, "stopped by request")
-			return nil
-		}
-		l.setState(Stopped, "stopped by request")
+		sl.stopReq(r.reply)
 	case reqRestart:
-		l.abortReload("the app was restarted")
-		l.dropQueued(errReloadAbandoned)
-		l.track.Reset()
-		if l.cur != nil {
-			l.after = afterRestart
-			l.stop(ReasonRestart, "restarted by request")
-			return nil
-		}
-		l.cancelBackoff()
-		l.start()
+		sl.restartReq(r.reply)
 	case reqStart:
-		if l.cur != nil || l.backoff != nil {
-			if l.cur != nil && l.cur.stopping && l.after == afterStay {
-				l.after = afterRestart // start after the stop under way
-			}
-			return nil
-		}
-		l.track.Reset()
-		l.start()
+		sl.startReq(r.reply)
+	case reqReload:
+		sl.beginReload(r)
 	}
-	return nil
 }
 
-func (l *loop) event(e event) {
-	c := e.child
-	if e.kind == evAmend {
-		if (c == l.cur || c == l.in || slices.Contains(l.retiring, c)) && c.final != nil { // explained before the tree was gone
+func (l *loop[L]) event(e event[L]) {
+	switch e.kind {
+	case evTimer:
+		if !e.timer.stopped {
+			e.timer.stopped = true
+			e.timer.fire()
+		}
+		return
+	case evAmend:
+		c := e.child
+		if c.final != nil && !c.treeGone { // explained before it was recorded
 			c.final.Reason, c.final.Detail = e.exit.Reason, e.exit.Detail
 			return
 		}
 		l.amend(e.exit)
 		return
 	}
-	if c == l.in {
-		l.incomingEvent(e)
-		return
-	}
-	if slices.Contains(l.retiring, c) {
-		l.sideEvent(e)
-		return
-	}
-	if c != l.cur {
-		return // about a process already gone
-	}
-	switch e.kind {
-	case evReady:
-		if !c.ready && !c.stopping && !c.exited {
-			c.ready, c.readySince = true, l.s.clk.Now()
-			l.st.Ready, l.st.ReadySince = true, c.readySince
-			l.setState(Running, "")
-		}
-	case evRestart:
-		if r, _ := c.requested(); r == "" && !c.exited {
-			l.s.log.Warn().Str("reason", string(e.reason)).Str("detail", e.detail).Int("pid", c.PID).Msg("restarting app")
-			l.after = afterDecide
-			l.stop(e.reason, e.detail)
-		}
-	case evExited:
-		c.exited, c.exitedAt = true, e.exit.At
-		c.cancel()
-		if !c.stopping {
-			// It died by itself: stop answering for it at once, then clear
-			// away what is left of its tree (a wrapper's child, workers).
-			c.stopping = true
-			l.st.Ready = false
-			l.setState(Stopping, "exited; clearing its process tree")
-			l.s.goStopTree(c, false)
-		}
-		if l.in == nil || !l.in.ready {
-			l.abortReload("the running process exited")
-		}
-		go l.s.explain(l.ctx, c, e.exit)
-	case evTreeGone:
-		c.treeGone = true
-		l.maybeFinish()
-	case evExplained:
-		ex := e.exit
-		c.final = &ex
-		l.maybeFinish()
-	}
+	l.slots[e.child.slot].event(e)
 }
 
 // amend replaces the reason and detail of a recorded exit.
-func (l *loop) amend(ex Exit) {
-	for i := range l.st.Exits {
-		e := &l.st.Exits[i]
+func (l *loop[L]) amend(ex Exit) {
+	for i := range l.exits {
+		e := &l.exits[i]
 		if e.PID == ex.PID && e.At.Equal(ex.At) {
-			l.st.ExitCounts[e.Reason]--
-			l.st.ExitCounts[ex.Reason]++
+			l.exitCounts[e.Reason]--
+			l.exitCounts[ex.Reason]++
 			e.Reason, e.Detail = ex.Reason, ex.Detail
 			l.s.log.Warn().Int("pid", ex.PID).Str("reason", string(ex.Reason)).Str("detail", ex.Detail).Msg("app exit explained")
-			l.setState(l.st.State, l.st.Message)
+			l.emit(Event[L]{Kind: EventChanged})
 			return
 		}
 	}
 }
 
-// stop begins stopping the current process for reason r.
-func (l *loop) stop(r Reason, detail string) {
-	c := l.cur
-	if !c.exited {
-		c.setRequested(r, detail)
-	}
-	if c.stopping {
-		return
-	}
-	c.stopping = true
-	l.st.Ready = false
-	l.setState(Stopping, detail)
-	l.s.goStopTree(c, !c.exited)
-}
-
-// maybeFinish acts once the current process is both explained and fully
-// gone: it records the exit, then decides what comes next.
-func (l *loop) maybeFinish() {
-	c := l.cur
-	if c.final == nil || !c.treeGone {
-		return
-	}
-	ex := *c.final
-	l.cur = nil
-	l.st.PID, l.st.Ready, l.st.Tag = 0, false, nil
-	l.record(ex)
-	if l.in != nil && l.in.ready {
-		// A reload's new process is ready and taking the traffic: it
-		// becomes the app when the swap ends (evSwapped), not a restart.
-		l.setState(Starting, fmt.Sprintf("the old process exited during a reload; new process %d taking over", l.in.PID))
-		return
-	}
-	l.next(c, ex)
-}
-
 // record adds the exit to the status and logs it.
-func (l *loop) record(ex Exit) {
-	l.st.ExitCounts[ex.Reason]++
-	l.st.Exits = append([]Exit{ex}, l.st.Exits...)
-	if len(l.st.Exits) > maxExits {
-		l.st.Exits = l.st.Exits[:maxExits]
+func (l *loop[L]) record(ex Exit) {
+	l.exitCounts[ex.Reason]++
+	l.exits = append([]Exit{ex}, l.exits...)
+	if len(l.exits) > maxExits {
+		l.exits = l.exits[:maxExits]
 	}
 	ev := l.s.log.Info()
 	if ex.Reason != ReasonExited && ex.Reason != ReasonStop && ex.Reason != ReasonRestart {
@@ -306,99 +249,80 @@ func (l *loop) record(ex Exit) {
 	ev.Msg("app exited")
 }
 
-// next decides what follows the exit of c: stay stopped, start again at
-// once, or ask the restart policy (backoff, or failed once the budget is
-// spent).
-func (l *loop) next(c *Child, ex Exit) {
-	if l.shutdown {
-		l.setState(Stopped, "")
-		return
-	}
-	switch l.after {
-	case afterStay:
-		l.setState(Stopped, "stopped by request")
-	case afterRestart:
-		l.start()
-	case afterDecide:
-		var readyFor time.Duration
-		if c.ready {
-			readyFor = c.exitedAt.Sub(c.readySince)
-		}
-		l.track.Policy = l.s.config().Policy
-		d := l.track.Decide(ex, readyFor, l.s.clk.Now())
-		switch {
-		case d.Exhausted:
-			msg := fmt.Sprintf("restart budget spent: %d restarts within %s; last exit %s", l.track.Policy.MaxRestarts, l.track.Policy.Window, describe(ex))
-			l.s.log.Error().Str("reason", string(ex.Reason)).Msg(msg)
-			l.setState(Failed, msg)
-			if l.s.config().ExitOnExhausted {
-				l.beginShutdown(ErrExhausted)
-			}
-		case !d.Restart:
-			if ex.Reason == ReasonExited {
-				l.setState(Stopped, "exited with code 0; policy "+l.track.Policy.Mode)
-			} else {
-				l.setState(Failed, describe(ex)+"; policy "+l.track.Policy.Mode)
-			}
-		case d.Delay <= 0:
-			l.start()
-		default:
-			l.backoff = l.s.clk.NewTimer(d.Delay)
-			l.setState(Backoff, fmt.Sprintf("restarting in %s after %s", d.Delay.Round(time.Millisecond), describe(ex)))
-		}
+// emit publishes the status after a change and sends ev with it.
+func (l *loop[L]) emit(ev Event[L]) {
+	snap := l.snapshot()
+	l.s.status.Store(snap)
+	if l.s.opts.Events != nil {
+		ev.Status = *snap
+		l.s.opts.Events <- ev
 	}
 }
 
-func (l *loop) cancelBackoff() {
-	if l.backoff != nil {
-		l.backoff.Stop()
-		l.backoff = nil
+// snapshot is the status as it is now: the app's one slot.
+func (l *loop[L]) snapshot() *Status[L] {
+	sl := l.slots[0]
+	st := &Status[L]{
+		State:      sl.state,
+		Message:    sl.msg,
+		Restarts:   l.restarts,
+		Exits:      slices.Clone(l.exits),
+		ExitCounts: maps.Clone(l.exitCounts),
+		Started:    sl.started,
 	}
-}
-
-func (l *loop) setState(st State, msg string) {
-	l.st.State, l.st.Message = st, msg
-	snap := l.st
-	snap.Exits = append([]Exit(nil), l.st.Exits...)
-	snap.ExitCounts = maps.Clone(l.st.ExitCounts)
-	l.s.status.Store(&snap)
-	if l.s.opts.OnChange != nil {
-		l.s.opts.OnChange(snap)
+	if c := sl.cur; c != nil && c.cmd != nil {
+		st.PID, st.Ready, st.Started, st.ReadySince, st.Launch = c.PID, c.ready && !c.stopping, c.Started, c.readySince, c.Launch
+		st.Live = append(st.Live, c)
 	}
-}
-
-// start spawns a new process. A failure to spawn counts as a crash, so the
-// restart policy (and in the end the failed state) applies to it too.
-func (l *loop) start() {
-	if l.s.gen.Load() > 0 {
-		l.st.Restarts++
-	}
-	l.after = afterDecide
-	c, err := l.s.spawn(l.s.config())
-	if err != nil {
-		l.s.log.Error().Err(err).Msg("cannot start app")
-		now := l.s.clk.Now()
-		c = &Child{s: l.s, Gen: l.s.gen.Add(1), Started: now, cancel: func() {}}
-		c.exited, c.exitedAt, c.treeGone, c.stopping = true, now, true, true
-		c.final = &Exit{At: now, Reason: ReasonCrashed, Detail: err.Error()}
-		l.cur = c
-		l.st.PID, l.st.Ready, l.st.Started = 0, false, now
-		l.maybeFinish()
-		return
-	}
-	l.cur = c
-	l.st.PID, l.st.Ready, l.st.Started, l.st.ReadySince, l.st.Tag = c.PID, false, c.Started, time.Time{}, c.Tag
-	l.setState(Starting, "")
-	l.watch(c)
+	st.Live = append(st.Live, sl.side...)
+	return st
 }
 
 // watch starts the observers of c (Options.Watch) until it exits.
-func (l *loop) watch(c *Child) {
+func (l *loop[L]) watch(c *Child[L]) {
 	if l.s.opts.Watch != nil {
 		ctx, cancel := context.WithCancel(l.ctx)
 		c.cancel = cancel
 		go l.s.opts.Watch(ctx, c)
 	} else {
 		c.cancel = func() {}
+	}
+}
+
+// spawn starts a process for slot sl with cfg.
+func (l *loop[L]) spawn(sl *slot[L], cfg Config[L]) (*Child[L], error) {
+	c, err := l.s.spawn(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.slot = sl.index
+	return c, nil
+}
+
+// stopProc begins stopping c for r. The stop of a process that still runs
+// is gated (EventStopping is answered first) when events are on.
+func (l *loop[L]) stopProc(c *Child[L], r Reason, detail string) {
+	if !c.exited {
+		c.setRequested(r, detail)
+	}
+	if c.stopping {
+		return
+	}
+	c.stopping = true
+	if !c.exited && l.s.opts.Events != nil {
+		c.gate = make(chan func(context.Context) int, 1)
+	}
+	l.emit(Event[L]{Kind: EventStopping, Proc: c, Reason: r, gate: c.gate})
+	l.s.goStopTree(c)
+}
+
+// exited marks c's main process reaped; a process that died by itself has
+// the rest of its tree cleared away (a wrapper's child, workers).
+func (l *loop[L]) exited(c *Child[L], at time.Time) {
+	c.exited, c.exitedAt = true, at
+	c.cancel()
+	if !c.stopping {
+		c.stopping = true
+		l.s.goStopTree(c)
 	}
 }

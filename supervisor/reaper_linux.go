@@ -28,7 +28,7 @@ func BecomeSubreaper() error {
 // Wait would then fail (ECHILD) and the exit would be lost. The invariant:
 //
 //	The reaper waits only for a child of the agent that is a zombie, is
-//	not in the agent's own process group, and is not in s.owned.
+//	not in the agent's own process group, and is not in table.owned.
 //
 // Why that is enough: a process the agent process starts itself with
 // os/exec (a helper command, a test's exec.Cmd) stays in the agent's
@@ -45,16 +45,16 @@ func BecomeSubreaper() error {
 // outside spawn must be marked owned the same way.
 
 // reap collects the exit status of the app's orphans that have exited.
-func (s *Supervisor) reap() {
-	s.ownMu.Lock()
-	defer s.ownMu.Unlock()
+func (t *table) reap() {
+	t.ownMu.Lock()
+	defer t.ownMu.Unlock()
 	kids, err := procfs.Children(os.Getpid())
 	if err != nil {
-		s.log.Debug().Err(err).Msg("read the agent's children to reap orphans")
+		t.log.Debug().Err(err).Msg("read the agent's children to reap orphans")
 	}
 	own := unix.Getpgrp()
 	for _, k := range kids {
-		if k.Zombie() && k.PGID != own && !s.owned[k.PID] {
+		if k.Zombie() && k.PGID != own && !t.owned[k.PID] {
 			var ws unix.WaitStatus
 			_, _ = unix.Wait4(k.PID, &ws, unix.WNOHANG, nil)
 		}
@@ -64,15 +64,15 @@ func (s *Supervisor) reap() {
 // reapOnSIGCHLD reaps orphans as they exit while Run runs, so that an app
 // that keeps spawning detached processes does not fill the process table
 // with zombies of the agent.
-func (s *Supervisor) reapOnSIGCHLD() {
+func (t *table) reapOnSIGCHLD(done <-chan struct{}) {
 	c := make(chan os.Signal, 1)
 	signal.Notify(c, syscall.SIGCHLD)
 	defer signal.Stop(c)
 	for {
 		select {
 		case <-c:
-			s.reap()
-		case <-s.done:
+			t.reap()
+		case <-done:
 			return
 		}
 	}

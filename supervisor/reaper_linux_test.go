@@ -19,7 +19,7 @@ import (
 // that took any zombie child would take it.
 func TestReaperNeverTakesACmdWaitStatus(t *testing.T) {
 	argv, env := appCommand("detach-loop")
-	h := start(t, defaultConfig(argv, env), Options{})
+	h := start(t, defaultConfig(argv, env), Options[string]{})
 	h.waitLine("detaching")
 	first := h.waitLine("orphaned ") // the reaper is at work
 

@@ -1,226 +1,131 @@
 package supervisor
 
-import (
-	"errors"
-	"fmt"
-	"slices"
-)
+import "fmt"
 
-// A reload runs a second process beside the current one: the incoming one
-// (loop.in) starts with the reload's config and is watched like any other;
-// once it is ready, the caller's swap moves the traffic to it, it becomes
-// the current process and the old one joins the retiring processes, which
-// are stopped, recorded and otherwise ignored. If the incoming process
-// fails first, it is the one that retires and the reload answers why.
+// A reload is a plan over a slot: the incoming process starts beside the
+// current one with the reload's config and is watched like any other. Once
+// it is ready it takes the slot (EventSwapped) and the old one retires: it
+// is stopped, gated, and the reload answers once it is gone. If the
+// incoming process fails first (it exits, asks for a restart, or is not
+// ready in time), it is the one that retires and the reload answers why.
 
-// ErrReloadBusy is returned by Reload while another reload is under way,
-// or the process the last one replaced is still stopping (its port is not
-// free yet).
-var ErrReloadBusy = errors.New("a reload is already under way")
-
-var errReloadAbandoned = errors.New("reload abandoned: the app was stopped or restarted meanwhile")
-
-// dropQueued answers a reload waiting to start with err.
-func (l *loop) dropQueued(err error) {
-	if l.queued != nil {
-		l.queued.reply <- err
-		l.queued = nil
-	}
+// reloadPlan is the reload under way in a slot.
+type reloadPlan[L any] struct {
+	reply chan error
+	in    *Child[L] // the incoming process
+	timer *timer    // its readiness deadline
+	old   *Child[L] // the process it replaced, once swapped
 }
 
-// beginReload starts the reload asked for by r; r is answered once the
-// reload is settled.
-func (l *loop) beginReload(r request) {
-	rr := r.reload
-	rr.reply = r.reply
+// beginReload starts the reload asked for by r.
+func (sl *slot[L]) beginReload(r request[L]) {
+	l := sl.l
 	switch {
-	case l.shutdown:
-		rr.reply <- ErrShuttingDown
+	case sl.reload != nil:
+		r.reply <- ErrReloadBusy
 		return
-	case l.reload != nil || l.queued != nil:
-		rr.reply <- ErrReloadBusy
-		return
-	case len(l.retiring) > 0:
-		// The process the last reload replaced still holds its port: this
-		// one starts once it is gone.
-		l.queued = &r
-		return
-	case l.cur == nil || l.cur.stopping || !l.cur.ready:
-		rr.reply <- ErrNotServing
+	case sl.cur == nil || sl.cur.stopping || !sl.cur.ready:
+		r.reply <- ErrNotServing
 		return
 	}
-	c, err := l.s.spawn(rr.cfg)
+	c, err := l.spawn(sl, r.cfg)
 	if err != nil {
-		rr.reply <- fmt.Errorf("reload: %w", err)
+		r.reply <- fmt.Errorf("%w: %v", ErrReloadFailed, err)
 		return
 	}
-	l.reload, l.in, rr.child = rr, c, c
-	l.inTimer = l.s.clk.NewTimer(rr.timeout)
-	l.s.log.Info().Int("pid", c.PID).Int("old_pid", l.cur.PID).Msg("reload: new process started beside the running one")
-	l.setState(l.st.State, fmt.Sprintf("reloading: new process %d starting", c.PID))
+	rl := &reloadPlan[L]{reply: r.reply, in: c}
+	rl.timer = l.newTimer(r.timeout, func() {
+		sl.failIncoming(c, ReasonStartTimeout, fmt.Sprintf("not ready within %s", r.timeout))
+	})
+	sl.reload = rl
+	sl.side = append(sl.side, c)
+	sl.msg = fmt.Sprintf("reloading: new process %d starting", c.PID)
+	l.s.log.Info().Int("pid", c.PID).Int("old_pid", sl.cur.PID).Msg("reload: new process started beside the running one")
+	l.emit(Event[L]{Kind: EventStarted, Proc: c})
 	l.watch(c)
 }
 
-// incomingEvent handles an event about the reload's new process.
-func (l *loop) incomingEvent(e event) {
-	c := e.child
-	switch e.kind {
-	case evReady:
-		if c.ready || c.stopping || c.exited {
-			return
+// incomingReady swaps the ready incoming process c into the slot and
+// retires the old one.
+func (sl *slot[L]) incomingReady(c *Child[L]) {
+	l := sl.l
+	rl := sl.reload
+	if rl == nil || rl.in != c || rl.old != nil {
+		return
+	}
+	rl.timer.Stop()
+	old := sl.cur
+	rl.old = old
+	sl.side = append(deleteChild(sl.side, c), old)
+	sl.cur = c
+	sl.state, sl.msg = Running, ""
+	l.restarts++
+	l.s.log.Info().Int("pid", c.PID).Int("old_pid", old.PID).Msg("reload: new process serves; stopping the old one")
+	l.emit(Event[L]{Kind: EventSwapped, Proc: c, Old: old})
+	l.stopProc(old, ReasonReload, fmt.Sprintf("replaced by %d in a reload", c.PID))
+	sl.settle()
+}
+
+// failIncoming gives up on the reload's incoming process c before it took
+// the slot: it is stopped, and the reload answers why once it is gone.
+func (sl *slot[L]) failIncoming(c *Child[L], r Reason, detail string) {
+	rl := sl.reload
+	if rl == nil || rl.in != c || rl.old != nil || c.stopping {
+		return
+	}
+	rl.timer.Stop()
+	sl.l.s.log.Warn().Int("pid", c.PID).Str("reason", string(r)).Str("detail", detail).Msg("reload: new process failed; the old one keeps serving")
+	sl.l.stopProc(c, r, detail)
+}
+
+// abortReload gives up on a reload whose incoming process has not taken
+// the slot yet (the app is being stopped or restarted, or its process
+// exited).
+func (sl *slot[L]) abortReload(why string) {
+	if rl := sl.reload; rl != nil && rl.old == nil {
+		if rl.in.stopping {
+			return // failing already
 		}
-		c.ready, c.readySince = true, l.s.clk.Now()
-		l.stopInTimer()
-		swap, ctx := l.reload.swap, l.ctx
-		go func() {
-			if swap != nil {
-				swap(ctx, c)
-			}
-			l.s.send(event{kind: evSwapped, child: c})
-		}()
-	case evSwapped:
-		old := l.cur
-		l.cur, l.in = c, nil
-		l.st.Restarts++
-		l.st.PID, l.st.Started, l.st.Ready, l.st.ReadySince, l.st.Tag = c.PID, c.Started, true, c.readySince, c.Tag
-		l.setState(Running, "")
-		if old != nil {
-			l.s.log.Info().Int("pid", c.PID).Int("old_pid", old.PID).Msg("reload: new process serves; stopping the old one")
-			l.retire(old, ReasonReload, fmt.Sprintf("replaced by %d in a reload", c.PID), false)
-		}
-		l.reload.reply <- nil
-		l.reload = nil
-		if c.pendingRestart != "" {
-			// Asked for while the traffic moved: acted on now.
-			l.s.log.Warn().Str("reason", string(c.pendingRestart)).Str("detail", c.pendingDetail).Int("pid", c.PID).Msg("restarting app")
-			l.after = afterDecide
-			l.stop(c.pendingRestart, c.pendingDetail)
-		}
-	case evRestart:
-		switch {
-		case !c.ready:
-			l.failIncoming(e.reason, e.detail)
-		case c.pendingRestart == "":
-			c.pendingRestart, c.pendingDetail = e.reason, e.detail
+		sl.failIncoming(rl.in, ReasonReload, "reload abandoned: "+why)
+	}
+}
+
+// finishSide answers the reload that c, a side process now gone with ex,
+// belonged to: done when it was the old process, failed when the new one.
+func (sl *slot[L]) finishSide(c *Child[L], ex Exit) {
+	l := sl.l
+	rl := sl.reload
+	var answer error
+	switch {
+	case rl != nil && c == rl.old:
+		sl.reload = nil
+	case rl != nil && c == rl.in:
+		sl.reload = nil
+		answer = fmt.Errorf("%w: the new process failed: %s%s; the old one keeps serving", ErrReloadFailed, describe(ex), detailSuffix(ex))
+		if l.shutdown {
+			answer = ErrShuttingDown
 		}
 	default:
-		l.sideEvent(e)
+		rl = nil
 	}
+	if sl.reload == nil && (sl.state == Running || sl.state == Starting) {
+		sl.msg = ""
+	}
+	l.emit(Event[L]{Kind: EventGone, Proc: c, Reason: ex.Reason})
+	if rl != nil {
+		rl.reply <- answer // after the status that shows it
+	}
+	sl.settle()
 }
 
-// failIncoming gives up on the reload's new process before it took the
-// traffic: it is stopped and the reload answers with why, once its exit is
-// recorded.
-func (l *loop) failIncoming(r Reason, detail string) {
-	c := l.in
-	if c == nil {
-		return
-	}
-	l.s.log.Warn().Int("pid", c.PID).Str("reason", string(r)).Str("detail", detail).Msg("reload: new process failed; the old one keeps serving")
-	l.retire(c, r, detail, false)
-}
-
-// abortReload gives up on the reload under way (the app is being stopped
-// or restarted, or its process exited): the new process is stopped and the
-// reload answers with why.
-func (l *loop) abortReload(why string) {
-	if l.in == nil {
-		return
-	}
-	l.failIncoming(ReasonReload, "reload abandoned: "+why)
-}
-
-// retire moves c out of the current or incoming slot and stops its tree
-// (without the gate: its traffic is settled) unless it is gone already.
-func (l *loop) retire(c *Child, r Reason, detail string, gate bool) {
-	if c == l.in {
-		l.in = nil
-		l.stopInTimer()
-	}
-	l.retiring = append(l.retiring, c)
-	if !c.exited {
-		c.setRequested(r, detail)
-	}
-	if !c.stopping {
-		c.stopping = true
-		l.s.goStopTree(c, gate && !c.exited)
-	}
-	l.finishSide(c)
-}
-
-// sideEvent handles an event about a process beside the current one: the
-// reload's new process before it serves, or a retiring one. Its exit is
-// recorded; it never decides what the app does next.
-func (l *loop) sideEvent(e event) {
-	c := e.child
-	switch e.kind {
-	case evExited:
-		c.exited, c.exitedAt = true, e.exit.At
-		c.cancel()
-		if !c.stopping {
-			c.stopping = true
-			l.s.goStopTree(c, false)
+func deleteChild[L any](cs []*Child[L], c *Child[L]) []*Child[L] {
+	out := cs[:0]
+	for _, o := range cs {
+		if o != c {
+			out = append(out, o)
 		}
-		go l.s.explain(l.ctx, c, e.exit)
-		if c == l.in {
-			// Died before it was ready: the reload has failed. Its exit,
-			// once explained, says why.
-			l.in = nil
-			l.stopInTimer()
-			l.retiring = append(l.retiring, c)
-		}
-	case evTreeGone:
-		c.treeGone = true
-		l.finishSide(c)
-	case evExplained:
-		ex := e.exit
-		c.final = &ex
-		l.finishSide(c)
 	}
-}
-
-// finishSide records the exit of a retiring process once it is explained
-// and its tree is gone, and answers the reload it failed, if any.
-func (l *loop) finishSide(c *Child) {
-	if c.final == nil || !c.treeGone || !slices.Contains(l.retiring, c) {
-		return
-	}
-	l.retiring = slices.DeleteFunc(l.retiring, func(o *Child) bool { return o == c })
-	ex := *c.final
-	l.record(ex)
-	failed := l.reload != nil && c == l.reload.child
-	rr := l.reload
-	if failed {
-		l.reload = nil
-	}
-	l.setState(l.st.State, l.messageAfterReload()) // published before the reload answers
-	if failed {
-		rr.reply <- fmt.Errorf("the new process failed: %s%s; the old one keeps serving", describe(ex), detailSuffix(ex))
-	}
-	if len(l.retiring) == 0 && l.queued != nil {
-		q := *l.queued
-		l.queued = nil
-		l.beginReload(q)
-	}
-}
-
-func (l *loop) stopInTimer() {
-	if l.inTimer != nil {
-		l.inTimer.Stop()
-		l.inTimer = nil
-	}
-}
-
-// messageAfterReload keeps the status message of the current state once a
-// reload's side process is settled.
-func (l *loop) messageAfterReload() string {
-	if l.in != nil {
-		return fmt.Sprintf("reloading: new process %d starting", l.in.PID)
-	}
-	if l.st.State == Running || l.st.State == Starting {
-		return ""
-	}
-	return l.st.Message
+	return out
 }
 
 func detailSuffix(ex Exit) string {

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"syscall"
@@ -10,36 +11,63 @@ import (
 )
 
 // readyWatch reports every process ready at once, as a probe would.
-func readyWatch(ctx context.Context, c *Child) { c.Ready() }
+func readyWatch(ctx context.Context, c *Child[string]) { c.Ready() }
 
 func TestReloadReplacesTheProcessAfterSwap(t *testing.T) {
 	argv, env := appCommand("grandchild") // a tree: the old one must go whole, the new one stay whole
 	cfg := defaultConfig(argv, env)
-	cfg.Tag = "old"
-	h := start(t, cfg, Options{Watch: readyWatch})
+	cfg.Launch = "old"
+	var mu sync.Mutex
+	var swapped *Child[string]
+	var oldAliveAtGate bool
+	drained := make(chan struct{})
+	h := startWith(t, cfg, Options[string]{Watch: readyWatch}, func(ev Event[string]) {
+		switch {
+		case ev.Kind == EventSwapped:
+			mu.Lock()
+			swapped = ev.Proc
+			mu.Unlock()
+			if ev.Status.PID != ev.Proc.PID || ev.Old == nil || ev.Old.Launch != "old" {
+				t.Errorf("swapped event %+v: want the new process current, the old one named", ev)
+			}
+		case ev.Gated() && ev.Reason != ReasonReload:
+			ev.Gate(nil)
+		case ev.Gated():
+			ev.Gate(func(ctx context.Context) int {
+				// The old process still serves while its requests drain.
+				oldAliveAtGate = alive(ev.Proc.PID)
+				close(drained)
+				return 0
+			})
+		}
+	})
 	st := h.waitState(Running)
 	oldPID := st.PID
 	oldKids := pidsIn(h.waitLine("pid "))
 
 	next := cfg
-	next.Tag = "new"
-	var swapped *Child
-	err := h.s.Reload(context.Background(), next, waitTime, func(ctx context.Context, c *Child) {
-		swapped = c
-		// The old process still serves while the traffic moves.
-		if !alive(oldPID) {
-			t.Error("old process gone before the swap")
-		}
-	})
-	if err != nil {
+	next.Launch = "new"
+	if err := h.s.Reload(context.Background(), next, waitTime); err != nil {
 		t.Fatal(err)
 	}
-	if swapped == nil || swapped.Tag != "new" {
-		t.Fatalf("swap got %+v, want the new process with its config's tag", swapped)
+	// Reload answers once the old process is gone.
+	st = h.s.Status()
+	mu.Lock()
+	sw := swapped
+	mu.Unlock()
+	if sw == nil || sw.Launch != "new" {
+		t.Fatalf("swap got %+v, want the new process with its config's launch", sw)
 	}
-	st = h.waitFor("the old process's exit", func(st Status) bool { return len(st.Exits) == 1 })
-	if st.PID != swapped.PID || st.State != Running || !st.Ready || st.Restarts != 1 {
-		t.Errorf("after reload: %+v, want running pid %d, 1 restart", st, swapped.PID)
+	select {
+	case <-drained:
+	default:
+		t.Fatal("the old process was stopped without its gate")
+	}
+	if !oldAliveAtGate {
+		t.Error("old process gone before its drain")
+	}
+	if st.PID != sw.PID || st.State != Running || !st.Ready || st.Restarts != 1 || len(st.Exits) != 1 || len(st.Live) != 1 {
+		t.Errorf("after reload: %+v, want running pid %d, 1 restart, 1 exit, 1 live", st, sw.PID)
 	}
 	if e := st.Exits[0]; e.Reason != ReasonReload || e.PID != oldPID {
 		t.Errorf("exit %+v, want reason reload of %d", e, oldPID)
@@ -48,7 +76,7 @@ func TestReloadReplacesTheProcessAfterSwap(t *testing.T) {
 		t.Errorf("exit counts %v", st.ExitCounts)
 	}
 	waitDead(t, oldKids...)
-	if !alive(swapped.PID) {
+	if !alive(sw.PID) {
 		t.Error("the new process was stopped with the old tree")
 	}
 }
@@ -56,8 +84,8 @@ func TestReloadReplacesTheProcessAfterSwap(t *testing.T) {
 func TestReloadFailureKeepsTheOldProcess(t *testing.T) {
 	argv, env := appCommand("sleep")
 	cfg := defaultConfig(argv, env)
-	h := start(t, cfg, Options{Watch: func(ctx context.Context, c *Child) {
-		if c.Tag != "never-ready" {
+	h := start(t, cfg, Options[string]{Watch: func(ctx context.Context, c *Child[string]) {
+		if c.Launch != "never-ready" {
 			c.Ready()
 		}
 	}})
@@ -76,14 +104,13 @@ func TestReloadFailureKeepsTheOldProcess(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			argv, env := appCommand(tc.mode[0], tc.mode[1:]...)
 			next := defaultConfig(argv, env)
-			next.Tag = tc.tag
-			swapped := false
-			err := h.s.Reload(context.Background(), next, 2*time.Second, func(context.Context, *Child) { swapped = true })
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "old one keeps serving") {
+			next.Launch = tc.tag
+			err := h.s.Reload(context.Background(), next, 2*time.Second)
+			if !errors.Is(err, ErrReloadFailed) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "old one keeps serving") {
 				t.Fatalf("reload: %v, want an error saying %q", err, tc.want)
 			}
-			if swapped {
-				t.Error("traffic swapped to a process that failed")
+			if h.swaps() != 0 {
+				t.Error("swapped to a process that failed")
 			}
 			st := h.s.Status()
 			if st.PID != oldPID || st.State != Running || !st.Ready {
@@ -101,9 +128,9 @@ func TestReloadFailureKeepsTheOldProcess(t *testing.T) {
 
 func TestReloadOfAnAppNotServing(t *testing.T) {
 	argv, env := appCommand("sleep")
-	h := start(t, defaultConfig(argv, env), Options{}) // never ready
+	h := start(t, defaultConfig(argv, env), Options[string]{}) // never ready
 	h.waitState(Starting)
-	if err := h.s.Reload(context.Background(), h.s.config(), time.Second, nil); err != ErrNotServing {
+	if err := h.s.Reload(context.Background(), h.s.Config(), time.Second); err != ErrNotServing {
 		t.Fatalf("reload while starting: %v, want ErrNotServing", err)
 	}
 }
@@ -113,27 +140,39 @@ func TestGateRunsBeforeRequestedStopsOnly(t *testing.T) {
 	cfg := defaultConfig(argv, env)
 	var mu sync.Mutex
 	var gated []Reason
-	h := start(t, cfg, Options{Watch: readyWatch, Gate: func(ctx context.Context, c *Child, r Reason) {
-		if _, ok := ctx.Deadline(); !ok {
-			t.Error("gate context without a deadline")
+	h := startWith(t, cfg, Options[string]{Watch: readyWatch}, func(ev Event[string]) {
+		if ev.Kind != EventStopping {
+			return
+		}
+		if !ev.Gated() {
+			return
 		}
 		// The process has not been signalled yet.
-		if !alive(c.PID) {
-			t.Errorf("gate for %d called after it died", c.PID)
+		if !alive(ev.Proc.PID) {
+			t.Errorf("gate for %d after it died", ev.Proc.PID)
 		}
 		mu.Lock()
-		gated = append(gated, r)
+		gated = append(gated, ev.Reason)
 		mu.Unlock()
-	}})
+		ev.Gate(func(ctx context.Context) int {
+			if _, ok := ctx.Deadline(); !ok {
+				t.Error("gate context without a deadline")
+			}
+			return 0
+		})
+	})
 	h.waitState(Running)
 	if err := h.s.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	st := h.waitFor("the restart", func(st Status) bool { return st.Restarts == 1 && st.State == Running })
+	// Restart answers once the new process is ready.
+	st := h.s.Status()
+	if st.Restarts != 1 || st.State != Running {
+		t.Fatalf("restart answered at %+v, want running after 1 restart", st)
+	}
 	// A crash is not gated: the process is gone already.
-	pid := st.PID
-	killPID(t, pid)
-	h.waitFor("the crash restart", func(st Status) bool { return st.Restarts == 2 && st.State == Running })
+	killPID(t, st.PID)
+	h.waitFor("the crash restart", func(st Status[string]) bool { return st.Restarts == 2 && st.State == Running })
 	mu.Lock()
 	defer mu.Unlock()
 	if len(gated) != 1 || gated[0] != ReasonRestart {

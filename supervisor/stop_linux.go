@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"os"
 	"syscall"
 	"time"
 
@@ -15,46 +14,35 @@ import (
 const killRounds = 5
 
 // goStopTree stops c's process tree in the background (see stopTree), then
-// reaps the orphans it leaves and reports evTreeGone. With gate, the stop
-// was asked for while c still runs: Options.Gate is called first.
-func (s *Supervisor) goStopTree(c *Child, gate bool) {
-	cfg := s.config()
+// reaps the orphans it leaves and reports evTreeGone. With c.gate set (a
+// gated stop of a process still running), the stop waits first for the
+// answer to EventStopping and runs its drain.
+func (s *Supervisor[L]) goStopTree(c *Child[L]) {
+	cfg := s.Config()
+	gate := c.gate
 	go func() {
-		if r, _ := c.requested(); gate && r != "" && s.opts.Gate != nil {
+		if gate != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), cfg.StopTimeout)
-			s.opts.Gate(ctx, c, r)
+			select {
+			case drain := <-gate:
+				if drain != nil {
+					if left := drain(ctx); left > 0 {
+						r, _ := c.requested()
+						s.log.Warn().Int("pid", c.PID).Str("reason", string(r)).Int("in_flight", left).Msg("stopping the app with requests still in flight (stop.timeout)")
+					}
+				}
+			case <-ctx.Done():
+			}
 			cancel()
 		}
 		s.stopTree(c, cfg.StopSignal, cfg.StopTimeout)
 		if c.leader != nil {
 			c.leader.Close()
 		}
-		s.liveMu.Lock()
-		delete(s.livePIDs, c.PID)
-		s.liveMu.Unlock()
+		s.table.gone(c.PID)
 		s.reap()
-		s.send(event{kind: evTreeGone, child: c})
+		s.send(event[L]{kind: evTreeGone, child: c})
 	}()
-}
-
-// othersLocked returns the PIDs of the live app processes other than c (two
-// run during a reload), whose trees the stop and the RSS sample of c leave
-// alone. The caller holds liveMu.
-func (s *Supervisor) othersLocked(c *Child) []int {
-	var pids []int
-	for pid := range s.livePIDs {
-		if pid != c.PID {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// Others returns the PIDs of the live app processes other than c.
-func (s *Supervisor) Others(c *Child) []int {
-	s.liveMu.Lock()
-	defer s.liveMu.Unlock()
-	return s.othersLocked(c)
 }
 
 // stopTree sends sig to the app's process group and to every descendant of
@@ -66,11 +54,11 @@ func (s *Supervisor) Others(c *Child) []int {
 // waited on through a pidfd opened while the tree was read, and the group
 // through the pidfd of its leader, so a PID that was reused meanwhile is
 // never touched, and a wait ends as soon as the last process exits.
-func (s *Supervisor) stopTree(c *Child, sig syscall.Signal, timeout time.Duration) {
+func (s *Supervisor[L]) stopTree(c *Child[L], sig syscall.Signal, timeout time.Duration) {
 	if sig == 0 {
 		sig = syscall.SIGTERM
 	}
-	hs := s.scanTree(c)
+	hs := s.scanTree(c.PID)
 	defer procfs.CloseAll(hs)
 	c.signalTree(hs, sig)
 	if sig != syscall.SIGKILL && sig != syscall.SIGCONT {
@@ -85,7 +73,7 @@ func (s *Supervisor) stopTree(c *Child, sig syscall.Signal, timeout time.Duratio
 		s.log.Warn().Ints("pids", pidsOf(left)).Dur("timeout", timeout).Msg("app did not stop in time; killing its process tree")
 	}
 	for range killRounds {
-		hs := s.scanTree(c)
+		hs := s.scanTree(c.PID)
 		if len(hs) == 0 {
 			return
 		}
@@ -97,26 +85,11 @@ func (s *Supervisor) stopTree(c *Child, sig syscall.Signal, timeout time.Duratio
 	}
 }
 
-// scanTree opens handles for the live descendants of the agent but the
-// trees of the other live app processes: c's whole tree, with what escaped
-// it (re-parented to the agent as child subreaper).
-func (s *Supervisor) scanTree(c *Child) []*procfs.Handle {
-	// liveMu is held through the scan: a process started meanwhile is
-	// either known as another's (and left out) or not yet there.
-	s.liveMu.Lock()
-	hs, err := procfs.OpenDescendantsExcept(os.Getpid(), s.othersLocked(c))
-	s.liveMu.Unlock()
-	if err != nil {
-		s.log.Warn().Err(err).Msg("read the app's process tree")
-	}
-	return hs
-}
-
 // signalTree sends sig to c's process group, through the leader's pidfd,
 // and to each of hs outside that group; to all of hs when the kernel
 // cannot signal a group through a pidfd (before Linux 6.9). No process gets
 // the signal twice: a second SIGTERM means "now" to some apps.
-func (c *Child) signalTree(hs []*procfs.Handle, sig syscall.Signal) {
+func (c *Child[L]) signalTree(hs []*procfs.Handle, sig syscall.Signal) {
 	group := false
 	if c.leader != nil {
 		err := c.leader.SignalGroup(sig)

@@ -59,8 +59,8 @@ func TestStopNeverSignalsAReusedPID(t *testing.T) {
 	if err := gone.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{}, Options{})
-	hs := s.scanTree(&Child{})
+	s := New(Config[string]{}, Options[string]{})
+	hs := s.scanTree(0)
 	defer procfs.CloseAll(hs)
 	i := slices.IndexFunc(hs, func(h *procfs.Handle) bool { return h.PID == gone.Process.Pid })
 	if i < 0 {
@@ -71,7 +71,7 @@ func TestStopNeverSignalsAReusedPID(t *testing.T) {
 	gone.Wait()
 	stale.PID, stale.PGID = by.Process.Pid, by.Process.Pid // as if reused
 
-	c := &Child{PID: 1 << 29} // no leader: every handle is signalled
+	c := &Child[string]{PID: 1 << 29} // no leader: every handle is signalled
 	c.signalTree([]*procfs.Handle{stale}, syscall.SIGTERM)
 	if err := stale.Signal(syscall.SIGTERM); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("Signal on the stale handle = %v, want ESRCH", err)

@@ -20,11 +20,20 @@ var ErrExhausted = errors.New("app restart budget exhausted")
 // ErrShuttingDown is returned by control requests made while the agent stops.
 var ErrShuttingDown = errors.New("agent is shutting down")
 
+// ErrStopped is returned by Restart and Start when the app was stopped (or
+// restarted again) before the process they started was ready.
+var ErrStopped = errors.New("the app was stopped or restarted meanwhile")
+
+// ErrStartFailed wraps why the process a Restart or Start began ended
+// before it was ready.
+var ErrStartFailed = errors.New("the new process failed")
+
 // maxExits is how many exits Status keeps.
 const maxExits = 20
 
-// Config says what to run and how to treat it.
-type Config struct {
+// Config says what to run and how to treat it. L is what the caller starts
+// a process with (its launch); it is carried unchanged to the Child.
+type Config[L any] struct {
 	Name            string
 	Command         []string // argv; argv[0] is looked up in the app's PATH unless Path is set
 	Path            string   // the program to run, "" = Command[0] looked up
@@ -35,13 +44,11 @@ type Config struct {
 	StopSignal      syscall.Signal
 	StopTimeout     time.Duration
 	ExitOnExhausted bool // restart.on_exhausted = "exit"
-	// Tag is carried unchanged to each Child started with this config
-	// (Child.Tag): what the caller started the process with.
-	Tag any
+	Launch          L
 }
 
 // Options are the supervisor's collaborators. Only Log is required.
-type Options struct {
+type Options[L any] struct {
 	Log    zerolog.Logger
 	Clock  clock.Clock // nil: the real clock
 	Output *Ring       // nil: output is logged only
@@ -49,7 +56,7 @@ type Options struct {
 	// Watch, if set, runs in its own goroutine for each app process, with a
 	// context that ends when the process exits. Observers (readiness and
 	// liveness probes, the RSS limit) report through c.Ready and c.Restart.
-	Watch func(ctx context.Context, c *Child)
+	Watch func(ctx context.Context, c *Child[L])
 
 	// Explain, if set, is asked about an exit the supervisor cannot explain
 	// itself (neither requested, nor a clean exit, nor a V8 heap OOM). With
@@ -58,24 +65,19 @@ type Options struct {
 	// supervisor asks at once, acts on the answer without delay, and for a
 	// SIGKILL (or a wrapper's code 137) asks again with wait in the
 	// background, amending the recorded exit if the answer comes later.
-	Explain func(ctx context.Context, c *Child, e Exit, wait bool) (r Reason, detail string, ok bool)
+	Explain func(ctx context.Context, c *Child[L], e Exit, wait bool) (r Reason, detail string, ok bool)
 
 	// Prepare, if set, is called at each start with the config about to
 	// run and returns the one to run (an npm script's command and
 	// environment, read afresh from package.json). An error fails the start
 	// as a failure to spawn does (a crash).
-	Prepare func(Config) (Config, error)
+	Prepare func(Config[L]) (Config[L], error)
 
-	// Gate, if set, is called before the agent itself stops a process that
-	// is still running (a restart, stop, reload or shutdown, or for
-	// rss-limit, liveness or start-timeout), with a context that ends after
-	// the stop timeout; the stop signal is sent when it returns. The traffic
-	// front holds new requests there and lets the in-flight ones finish.
-	Gate func(ctx context.Context, c *Child, r Reason)
-
-	// OnChange, if set, is called from the supervisor's loop after every
-	// state change with the new status. It must not block.
-	OnChange func(Status)
+	// Events, if set, receives every change, in order (see Event). The
+	// loop waits for room in it: its one reader must never block for long.
+	// With Events, every stop the agent itself asks for of a running
+	// process is gated: see EventStopping.
+	Events chan<- Event[L]
 
 	// Tick and OnTick: OnTick is called from the supervisor's loop every
 	// Tick, so a wedged loop stops calling it (the systemd watchdog).
@@ -84,7 +86,7 @@ type Options struct {
 }
 
 // Status is a snapshot of the supervisor's state.
-type Status struct {
+type Status[L any] struct {
 	State      State
 	PID        int       // 0 when no process runs
 	Ready      bool      // the current process was reported ready
@@ -96,115 +98,107 @@ type Status struct {
 	// (Exits keeps only the last few).
 	ExitCounts map[Reason]uint64
 	Message    string // why the state is what it is, for failed and backoff
-	Tag        any    // Config.Tag of the current process, nil when none runs
+	Launch     L      // of the current process; the zero L when none runs
+	// Live lists every process started and not yet gone, the current one
+	// first (a reload runs two).
+	Live []*Child[L]
 }
 
-// Supervisor runs one app process and keeps it running.
-type Supervisor struct {
+// Supervisor runs the app's processes and keeps them running. Its state
+// is owned by the goroutine of Run (loop.go); the methods below talk to it.
+type Supervisor[L any] struct {
 	log  zerolog.Logger
 	clk  clock.Clock
-	opts Options
+	opts Options[L]
+	*table
 
 	cfgMu sync.Mutex
-	cfg   Config
+	cfg   Config[L]
 
-	reqs   chan request
-	events chan event
+	reqs   chan request[L]
+	events chan event[L]
 	done   chan struct{} // closed when Run returns
-	status atomic.Pointer[Status]
+	status atomic.Pointer[Status[L]]
 	gen    atomic.Uint64
-
-	// liveMu guards live: the processes started and not yet fully gone
-	// (two during a reload), so that the stop of one leaves the other's
-	// tree alone.
-	liveMu   sync.Mutex
-	livePIDs map[int]bool
-
-	// ownMu guards owned: the app processes whose exit status belongs to
-	// their cmd.Wait, never to the reaper of orphans.
-	ownMu sync.Mutex
-	owned map[int]bool
 }
 
 // New returns a supervisor for cfg. It starts nothing until Run.
-func New(cfg Config, opts Options) *Supervisor {
+func New[L any](cfg Config[L], opts Options[L]) *Supervisor[L] {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
 	}
-	s := &Supervisor{
-		log:      opts.Log,
-		clk:      opts.Clock,
-		opts:     opts,
-		cfg:      cfg,
-		reqs:     make(chan request),
-		events:   make(chan event, 16),
-		done:     make(chan struct{}),
-		owned:    make(map[int]bool),
-		livePIDs: make(map[int]bool),
+	s := &Supervisor[L]{
+		log:    opts.Log,
+		clk:    opts.Clock,
+		opts:   opts,
+		table:  newTable(opts.Log),
+		cfg:    cfg,
+		reqs:   make(chan request[L]),
+		events: make(chan event[L], 16),
+		done:   make(chan struct{}),
 	}
-	s.status.Store(&Status{State: Starting})
+	s.status.Store(&Status[L]{State: Starting})
 	return s
 }
 
 // SetConfig replaces the config; it applies from the next start of the app.
-func (s *Supervisor) SetConfig(cfg Config) {
+func (s *Supervisor[L]) SetConfig(cfg Config[L]) {
 	s.cfgMu.Lock()
 	s.cfg = cfg
 	s.cfgMu.Unlock()
 }
 
 // Config returns the config the next start will use.
-func (s *Supervisor) Config() Config { return s.config() }
-
-func (s *Supervisor) config() Config {
+func (s *Supervisor[L]) Config() Config[L] {
 	s.cfgMu.Lock()
 	defer s.cfgMu.Unlock()
 	return s.cfg
 }
 
 // Status returns the latest status. It never blocks on the supervisor.
-func (s *Supervisor) Status() Status { return *s.status.Load() }
+func (s *Supervisor[L]) Status() Status[L] { return *s.status.Load() }
 
 // Restart stops the app (reason restart) and starts it again at once,
-// clearing a failed state and the backoff.
-func (s *Supervisor) Restart(ctx context.Context) error { return s.ask(ctx, reqRestart) }
-
-// Stop stops the app (reason stop); it stays stopped until Start or Restart.
-func (s *Supervisor) Stop(ctx context.Context) error { return s.ask(ctx, reqStop) }
-
-// Start starts a stopped or failed app; it is a no-op when one runs.
-func (s *Supervisor) Start(ctx context.Context) error { return s.ask(ctx, reqStart) }
-
-func (s *Supervisor) ask(ctx context.Context, k reqKind) error {
-	r := request{kind: k, reply: make(chan error, 1)}
-	select {
-	case s.reqs <- r:
-	case <-s.done:
-		return ErrShuttingDown
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-r.reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// clearing a failed state and the backoff. It returns once the new process
+// is ready, or with an error wrapping ErrStartFailed when it ended first.
+func (s *Supervisor[L]) Restart(ctx context.Context) error {
+	return s.ask(ctx, request[L]{kind: reqRestart})
 }
+
+// Stop stops the app (reason stop) and returns once its tree is gone; it
+// stays stopped until Start or Restart.
+func (s *Supervisor[L]) Stop(ctx context.Context) error { return s.ask(ctx, request[L]{kind: reqStop}) }
+
+// Start starts a stopped or failed app, or one waiting in backoff, and
+// returns once its process is ready (at once when it is), or with an error
+// wrapping ErrStartFailed when it ended first.
+func (s *Supervisor[L]) Start(ctx context.Context) error { return s.ask(ctx, request[L]{kind: reqStart}) }
 
 // ErrNotServing is returned by Reload when no process is running and ready
 // to be replaced: the caller restarts the app instead.
 var ErrNotServing = errors.New("the app is not running and ready")
 
-// Reload starts a new process with cfg beside the current one. Once the new
-// one is ready, swap is called with it (the traffic front sends new requests
-// to it and waits, until its context ends, for the old one's requests in
-// flight); then the old process is stopped (reason reload) and the new one
-// is the app. If the new process exits, fails its probes or is not ready
-// within timeout, its tree is stopped, the old one keeps running, and
-// Reload returns an error saying why. It returns once either is settled.
-func (s *Supervisor) Reload(ctx context.Context, cfg Config, timeout time.Duration, swap func(ctx context.Context, c *Child)) error {
-	r := request{kind: reqReload, reply: make(chan error, 1), reload: &reloadReq{cfg: cfg, timeout: timeout, swap: swap}}
+// ErrReloadBusy is returned by Reload while another reload is under way.
+var ErrReloadBusy = errors.New("a reload is already under way")
+
+// ErrReloadFailed wraps why a reload's new process failed; the old one
+// keeps serving.
+var ErrReloadFailed = errors.New("reload failed")
+
+// Reload starts a new process with cfg beside the current one. Once the
+// new one is ready it takes the app's place (EventSwapped) and the old one
+// is stopped, gated, with reason reload; Reload returns once the old one is
+// gone. If the new process exits, asks for a restart or is not ready within
+// timeout first, its tree is stopped, the old one keeps running, and Reload
+// returns an error wrapping ErrReloadFailed that says why.
+func (s *Supervisor[L]) Reload(ctx context.Context, cfg Config[L], timeout time.Duration) error {
+	return s.ask(ctx, request[L]{kind: reqReload, cfg: cfg, timeout: timeout})
+}
+
+// ask hands r to the loop and waits for its answer, which the loop gives
+// once the transition r asked for is complete.
+func (s *Supervisor[L]) ask(ctx context.Context, r request[L]) error {
+	r.reply = make(chan error, 1)
 	select {
 	case s.reqs <- r:
 	case <-s.done:
@@ -229,16 +223,10 @@ const (
 	reqReload
 )
 
-type request struct {
-	kind   reqKind
-	reply  chan error
-	reload *reloadReq // for reqReload
-}
-
-type reloadReq struct {
-	cfg     Config
+type request[L any] struct {
+	kind  reqKind
+	reply chan error // buffered: the loop never waits on it
+	// For reqReload:
+	cfg     Config[L]
 	timeout time.Duration
-	swap    func(ctx context.Context, c *Child)
-	reply   chan error
-	child   *Child // the new process, once started
 }

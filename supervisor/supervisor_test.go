@@ -26,7 +26,7 @@ const waitTime = 30 * time.Second
 
 type harness struct {
 	t      *testing.T
-	s      *Supervisor
+	s      *Supervisor[string]
 	out    *Ring
 	clk    clock.Clock
 	cancel context.CancelFunc
@@ -35,10 +35,11 @@ type harness struct {
 	mu      sync.Mutex
 	changed chan struct{}
 	history []State
+	events  []Event[string]
 }
 
-func defaultConfig(argv, env []string) Config {
-	return Config{
+func defaultConfig(argv, env []string) Config[string] {
+	return Config[string]{
 		Name:        "test",
 		Command:     argv,
 		Env:         env,
@@ -48,8 +49,15 @@ func defaultConfig(argv, env []string) Config {
 	}
 }
 
-// start runs a supervisor for cfg until the test ends.
-func start(t *testing.T, cfg Config, opts Options) *harness {
+// start runs a supervisor for cfg until the test ends. Its events are
+// recorded; gated stops are answered at once, with no drain.
+func start(t *testing.T, cfg Config[string], opts Options[string]) *harness {
+	t.Helper()
+	return startWith(t, cfg, opts, func(ev Event[string]) { ev.Gate(nil) })
+}
+
+// startWith is start with onEvent called for each event, in order.
+func startWith(t *testing.T, cfg Config[string], opts Options[string], onEvent func(Event[string])) *harness {
 	t.Helper()
 	h := &harness{t: t, out: NewRing(1000, 1<<20), changed: make(chan struct{})}
 	opts.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
@@ -58,18 +66,36 @@ func start(t *testing.T, cfg Config, opts Options) *harness {
 		opts.Clock = clock.Real{}
 	}
 	h.clk = opts.Clock
-	opts.OnChange = func(st Status) {
-		h.mu.Lock()
-		h.history = append(h.history, st.State)
-		close(h.changed)
-		h.changed = make(chan struct{})
-		h.mu.Unlock()
-	}
+	events := make(chan Event[string], 16)
+	opts.Events = events
 	h.s = New(cfg, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.errc = make(chan error, 1)
-	go func() { h.errc <- h.s.Run(ctx) }()
+	supDone := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case ev := <-events:
+				onEvent(ev)
+				h.mu.Lock()
+				if n := len(h.history); n == 0 || h.history[n-1] != ev.Status.State {
+					h.history = append(h.history, ev.Status.State)
+				}
+				h.events = append(h.events, ev)
+				close(h.changed)
+				h.changed = make(chan struct{})
+				h.mu.Unlock()
+			case <-supDone:
+				return
+			}
+		}
+	}()
+	go func() {
+		err := h.s.Run(ctx)
+		close(supDone)
+		h.errc <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -82,7 +108,7 @@ func start(t *testing.T, cfg Config, opts Options) *harness {
 }
 
 // waitFor waits until cond holds for the status, or fails the test.
-func (h *harness) waitFor(what string, cond func(Status) bool) Status {
+func (h *harness) waitFor(what string, cond func(Status[string]) bool) Status[string] {
 	h.t.Helper()
 	deadline := time.After(waitTime)
 	for {
@@ -100,9 +126,22 @@ func (h *harness) waitFor(what string, cond func(Status) bool) Status {
 	}
 }
 
-func (h *harness) waitState(want State) Status {
+// swaps counts the reload swaps seen.
+func (h *harness) swaps() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, ev := range h.events {
+		if ev.Kind == EventSwapped {
+			n++
+		}
+	}
+	return n
+}
+
+func (h *harness) waitState(want State) Status[string] {
 	h.t.Helper()
-	return h.waitFor("state "+string(want), func(st Status) bool { return st.State == want })
+	return h.waitFor("state "+string(want), func(st Status[string]) bool { return st.State == want })
 }
 
 // waitLine waits for an output line with prefix and returns it.
@@ -204,7 +243,7 @@ func TestCrashLoopReachesFailedAfterMaxRestarts(t *testing.T) {
 	argv, env := appCommand("exit", "3")
 	cfg := defaultConfig(argv, env)
 	cfg.Policy = Policy{Mode: Always, MaxRestarts: 3, Window: time.Hour}
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	st := h.waitState(Failed)
 	if st.Restarts != 3 {
 		t.Errorf("restarts = %d, want 3", st.Restarts)
@@ -220,11 +259,15 @@ func TestCrashLoopReachesFailedAfterMaxRestarts(t *testing.T) {
 	if !strings.Contains(st.Message, "restart budget spent") {
 		t.Errorf("message %q does not say why it failed", st.Message)
 	}
-	// Restart clears the failed state.
-	if err := h.s.Restart(context.Background()); err != nil {
-		t.Fatal(err)
+	// Restart clears the failed state, and answers with how the new
+	// process ended, which it did before it was ready.
+	err := h.s.Restart(context.Background())
+	if !errors.Is(err, ErrStartFailed) || !strings.Contains(err.Error(), "crashed (code 3)") {
+		t.Fatalf("restart of a crashing app: %v, want ErrStartFailed saying crashed (code 3)", err)
 	}
-	h.waitFor("a new run after restart", func(st Status) bool { return len(st.Exits) >= 5 })
+	if st := h.s.Status(); len(st.Exits) < 5 {
+		t.Fatalf("restart answered before the new run ended: %+v", st)
+	}
 }
 
 func TestExitOnExhausted(t *testing.T) {
@@ -232,7 +275,7 @@ func TestExitOnExhausted(t *testing.T) {
 	cfg := defaultConfig(argv, env)
 	cfg.Policy = Policy{Mode: Always, MaxRestarts: 1, Window: time.Hour}
 	cfg.ExitOnExhausted = true
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	select {
 	case err := <-h.errc:
 		if !errors.Is(err, ErrExhausted) {
@@ -248,7 +291,7 @@ func TestOnFailureDoesNotRestartCleanExit(t *testing.T) {
 	argv, env := appCommand("exit", "0")
 	cfg := defaultConfig(argv, env)
 	cfg.Policy.Mode = OnFailure
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	st := h.waitState(Stopped)
 	if st.Restarts != 0 || len(st.Exits) != 1 || st.Exits[0].Reason != ReasonExited {
 		t.Fatalf("status %+v, want one exit (exited) and no restart", st)
@@ -260,7 +303,7 @@ func TestBackoffUsesInjectedClock(t *testing.T) {
 	argv, env := appCommand("exit", "2")
 	cfg := defaultConfig(argv, env)
 	cfg.Policy = Policy{Mode: Always, Delay: 10 * time.Second, MaxDelay: time.Minute}
-	h := start(t, cfg, Options{Clock: fake})
+	h := start(t, cfg, Options[string]{Clock: fake})
 	h.waitState(Backoff)
 	if !fake.WaitForWaiters(1, waitTime) {
 		t.Fatal("no backoff timer armed")
@@ -270,7 +313,7 @@ func TestBackoffUsesInjectedClock(t *testing.T) {
 		t.Fatalf("restarted before the delay: %+v", st)
 	}
 	fake.Advance(4 * time.Second) // past the highest (11 s)
-	h.waitFor("the restart", func(st Status) bool { return st.Restarts == 1 })
+	h.waitFor("the restart", func(st Status[string]) bool { return st.Restarts == 1 })
 	h.waitState(Backoff)
 	if st := h.s.Status(); !strings.Contains(st.Message, "restarting in") {
 		t.Fatalf("backoff message %q", st.Message)
@@ -281,7 +324,7 @@ func TestStopKillsAppIgnoringSIGTERM(t *testing.T) {
 	argv, env := appCommand("ignore-term")
 	cfg := defaultConfig(argv, env)
 	cfg.StopTimeout = 300 * time.Millisecond
-	h := start(t, cfg, Options{Watch: func(ctx context.Context, c *Child) { c.Ready() }})
+	h := start(t, cfg, Options[string]{Watch: func(ctx context.Context, c *Child[string]) { c.Ready() }})
 	st := h.waitState(Running)
 	pid := pidsIn(h.waitLine("pid "))[0]
 	if pid != st.PID {
@@ -290,17 +333,27 @@ func TestStopKillsAppIgnoringSIGTERM(t *testing.T) {
 	if err := h.s.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	st = h.waitState(Stopped)
+	// Stop answers once the tree is gone.
+	st = h.s.Status()
+	if st.State != Stopped || len(st.Live) != 0 || len(st.Exits) == 0 {
+		t.Fatalf("stop answered at %+v, want stopped with no process left", st)
+	}
 	e := st.Exits[0]
 	if e.Reason != ReasonStop || e.Signal != "SIGKILL" {
 		t.Fatalf("exit %+v, want reason stop by SIGKILL", e)
 	}
 	waitDead(t, pid)
-	// Start brings it back.
+	// Start brings it back, and answers once it is ready.
 	if err := h.s.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	h.waitState(Running)
+	if st := h.s.Status(); st.State != Running || !st.Ready {
+		t.Fatalf("start answered at %+v, want running", st)
+	}
+	// Start of a running app answers at once.
+	if err := h.s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestRestartLeavesNoProcessOfOldTree(t *testing.T) {
@@ -309,7 +362,7 @@ func TestRestartLeavesNoProcessOfOldTree(t *testing.T) {
 			argv, env := appCommand(mode)
 			cfg := defaultConfig(argv, env)
 			cfg.StopTimeout = 500 * time.Millisecond
-			h := start(t, cfg, Options{Watch: func(ctx context.Context, c *Child) { c.Ready() }})
+			h := start(t, cfg, Options[string]{Watch: func(ctx context.Context, c *Child[string]) { c.Ready() }})
 			h.waitState(Running)
 			var old []int
 			old = append(old, pidsIn(h.waitLine("pid "))...)
@@ -328,7 +381,9 @@ func TestRestartLeavesNoProcessOfOldTree(t *testing.T) {
 			if err := h.s.Restart(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			h.waitFor("restarted and running", func(st Status) bool { return st.Restarts == 1 && st.State == Running })
+			if st := h.s.Status(); st.Restarts != 1 || st.State != Running {
+				t.Fatalf("restart answered at %+v, want running after 1 restart", st)
+			}
 			for _, p := range old {
 				if alive(p) {
 					t.Errorf("pid %d of the old tree survived the restart", p)
@@ -349,7 +404,7 @@ func TestOutputFloodDoesNotBlockOrGrow(t *testing.T) {
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	st := h.waitState(Stopped)
 	if st.Exits[0].Reason != ReasonExited {
 		t.Fatalf("flooding app ended %+v, want exited", st.Exits[0])
@@ -380,7 +435,7 @@ func TestEnvReachesApp(t *testing.T) {
 	cfg := defaultConfig(argv, full)
 	cfg.Policy.Mode = Never
 	cfg.Dir = t.TempDir()
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	h.waitState(Stopped)
 	h.waitLine("PORT=")
 	got := map[string]string{}
@@ -416,7 +471,7 @@ func TestRunsAsConfiguredUser(t *testing.T) {
 	cfg.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}
 	cfg.Dir = "/"
 	cfg.Policy.Mode = Never
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	line := h.waitLine("ids ")
 	if want := fmt.Sprintf("ids %d %d %d", uid, gid, gid); line != want {
 		t.Fatalf("app ran with %q, want %q", line, want)
@@ -430,7 +485,7 @@ func TestHeapOOMAndSignalReasons(t *testing.T) {
 	argv, env := appCommand("heap-oom")
 	cfg := defaultConfig(argv, env)
 	cfg.Policy.Mode = Never
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	st := h.waitState(Failed)
 	e := st.Exits[0]
 	if e.Reason != ReasonHeapOOM || e.Signal != "SIGABRT" || !strings.Contains(e.Detail, "JavaScript heap out of memory") {
@@ -441,7 +496,7 @@ func TestHeapOOMAndSignalReasons(t *testing.T) {
 	argv, env = appCommand("sleep")
 	cfg = defaultConfig(argv, env)
 	cfg.Policy.Mode = Never
-	h = start(t, cfg, Options{Explain: func(ctx context.Context, c *Child, e Exit, wait bool) (Reason, string, bool) {
+	h = start(t, cfg, Options[string]{Explain: func(ctx context.Context, c *Child[string], e Exit, wait bool) (Reason, string, bool) {
 		if e.Signal == "SIGKILL" && wait {
 			return ReasonOOMKill, "Killed process " + strconv.Itoa(c.PID), true
 		}
@@ -453,7 +508,7 @@ func TestHeapOOMAndSignalReasons(t *testing.T) {
 	if e := st.Exits[0]; e.Reason != ReasonSignaled && e.Reason != ReasonOOMKill {
 		t.Fatalf("exit %+v, want signaled until explained", e)
 	}
-	st = h.waitFor("the late explanation", func(st Status) bool { return st.Exits[0].Reason == ReasonOOMKill })
+	st = h.waitFor("the late explanation", func(st Status[string]) bool { return st.Exits[0].Reason == ReasonOOMKill })
 	if e := st.Exits[0]; e.Detail != "Killed process "+strconv.Itoa(pid) || e.Signal != "SIGKILL" {
 		t.Fatalf("exit %+v, want oom-kill explained", e)
 	}
@@ -464,7 +519,7 @@ func TestObserverRestartReasonOncePerChild(t *testing.T) {
 	cfg := defaultConfig(argv, env)
 	var mu sync.Mutex
 	calls := map[uint64]int{}
-	h := start(t, cfg, Options{Watch: func(ctx context.Context, c *Child) {
+	h := start(t, cfg, Options[string]{Watch: func(ctx context.Context, c *Child[string]) {
 		mu.Lock()
 		calls[c.Gen]++
 		first := c.Gen == 1
@@ -475,7 +530,7 @@ func TestObserverRestartReasonOncePerChild(t *testing.T) {
 			c.Restart(ReasonRSSLimit, "second request must not count")
 		}
 	}})
-	st := h.waitFor("the liveness restart", func(st Status) bool { return st.Restarts == 1 && st.State == Running })
+	st := h.waitFor("the liveness restart", func(st Status[string]) bool { return st.Restarts == 1 && st.State == Running })
 	if e := st.Exits[0]; e.Reason != ReasonLiveness || e.Detail != "3 probe failures" {
 		t.Fatalf("exit %+v, want liveness", e)
 	}
@@ -487,7 +542,7 @@ func TestObserverRestartReasonOncePerChild(t *testing.T) {
 func TestSpawnFailureIsRecorded(t *testing.T) {
 	cfg := defaultConfig([]string{"no-such-program-here"}, []string{"PATH=/nonexistent"})
 	cfg.Policy = Policy{Mode: Always, MaxRestarts: 2, Window: time.Hour}
-	h := start(t, cfg, Options{})
+	h := start(t, cfg, Options[string]{})
 	st := h.waitState(Failed)
 	if len(st.Exits) != 3 || !strings.Contains(st.Exits[0].Detail, "not found") {
 		t.Fatalf("status %+v, want 3 exits saying not found", st)
@@ -498,7 +553,7 @@ func TestShutdownStopsApp(t *testing.T) {
 	argv, env := appCommand("grandchild")
 	cfg := defaultConfig(argv, env)
 	cfg.StopTimeout = 300 * time.Millisecond
-	h := start(t, cfg, Options{Watch: func(ctx context.Context, c *Child) { c.Ready() }})
+	h := start(t, cfg, Options[string]{Watch: func(ctx context.Context, c *Child[string]) { c.Ready() }})
 	h.waitState(Running)
 	pids := pidsIn(h.waitLine("pid "))
 	h.cancel()
@@ -525,7 +580,7 @@ func TestWatchdogTickFromLoop(t *testing.T) {
 	fake := clock.NewFake(time.Now())
 	argv, env := appCommand("sleep")
 	ticks := make(chan struct{}, 10)
-	start(t, defaultConfig(argv, env), Options{Clock: fake, Tick: time.Second, OnTick: func() { ticks <- struct{}{} }})
+	start(t, defaultConfig(argv, env), Options[string]{Clock: fake, Tick: time.Second, OnTick: func() { ticks <- struct{}{} }})
 	if !fake.WaitForWaiters(1, waitTime) {
 		t.Fatal("no ticker armed")
 	}
@@ -543,18 +598,22 @@ func TestWatchdogStopsWhenLoopIsWedged(t *testing.T) {
 	ticks := make(chan struct{}, 100)
 	wedge := make(chan struct{})
 	wedged := make(chan struct{})
-	s := New(defaultConfig(argv, env), Options{
+	events := make(chan Event[string]) // no room: the loop waits for each reader's take
+	s := New(defaultConfig(argv, env), Options[string]{
 		Log:   zerolog.Nop(),
 		Clock: fake,
 		Tick:  time.Second, OnTick: func() { ticks <- struct{}{} },
-		Watch: func(ctx context.Context, c *Child) { c.Ready() },
-		OnChange: func(st Status) {
-			if st.State == Running {
-				close(wedged)
-				<-wedge // the loop hangs here, as a wedged agent would
-			}
-		},
+		Watch:  func(ctx context.Context, c *Child[string]) { c.Ready() },
+		Events: events,
 	})
+	go func() {
+		for ev := range events {
+			if ev.Kind == EventReady {
+				close(wedged)
+				<-wedge // the loop hangs on the next event, as with a wedged reader
+			}
+		}
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -580,7 +639,7 @@ func TestWatchdogStopsWhenLoopIsWedged(t *testing.T) {
 
 func TestOrphansAreReapedWhileAppRuns(t *testing.T) {
 	argv, env := appCommand("detach", "5")
-	h := start(t, defaultConfig(argv, env), Options{})
+	h := start(t, defaultConfig(argv, env), Options[string]{})
 	h.waitLine("detached 5")
 	var orphans []int
 	for _, l := range h.waitLines("orphan ", 5) {
@@ -607,10 +666,10 @@ func TestNaturalExitStopsServingAtOnce(t *testing.T) {
 	cfg := defaultConfig(argv, env)
 	cfg.StopTimeout = 3 * time.Second
 	cfg.Policy = Policy{Mode: Never}
-	h := start(t, cfg, Options{Watch: func(ctx context.Context, c *Child) { c.Ready() }})
+	h := start(t, cfg, Options[string]{Watch: func(ctx context.Context, c *Child[string]) { c.Ready() }})
 	// While the leftover child is given its stop timeout, the app is no
 	// longer reported ready.
-	st := h.waitFor("stopping after the exit", func(st Status) bool { return st.State == Stopping })
+	st := h.waitFor("stopping after the exit", func(st Status[string]) bool { return st.State == Stopping })
 	if st.Ready {
 		t.Fatalf("still ready after the main process exited: %+v", st)
 	}

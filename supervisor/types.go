@@ -1,12 +1,16 @@
-// Package supervisor runs one app process and keeps it running: spawn with
-// its environment and credentials, output capture, stop of the whole process
-// tree, exit classification, and the restart policy.
+// Package supervisor runs the app's processes and keeps them running:
+// spawn with their environment and credentials, output capture, stop of a
+// whole process tree, exit classification, the restart policy, and reloads.
 //
-// The files follow those jobs: supervisor.go is the API, loop.go the state
-// machine that Run owns, child.go the spawn and output capture of one
-// process, exit.go the classification of its exit, stop_linux.go the stop of
-// its tree, reaper_linux.go the reaping of orphans, policy.go the restart
-// policy (pure), env.go and output.go the environment and the output ring.
+// The files follow those jobs: supervisor.go is the API, events.go the
+// events it publishes, loop.go the goroutine that owns all state (Run),
+// slot.go a slot (one place for a process, with its restart policy state
+// and the requests waiting on it), reload.go the reload plan, child.go the
+// spawn and output capture of one process, exit.go the classification of
+// its exit, stop_linux.go the stop of its tree, table_linux.go which
+// processes are the app's, reaper_linux.go the reaping of orphans,
+// policy.go the restart policy (pure), env.go and output.go the
+// environment and the output ring.
 package supervisor
 
 import "time"

@@ -26,9 +26,9 @@ type Child[L any] struct {
 
 	s       *Supervisor[L]
 	cmd     *exec.Cmd
-	leader  *procfs.Handle         // pidfd of the process, which leads its group; nil if the kernel gave none
-	heapOOM atomic.Pointer[string] // the V8 fatal line, once seen
-	output  sync.WaitGroup         // the stdout and stderr readers
+	leader  *procfs.Handle                 // pidfd of the process, which leads its group; nil if the kernel gave none
+	heapOOM atomic.Pointer[string]         // the V8 fatal line, once seen
+	output  sync.WaitGroup                 // the stdout and stderr readers
 	gate    chan func(context.Context) int // a gated stop waits for its drain here
 	slot    int
 

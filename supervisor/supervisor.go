@@ -172,7 +172,9 @@ func (s *Supervisor[L]) Stop(ctx context.Context) error { return s.ask(ctx, requ
 // Start starts a stopped or failed app, or one waiting in backoff, and
 // returns once its process is ready (at once when it is), or with an error
 // wrapping ErrStartFailed when it ended first.
-func (s *Supervisor[L]) Start(ctx context.Context) error { return s.ask(ctx, request[L]{kind: reqStart}) }
+func (s *Supervisor[L]) Start(ctx context.Context) error {
+	return s.ask(ctx, request[L]{kind: reqStart})
+}
 
 // ErrNotServing is returned by Reload when no process is running and ready
 // to be replaced: the caller restarts the app instead.

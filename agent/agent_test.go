@@ -116,10 +116,22 @@ func (r *running) waitFor(what string, cond func() bool) {
 	}
 }
 
+// waitStatus waits until cond holds for the agent's status, looked at
+// again on each change the agent publishes.
+func (r *running) waitStatus(what string, cond func(Status) bool) Status {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTime)
+	defer cancel()
+	var s Status
+	if err := r.a.WaitFor(ctx, func(st Status) bool { s = st; return cond(st) }); err != nil {
+		r.t.Fatalf("timed out waiting for %s; status %+v", what, r.a.Status())
+	}
+	return s
+}
+
 func (r *running) waitState(state string) Status {
 	r.t.Helper()
-	r.waitFor("state "+state, func() bool { return r.a.Status().State == state })
-	return r.a.Status()
+	return r.waitStatus("state "+state, func(s Status) bool { return s.State == state })
 }
 
 // client talks to the agent over its control socket, as agentctl does.
@@ -323,13 +335,10 @@ http = "http://127.0.0.1:%d/"
 
 	// restart: a new pid, reason restart.
 	old := *s.PID
-	if st := r.ask("restart", r.client().Restart); st.State != "running" && st.State != "starting" {
-		t.Fatalf("restart answered state %q", st.State)
+	// Restart answers once the new process is ready.
+	if st := r.ask("restart", r.client().Restart); st.State != "running" || st.PID == nil || *st.PID == old {
+		t.Fatalf("restart answered %+v, want a new process running", st)
 	}
-	r.waitFor("the new process", func() bool {
-		s := r.a.Status()
-		return s.State == "running" && s.PID != nil && *s.PID != old
-	})
 	s = r.ctlStatus()
 	if s.LastExit == nil || s.LastExit.Reason != "restart" || s.Restarts != 1 || len(s.Exits) != 1 {
 		t.Errorf("after restart: %+v", s)

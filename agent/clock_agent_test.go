@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -30,15 +32,16 @@ listen = "127.0.0.1:0"
 socket = "SOCKET"
 `, node, appPath(t, "server.js"), port), Options{Version: "test", Clock: fk})
 	r.waitState("starting")
+	if !fk.WaitForWaiters(startupTimers, waitTime) {
+		t.Fatal("the readiness timer was never armed")
+	}
 	// Not ready until the agent's clock says the app has lived a second.
 	fk.Advance(999 * time.Millisecond)
 	if s := r.a.Status(); s.State != "starting" {
 		t.Fatalf("ready before 1 s of the agent's clock: %+v", s)
 	}
-	r.waitFor("the app to be ready after 1 s", func() bool {
-		fk.Advance(10 * time.Millisecond)
-		return r.a.Status().State == "running"
-	})
+	fk.Advance(time.Millisecond)
+	r.waitState("running")
 	pid := *r.a.Status().PID
 
 	waiters := fk.Waiters()
@@ -63,5 +66,46 @@ socket = "SOCKET"
 	}
 	if processAlive(pid) {
 		t.Errorf("app %d still alive after shutdown", pid)
+	}
+}
+
+// startupTimers is how many timers the agent has armed on its clock while
+// its one app process starts: the STATUS= refresh, the process's RSS
+// sampler, and its start-up probe's next attempt (or its readiness after a
+// second alive).
+const startupTimers = 3
+
+// advanceUntilRunning moves the fake clock on until the proxy's app is
+// running: once the app accepts connections on its port (in real time), by
+// the longest start-up probe interval whenever the probe's next attempt is
+// armed, which fires it.
+func advanceUntilRunning(t *testing.T, r *running, fk *clock.Fake) {
+	t.Helper()
+	r.waitFor("the app to listen", func() bool {
+		c, err := net.Dial("tcp", r.cfg.Proxy.Upstream)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTime)
+	defer cancel()
+	running := make(chan error, 1)
+	go func() { running <- r.a.WaitFor(ctx, func(s Status) bool { return s.State == "running" }) }()
+	for {
+		armed := fk.Armed()
+		if fk.Waiters() >= startupTimers {
+			fk.Advance(250 * time.Millisecond)
+		}
+		select {
+		case err := <-running:
+			if err != nil {
+				t.Fatalf("not running: %v; status %+v", err, r.a.Status())
+			}
+			return
+		case <-armed:
+		case <-ctx.Done():
+			t.Fatalf("not running; status %+v", r.a.Status())
+		}
 	}
 }

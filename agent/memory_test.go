@@ -61,7 +61,7 @@ listen = "127.0.0.1:0"
 [control]
 socket = "SOCKET"
 `, node, appPath(t, "rss.js")))
-	r.waitFor("an rss-limit restart", func() bool { return r.a.Status().Restarts >= 1 })
+	r.waitStatus("an rss-limit restart", func(s Status) bool { return s.Restarts >= 1 })
 	s := r.a.Status()
 	e := s.Exits[len(s.Exits)-1] // the first exit
 	if e.Reason != "rss-limit" || !strings.Contains(e.Detail, "max_rss 100 MB") {
@@ -122,8 +122,7 @@ socket = "SOCKET"
 	r.waitState("failed")
 	// The kernel's record may be read a moment after the exit: the exit is
 	// amended then.
-	r.waitFor("both exits explained", func() bool {
-		s := r.a.Status()
+	r.waitStatus("both exits explained", func(s Status) bool {
 		return len(s.Exits) == 2 && s.Exits[0].Reason == "oom-kill" && s.Exits[1].Reason == "oom-kill"
 	})
 	s := r.a.Status()

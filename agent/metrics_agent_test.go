@@ -79,7 +79,7 @@ listen = %q
 	r.waitState("running")
 	for i := range 2 {
 		http.Get(fmt.Sprintf("http://127.0.0.1:%d/crash", port))
-		r.waitFor(fmt.Sprintf("restart %d", i+1), func() bool { s := r.a.Status(); return s.Restarts == i+1 && s.State == "running" })
+		r.waitStatus(fmt.Sprintf("restart %d", i+1), func(s Status) bool { return s.Restarts == i+1 && s.State == "running" })
 	}
 	r.waitFor("an RSS sample of the new node", func() bool { return r.a.Status().RSSBytes > 10<<20 })
 	fams := scrape(t, "http://"+metricsAddr+"/metrics")

@@ -165,7 +165,7 @@ func TestNextStartBehindTheProxy(t *testing.T) {
 
 	l := startLoadPath(base, 4, "/")
 	r.ask("restart", r.client().Restart)
-	r.waitFor("next to serve after the restart", func() bool { st := r.a.Status(); return st.State == "running" })
+	r.waitState("running")
 	r.ask("reload", r.client().Reload)
 	l.finish(t)
 }

@@ -50,8 +50,7 @@ failure_threshold = 3
 	if err == nil {
 		resp.Body.Close()
 	}
-	r.waitFor("a new process after the liveness restart", func() bool {
-		s := r.a.Status()
+	r.waitStatus("a new process after the liveness restart", func(s Status) bool {
 		return s.State == "running" && s.PID != nil && *s.PID != first
 	})
 	s := r.ctlStatus()

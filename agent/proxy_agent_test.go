@@ -142,8 +142,7 @@ func TestProxyGatedRestartsLoseNothing(t *testing.T) {
 	for i := range 3 {
 		before := r.ctlStatus()
 		r.ask("restart", r.client().Restart)
-		r.waitFor(fmt.Sprintf("restart %d to serve", i+1), func() bool {
-			s := r.a.Status()
+		r.waitStatus(fmt.Sprintf("restart %d to serve", i+1), func(s Status) bool {
 			return s.State == "running" && s.PID != nil && *s.PID != *before.PID
 		})
 		if s := r.ctlStatus(); s.LastExit == nil || s.LastExit.Reason != "restart" {
@@ -176,7 +175,7 @@ func TestProxyReloadOverlapLosesNothing(t *testing.T) {
 		ups[s.Proxy.Upstream] = true
 	}
 	l.finish(t)
-	s := r.waitFor2(func(s Status) bool { return len(s.Exits) == 3 })
+	s := r.waitStatus("the status", func(s Status) bool { return len(s.Exits) == 3 })
 	for _, e := range s.Exits {
 		if e.Reason != "reload" {
 			t.Errorf("exit %+v, want reason reload", e)
@@ -214,14 +213,6 @@ func TestProxyReloadOfABrokenReleaseKeepsTheOldProcess(t *testing.T) {
 	}
 }
 
-// waitFor2 waits until cond holds for the agent's status and returns it.
-func (r *running) waitFor2(cond func(Status) bool) Status {
-	r.t.Helper()
-	var s Status
-	r.waitFor("the status", func() bool { s = r.a.Status(); return cond(s) })
-	return s
-}
-
 // TestProxyHealthDrainsOnShutdown: on shutdown, health.path on the traffic
 // port says 503 draining for stop.drain (of the agent's clock) while the
 // app still answers through the proxy.
@@ -232,10 +223,7 @@ func TestProxyHealthDrainsOnShutdown(t *testing.T) {
 	text = strings.Replace(text, "timeout = \"5s\"", "timeout = \"5s\"\ndrain = \"30s\"", 1)
 	r := startAgentWith(t, text, Options{Version: "test", Clock: fk})
 	base := "http://" + addr
-	r.waitFor("the app to be ready", func() bool {
-		fk.Advance(10 * time.Millisecond) // start-up probes run on the agent's clock
-		return r.a.Status().State == "running"
-	})
+	advanceUntilRunning(t, r, fk) // start-up probes run on the agent's clock
 	waitServed(t, r, base)
 	r.cancel()
 	r.waitFor("the traffic port's health to say draining", func() bool {

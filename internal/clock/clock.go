@@ -131,6 +131,14 @@ func (f *Fake) Waiters() int {
 	return len(f.waiters)
 }
 
+// Armed returns a channel that is closed the next time a timer or ticker
+// is armed.
+func (f *Fake) Armed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
 // WaitForWaiters blocks until at least n timers or tickers are pending, or
 // until timeout passes in real time; it reports whether n were reached.
 // Tests use it to know that a loop has armed its timer before advancing.

@@ -21,8 +21,15 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 // hold yet: the failure ends with "; last: MSG", the last non-empty message.
 func EventuallyMsg(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
+	EventuallyEvery(t, timeout, PollInterval, what, cond)
+}
+
+// EventuallyEvery is EventuallyMsg asking every interval instead, for a
+// condition that is costly to ask (one that runs a command in a container).
+func EventuallyEvery(t testing.TB, timeout, interval time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(PollInterval)
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	last := ""
 	for {

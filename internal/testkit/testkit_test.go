@@ -240,6 +240,12 @@ func TestEventuallyMsg(t *testing.T) {
 	if calls < 2 {
 		t.Errorf("%d calls in 60ms at a %v interval", calls, PollInterval)
 	}
+	calls = 0
+	if msg := run(func(tb testing.TB) {
+		EventuallyEvery(tb, 250*time.Millisecond, 100*time.Millisecond, "slow", func() (bool, string) { calls++; return false, "no" })
+	}); msg != "timed out after 250ms waiting for slow; last: no" || calls < 2 || calls > 4 {
+		t.Errorf("every 100ms for 250ms: %d calls, failure %q", calls, msg)
+	}
 	if msg := run(func(tb testing.TB) {
 		EventuallyMsg(tb, time.Second, "at once", func() (bool, string) { return true, "" })
 	}); msg != "" {

@@ -25,10 +25,10 @@ const (
 	windowHigh = 32000 // exclusive
 )
 
-// LockDir holds one lock file per port; a port is reserved while a process
+// lockDir holds one lock file per port; a port is reserved while a process
 // holds an exclusive flock on its file. The files stay (removing one would
 // let two processes lock two different files of the same name).
-var LockDir = "/tmp/agent-test-ports"
+var lockDir = "/tmp/agent-test-ports"
 
 // ephemeralRange is where the kernel reads the range it picks from.
 var ephemeralRange = "/proc/sys/net/ipv4/ip_local_port_range"
@@ -65,12 +65,12 @@ func ReservePorts(n int) (ports []int, release func(), err error) {
 	if n < 1 || n > 64 {
 		return nil, nil, fmt.Errorf("%d ports: want 1 to 64", n)
 	}
-	if err := os.MkdirAll(LockDir, 0o777); err != nil {
+	if err := os.MkdirAll(lockDir, 0o777); err != nil {
 		return nil, nil, fmt.Errorf("port lock directory: %w", err)
 	}
 	// Anyone may lock here: root's tests and a user's tests share ports.
 	// (Fails harmlessly when another user made the directory.)
-	_ = os.Chmod(LockDir, 0o777|os.ModeSticky)
+	_ = os.Chmod(lockDir, 0o777|os.ModeSticky)
 	spans := candidates()
 	total := 0
 	for _, s := range spans {
@@ -135,7 +135,7 @@ func tryReserve(first, n int) (release func(), err error) {
 
 // lockPort takes the exclusive, non-blocking flock of port p's file.
 func lockPort(p int) (*os.File, error) {
-	name := filepath.Join(LockDir, strconv.Itoa(p)+".lock")
+	name := filepath.Join(lockDir, strconv.Itoa(p)+".lock")
 	// Read-only is enough for flock, and opens a file another user made.
 	f, err := os.OpenFile(name, os.O_RDONLY|os.O_CREATE, 0o644)
 	if err != nil {

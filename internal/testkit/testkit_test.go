@@ -91,7 +91,7 @@ func TestPortsHeldAgainstOtherLockers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range ports {
-		f, err := os.Open(filepath.Join(LockDir, strconv.Itoa(p)+".lock"))
+		f, err := os.Open(filepath.Join(lockDir, strconv.Itoa(p)+".lock"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,7 @@
 # Build, test and package the agent.
 #   make build     static binary bin/agent (+ bin/agentctl symlink)
 #   make test      go test -race ./...
-#   make lint      gofmt and go vet
+#   make lint      leftover files, gofmt and go vet
 #   make package   .deb and .rpm into dist/
 #   make e2e       the end-to-end test on a real systemd (root; see deploy/e2e/prepare.sh)
 #   make bench     benchmarks
@@ -27,8 +27,12 @@ build:
 test:
 	$(GO) test -race ./... ./deploy/...
 
+# Merge and editor leftovers tracked by git, gofmt of every tracked .go
+# file, go vet of both modules (go.work joins them).
 lint:
-	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
+	@out=$$(git ls-files -- '*.orig' '*.rej' '*~'); \
+	if [ -n "$$out" ]; then echo "leftover files tracked (git rm them):"; echo "$$out"; exit 1; fi
+	@out=$$(git ls-files -z -- '*.go' | xargs -0 -r gofmt -l); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./... ./deploy/...
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/agent"
+	"agent/internal/testkit"
 )
 
 // TestMain re-runs the test binary as the app when CLI_TEST_APP is set: it
@@ -48,12 +48,7 @@ func startAgent(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	health := ln.Addr().String()
-	ln.Close()
+	health := fmt.Sprintf("127.0.0.1:%d", testkit.Port(t))
 	text := fmt.Sprintf(`name = "web"
 [app]
 command = [%q, "-test.run=^$"]
@@ -87,13 +82,10 @@ socket = %q
 			t.Error("agent did not stop")
 		}
 	})
-	deadline := time.Now().Add(waitTime)
-	for a.Status().State != "running" {
-		if time.Now().After(deadline) {
-			t.Fatalf("app not running: %+v", a.Status())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.EventuallyMsg(t, waitTime, "the app running", func() (bool, string) {
+		st := a.Status()
+		return st.State == "running", fmt.Sprintf("%+v", st)
+	})
 	return socket
 }
 

@@ -9,9 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"agent/agent"
+	"agent/internal/testkit"
 	"agent/supervisor"
 )
 
@@ -68,28 +68,20 @@ max_files = 2
 		pw.Close()
 	}()
 
-	deadline := time.Now().Add(waitTime)
-	for {
-		lines := a.Status()
+	testkit.EventuallyMsg(t, waitTime, "the flood to get through", func() (bool, string) {
+		st := a.Status()
 		logs := false
 		(&agent.Client{Socket: socket}).Logs(ctx, 5, false, func(l supervisor.Line) { logs = logs || l.Text == "flood done" })
-		if logs && lines.State == "running" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the flood did not get through: %+v", lines)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return logs && st.State == "running", fmt.Sprintf("%+v", st)
+	})
 	if d := a.Status().Agent.LogDropped; d == 0 {
 		t.Error("a stuck stderr dropped no line: the sink must have blocked or grown")
 	}
 
 	// The file: rotated, bounded, JSON.
-	deadline = time.Now().Add(waitTime)
 	var names []string
 	var total int64
-	for {
+	testkit.EventuallyMsg(t, waitTime, "the rotated log files compressed and pruned", func() (bool, string) {
 		entries, _ := os.ReadDir(filepath.Dir(logFile))
 		names, total = nil, 0
 		gz, plain := 0, 0
@@ -105,11 +97,8 @@ max_files = 2
 			}
 		}
 		// Rotated files are compressed and pruned in the background.
-		if (gz >= 1 && plain == 0 && len(names) <= 3) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return gz >= 1 && plain == 0 && len(names) <= 3, fmt.Sprint(names)
+	})
 	if len(names) < 2 || len(names) > 3 {
 		t.Errorf("log dir holds %v: want the live file and at most max_files = 2 rotated ones", names)
 	}

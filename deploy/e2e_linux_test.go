@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // The end-to-end test boots a Debian 12 root filesystem with systemd-nspawn (a
@@ -35,7 +37,7 @@ const (
 	// SIGKILL -> RestartSec (1s) -> start; doubled for a loaded machine.
 	watchdogTimeout = 3 * time.Minute
 	execTimeout     = time.Minute
-	pollInterval    = 250 * time.Millisecond
+	pollInterval    = 250 * time.Millisecond // each question runs a command in the container
 
 	appPort    = "3000"
 	healthPort = "8081"
@@ -212,7 +214,7 @@ func boot(t *testing.T, dir, name, console string, opts bootOptions) *container 
 		}
 	}()
 
-	eventually(t, bootTimeout, "the container's systemd to start", func() (bool, string) {
+	testkit.EventuallyEvery(t, bootTimeout, pollInterval, "the container's systemd to start", func() (bool, string) {
 		select {
 		case <-c.done:
 			t.Fatalf("systemd-nspawn exited during boot: %v\n%s", c.err, tail(console, 40))
@@ -225,7 +227,7 @@ func boot(t *testing.T, dir, name, console string, opts bootOptions) *container 
 		c.init = pid
 		return true, ""
 	})
-	eventually(t, bootTimeout, "the container's systemd to be running", func() (bool, string) {
+	testkit.EventuallyEvery(t, bootTimeout, pollInterval, "the container's systemd to be running", func() (bool, string) {
 		out, _ := c.run("systemctl", "is-system-running")
 		state := strings.TrimSpace(out)
 		return state == "running" || state == "degraded", "is-system-running: " + state
@@ -301,29 +303,6 @@ func (c *container) stop() {
 		c.t.Errorf("systemd-nspawn did not stop within 2 minutes after SIGTERM; killing it")
 		_ = c.cmd.Process.Kill()
 		<-c.done
-	}
-}
-
-// eventually polls cond until it holds or timeout passes; then it fails the
-// test with cond's last message.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
-	last := ""
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		if msg != "" {
-			last = msg
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last: %s", timeout, what, last)
-		}
-		<-tick.C
 	}
 }
 
@@ -431,7 +410,7 @@ func (c *container) nodePIDs() []int {
 func (c *container) serving(t *testing.T, timeout time.Duration, what string) agentStatus {
 	t.Helper()
 	var st agentStatus
-	eventually(t, timeout, what, func() (bool, string) {
+	testkit.EventuallyEvery(t, timeout, pollInterval, what, func() (bool, string) {
 		if a := c.show("ActiveState"); a != "active" {
 			return false, "ActiveState=" + a
 		}
@@ -614,7 +593,7 @@ func TestEndToEnd(t *testing.T) {
 		before := c.serving(t, stepTimeout, "the agent to serve")
 		c.must("kill", "-9", strconv.Itoa(before.PID))
 		var after agentStatus
-		eventually(t, stepTimeout, "a new node", func() (bool, string) {
+		testkit.EventuallyEvery(t, stepTimeout, pollInterval, "a new node", func() (bool, string) {
 			s, err := c.status()
 			if err != nil {
 				return false, err.Error()
@@ -640,7 +619,7 @@ func TestEndToEnd(t *testing.T) {
 		restarts, _ := strconv.Atoi(c.show("NRestarts"))
 		since := time.Now()
 		c.must("kill", "-9", strconv.Itoa(agentPID))
-		eventually(t, stepTimeout, "systemd to start a new agent", func() (bool, string) {
+		testkit.EventuallyEvery(t, stepTimeout, pollInterval, "systemd to start a new agent", func() (bool, string) {
 			pid := c.mainPID()
 			return pid != 0 && pid != agentPID, fmt.Sprintf("MainPID=%d", pid)
 		})
@@ -664,7 +643,7 @@ func TestEndToEnd(t *testing.T) {
 		agentPID := c.mainPID()
 		since := time.Now()
 		c.must("kill", "-STOP", strconv.Itoa(agentPID))
-		eventually(t, watchdogTimeout, "the watchdog to replace the stopped agent", func() (bool, string) {
+		testkit.EventuallyEvery(t, watchdogTimeout, pollInterval, "the watchdog to replace the stopped agent", func() (bool, string) {
 			pid := c.mainPID()
 			return pid != 0 && pid != agentPID, fmt.Sprintf("MainPID=%d", pid)
 		})
@@ -700,7 +679,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("systemctl reload: %v", err)
 		}
 		// The agent logs the refused config (naming the file, with line:col).
-		eventually(t, stepTimeout, "the agent to log the refused config", func() (bool, string) {
+		testkit.EventuallyEvery(t, stepTimeout, pollInterval, "the agent to log the refused config", func() (bool, string) {
 			j := c.journal(since)
 			return strings.Contains(j, "bogus"), "journal since reload:\n" + j
 		})

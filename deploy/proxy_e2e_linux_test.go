@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 const (
@@ -50,7 +52,7 @@ func proxyTraffic(t *testing.T, c *container, page string) {
 		{"agentctl reload", []string{"agentctl", "reload"}, true, func(t *testing.T, before, after agentStatus, _ int) {
 			// Reload answers once the new process serves; the old one is
 			// stopped after its requests are done.
-			eventually(t, stepTimeout, "the old process's exit (reason reload)", func() (bool, string) {
+			testkit.EventuallyEvery(t, stepTimeout, pollInterval, "the old process's exit (reason reload)", func() (bool, string) {
 				s, err := c.status()
 				if err != nil {
 					return false, err.Error()
@@ -109,7 +111,7 @@ func proxyTraffic(t *testing.T, c *container, page string) {
 func proxyServing(t *testing.T, c *container, notPID int) agentStatus {
 	t.Helper()
 	var st agentStatus
-	eventually(t, stepTimeout, "the app to serve through the proxy", func() (bool, string) {
+	testkit.EventuallyEvery(t, stepTimeout, pollInterval, "the app to serve through the proxy", func() (bool, string) {
 		if a := c.show("ActiveState"); a != "active" {
 			return false, "ActiveState=" + a
 		}

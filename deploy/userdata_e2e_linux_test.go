@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // TestUserDataEndToEnd runs deploy/user_data.sh for real in a booted Debian 12
@@ -148,10 +150,12 @@ func (r fullRun) run(t *testing.T, rootfs string) {
 	start := time.Now()
 	tree := overlay(t, rootfs)
 	t.Logf("overlay of the cached tree mounted in %v", time.Since(start).Round(time.Millisecond))
-	opts := bootOptions{hostNetwork: true, appPort: freePort(t), healthPort: freePort(t)}
+	// The app's port and the next one (the spare for reloads), the health
+	// port, the proxy's.
+	ports := testkit.Ports(t, 4)
+	opts := bootOptions{hostNetwork: true, appPort: strconv.Itoa(ports[0]), healthPort: strconv.Itoa(ports[2])}
 	if r.proxy {
-		// The app's port and the next one (the spare for reloads).
-		opts.appPort, opts.proxyPort = freePortPair(t), freePort(t)
+		opts.proxyPort = strconv.Itoa(ports[3])
 	}
 	c := bootTimed(t, tree, r.name, opts)
 
@@ -332,9 +336,10 @@ func listeners(c *container, port string) []string {
 // installed or enabled.
 func failures(t *testing.T, rootfs, gitURL, files, debSHA string, registry bool) {
 	tree := overlay(t, rootfs)
-	opts := bootOptions{hostNetwork: true, appPort: freePort(t), healthPort: freePort(t)}
+	ports := testkit.Ports(t, 3)
+	opts := bootOptions{hostNetwork: true, appPort: strconv.Itoa(ports[0]), healthPort: strconv.Itoa(ports[1])}
 	c := bootTimed(t, tree, "fail", opts)
-	closed := freePort(t) // nothing listens there
+	closed := strconv.Itoa(ports[2]) // nothing listens there
 
 	cases := []struct {
 		name, repo, dir, sha string
@@ -575,7 +580,7 @@ func makeRepo(t *testing.T, base, name string, files map[string]string) {
 // returns the base URL (git://127.0.0.1:PORT).
 func gitDaemon(t *testing.T, base string) string {
 	t.Helper()
-	port := freePort(t)
+	port := strconv.Itoa(testkit.Port(t))
 	cmd := exec.Command("git", "daemon", "--export-all", "--reuseaddr", "--base-path="+base,
 		"--listen=127.0.0.1", "--port="+port, base)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
@@ -599,7 +604,7 @@ func gitDaemon(t *testing.T, base string) string {
 			<-done
 		}
 	})
-	eventually(t, 30*time.Second, "git daemon to listen", func() (bool, string) {
+	testkit.EventuallyEvery(t, 30*time.Second, pollInterval, "git daemon to listen", func() (bool, string) {
 		select {
 		case <-done:
 			t.Fatalf("git daemon exited: %s", stderr.String())
@@ -613,38 +618,6 @@ func gitDaemon(t *testing.T, base string) string {
 		return true, ""
 	})
 	return "git://127.0.0.1:" + port
-}
-
-// freePort returns a TCP port that nothing listens on right now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-}
-
-// freePortPair returns a TCP port P such that nothing listens on P or P+1
-// right now.
-func freePortPair(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", ":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", ":"+strconv.Itoa(p+1))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return strconv.Itoa(p)
-		}
-	}
-	t.Fatal("no two free ports in a row")
-	return ""
 }
 
 // reachable reports whether a GET of url answers at all within 15 seconds.

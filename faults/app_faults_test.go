@@ -6,13 +6,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // appPID returns the running app's pid, waiting for the agent to have one.
 func (r *agentRun) appPID() int {
 	r.t.Helper()
 	var pid int
-	waitFor(r.t, 30*time.Second, "an app pid", func() bool {
+	testkit.Eventually(r.t, 30*time.Second, "an app pid", func() bool {
 		st, err := r.status()
 		if err == nil && st.PID != nil {
 			pid = *st.PID
@@ -22,33 +24,60 @@ func (r *agentRun) appPID() int {
 	return pid
 }
 
-// recovered waits until a new app process (not old) serves and the health
-// page answers 200 again, and returns the time since from.
+// recovered waits until a new app process (not old) is ready and the
+// health page answers 200 again, and returns the time since from.
 func (r *agentRun) recovered(old int, from time.Time) time.Duration {
 	r.t.Helper()
-	waitFor(r.t, 60*time.Second, "a new app process, ready", func() bool {
+	testkit.Eventually(r.t, 60*time.Second, "a new app process, ready", func() bool {
 		st, err := r.status()
-		return err == nil && st.PID != nil && *st.PID != old && st.Healthy && r.healthy()
+		return err == nil && st.PID != nil && *st.PID != old && st.Ready && st.Healthy && r.healthy()
 	})
 	return time.Since(from)
 }
 
-func TestAppSIGKILL(t *testing.T) {
-	row := newRow(t, "app SIGKILL")
+// lostFigure is the table's "requests lost" for an app fault. Behind the
+// proxy none may be lost: the test fails on any.
+func (r *agentRun) lostFigure(res loadResult, fault string) string {
+	r.t.Helper()
+	if res.sent == 0 {
+		r.t.Errorf("no request sent across the %s", fault)
+	}
+	if r.proxy == 0 {
+		return res.String()
+	}
+	if res.failed > 0 {
+		r.t.Errorf("%s of the requests through the proxy lost across the %s (%s); want none", res, fault, res.Kinds())
+	}
+	replayed := "?"
+	if st, err := r.status(); err == nil && st.Proxy != nil {
+		replayed = fmt.Sprint(st.Proxy.Replayed)
+	}
+	return fmt.Sprintf("%s (slowest answer %s, %s replayed by the proxy)", res, ms(res.slowest), replayed)
+}
+
+// The app faults run twice: the app owning its port (the requests lost are
+// the figure to compare), then behind the agent's [proxy], where none may
+// be lost.
+
+func TestAppSIGKILL(t *testing.T)      { appSIGKILL(t, false) }
+func TestAppSIGKILLProxy(t *testing.T) { appSIGKILL(t, true) }
+
+func appSIGKILL(t *testing.T, proxy bool) {
+	row := newRow(t, "app SIGKILL"+behind(proxy))
 	t.Parallel()
-	r := newAgentRun(t, appSpec{})
+	r := newAgentRun(t, appSpec{Proxy: proxy})
 	r.start(nil)
 	r.waitHealthy(60 * time.Second)
 	pid := r.appPID()
 
-	load := startLoad(r.appURL(), 50)
-	waitFor(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
+	load := startLoad(t, r.trafficAddr(), 50)
+	testkit.Eventually(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
 	at := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	took := r.recovered(pid, at)
-	lost := load.end()
+	lost := r.lostFigure(load.end(), "SIGKILL")
 	st := r.mustStatus()
 	if st.LastExit == nil || st.LastExit.Reason != "signaled" || st.LastExit.Signal == nil || *st.LastExit.Signal != "SIGKILL" {
 		t.Errorf("last exit %+v, want signaled by SIGKILL", st.LastExit)
@@ -56,10 +85,13 @@ func TestAppSIGKILL(t *testing.T) {
 	row.set(fmt.Sprintf("recorded `signaled` (SIGKILL), restarted (pid %d → %d), health 200", pid, *st.PID), ms(took), lost)
 }
 
-func TestAppSIGSTOP(t *testing.T) {
-	row := newRow(t, "app SIGSTOP (hung, probe configured)")
+func TestAppSIGSTOP(t *testing.T)      { appSIGSTOP(t, false) }
+func TestAppSIGSTOPProxy(t *testing.T) { appSIGSTOP(t, true) }
+
+func appSIGSTOP(t *testing.T, proxy bool) {
+	row := newRow(t, "app SIGSTOP (hung, probe configured)"+behind(proxy))
 	t.Parallel()
-	r := newAgentRun(t, appSpec{Probe: `http = "http://127.0.0.1:PORT/"
+	r := newAgentRun(t, appSpec{Proxy: proxy, Probe: `http = "http://127.0.0.1:PORT/"
 interval = "250ms"
 timeout = "250ms"
 failure_threshold = 3`})
@@ -67,20 +99,27 @@ failure_threshold = 3`})
 	r.waitHealthy(60 * time.Second)
 	pid := r.appPID()
 
-	load := startLoad(r.appURL(), 50)
-	waitFor(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
+	load := startLoad(t, r.trafficAddr(), 50)
+	testkit.Eventually(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
 	at := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	took := r.recovered(pid, at)
-	lost := load.end()
+	lost := r.lostFigure(load.end(), "SIGSTOP")
 	st := r.mustStatus()
 	if st.LastExit == nil || st.LastExit.Reason != "liveness" {
 		t.Errorf("last exit %+v, want liveness", st.LastExit)
 	}
 	row.set(fmt.Sprintf("3 failed probes → `liveness` restart of the stopped process (pid %d → %d), health 200", pid, *st.PID), ms(took), lost)
+}
+
+func behind(proxy bool) string {
+	if proxy {
+		return ", behind [proxy]"
+	}
+	return ""
 }
 
 func TestAppExitLoop(t *testing.T) {
@@ -92,7 +131,7 @@ func TestAppExitLoop(t *testing.T) {
 	})
 	at := time.Now()
 	r.start(nil)
-	waitFor(t, 60*time.Second, "state failed", func() bool {
+	testkit.Eventually(t, 60*time.Second, "state failed", func() bool {
 		st, err := r.status()
 		return err == nil && st.State == "failed"
 	})
@@ -118,7 +157,7 @@ func TestAppNeverListens(t *testing.T) {
 	at := time.Now()
 	r.start(nil)
 	var st agentStatus
-	waitFor(t, 60*time.Second, "a start-timeout exit", func() bool {
+	testkit.Eventually(t, 60*time.Second, "a start-timeout exit", func() bool {
 		var err error
 		st, err = r.status()
 		return err == nil && st.LastExit != nil && st.LastExit.Reason == "start-timeout"

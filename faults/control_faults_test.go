@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // TestControlSocketPathTaken starts the agent where its control socket's
@@ -256,7 +258,7 @@ func TestConfigReplacedThenSIGHUP(t *testing.T) {
 		}
 		at := time.Now()
 		r.cmd.Process.Signal(syscall.SIGHUP)
-		waitFor(t, 60*time.Second, c.name+" refused", func() bool {
+		testkit.Eventually(t, 60*time.Second, c.name+" refused", func() bool {
 			return strings.Count(r.stderr.String(), "reload refused") > i
 		})
 		took := time.Since(at)
@@ -273,7 +275,7 @@ func TestConfigReplacedThenSIGHUP(t *testing.T) {
 	// The real config back: the next SIGHUP is taken.
 	os.WriteFile(r.config, good, 0o644)
 	r.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, 60*time.Second, "good config reloaded", func() bool {
+	testkit.Eventually(t, 60*time.Second, "good config reloaded", func() bool {
 		return strings.Contains(r.stderr.String(), "config reloaded")
 	})
 	row.set(strings.Join(seen, ", ")+"; old config kept, same app process serving, health 200; the good config is taken again after", "—", "—")

@@ -4,8 +4,12 @@
 // listening; log sink gone or stuck; /dev/kmsg unreadable; bad configs;
 // a squatted control socket path; floods and garbage on the health port and
 // the control socket; a second agent) and check that the agent recovers or
-// refuses with a clear error and loses nothing. They print a table of what
-// happened; with FAULTS_TABLE=path they also write it there as Markdown:
+// refuses with a clear error and loses nothing. The app faults run with
+// the app owning its port and again behind the agent's [proxy], under a
+// request loop that counts as a load balancer would (kept connections,
+// never retried); behind the proxy no request may be lost. They print a
+// table of what happened; with FAULTS_TABLE=path (relative to the module
+// root) they also write it there as Markdown:
 //
 //	FAULTS_TABLE=faults/results.md go test -count=1 -v ./faults/
 //

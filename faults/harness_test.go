@@ -16,10 +16,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // agentBin is the agent binary TestMain builds.
@@ -49,6 +50,11 @@ func TestMain(m *testing.M) {
 	table := results.markdown()
 	fmt.Print("\n" + table)
 	if p := os.Getenv("FAULTS_TABLE"); p != "" {
+		if !filepath.IsAbs(p) {
+			// Relative to the module root, where the README's command runs
+			// (go test runs this binary in the package's directory).
+			p = filepath.Join("..", p)
+		}
 		if err := os.WriteFile(p, []byte(table), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "write the table:", err)
 			code = 1
@@ -125,30 +131,6 @@ func ms(d time.Duration) string {
 	return d.Round(time.Millisecond).String()
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// waitFor polls cond every 20 ms until it holds, and fails the test after
-// timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // appSpec describes the agent's config for one test.
 type appSpec struct {
 	Env     map[string]string // the app's env besides PORT
@@ -157,6 +139,7 @@ type appSpec struct {
 	Memory  string            // body of [memory]; default: watch_oom = false
 	Socket  string            // control.socket; default: in the test's dir
 	Health  int               // health port; default: a free one
+	Proxy   bool              // [proxy] on: the agent's traffic port in front of the app
 }
 
 // agentRun is one agent process under test.
@@ -167,6 +150,7 @@ type agentRun struct {
 	socket  string
 	health  string // http://127.0.0.1:PORT/health.html
 	appPort int
+	proxy   int // the traffic port; 0 = no proxy
 	cmd     *exec.Cmd
 	stderr  *syncBuffer // nil when the test gave its own stderr
 	done    chan struct{}
@@ -201,16 +185,21 @@ func newAgentRun(t *testing.T, spec appSpec) *agentRun {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &agentRun{t: t, dir: dir, config: filepath.Join(dir, "agent.toml"), socket: spec.Socket, appPort: freePort(t), done: make(chan struct{})}
+	ports := testkit.Ports(t, 3) // the app's, the health page's, the proxy's
+	r := &agentRun{t: t, dir: dir, config: filepath.Join(dir, "agent.toml"), socket: spec.Socket, appPort: ports[0], done: make(chan struct{})}
 	if r.socket == "" {
 		r.socket = filepath.Join(dir, "agent.sock")
 	}
 	hp := spec.Health
 	if hp == 0 {
-		hp = freePort(t)
+		hp = ports[1]
 	}
 	r.health = fmt.Sprintf("http://127.0.0.1:%d/health.html", hp)
 	env := map[string]string{"PORT": strconv.Itoa(r.appPort)}
+	if spec.Proxy {
+		r.proxy = ports[2]
+		delete(env, "PORT") // the agent gives the app its upstream's port
+	}
 	for k, v := range spec.Env {
 		env[k] = v
 	}
@@ -261,6 +250,9 @@ level = "info"
 		probe = `http = "http://127.0.0.1:PORT/"`
 	}
 	cfg += "\n[probe]\n" + strings.ReplaceAll(probe, "127.0.0.1:PORT", "127.0.0.1:"+strconv.Itoa(r.appPort)) + "\n"
+	if r.proxy != 0 {
+		cfg += fmt.Sprintf("\n[proxy]\nlisten = \"127.0.0.1:%d\"\nupstream = \"127.0.0.1:%d\"\n", r.proxy, r.appPort)
+	}
 	if err := os.WriteFile(r.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -375,6 +367,10 @@ type agentStatus struct {
 		RSSBytes uint64 `json:"rss_bytes"`
 		OOMWatch string `json:"oom_watch"`
 	} `json:"agent"`
+	Proxy *struct {
+		Replayed int64 `json:"replayed"`
+		Failed   int64 `json:"failed"`
+	} `json:"proxy"`
 }
 
 // status asks the agent over its control socket.
@@ -423,7 +419,7 @@ func (r *agentRun) healthy() bool {
 // waitHealthy waits until the health page answers 200.
 func (r *agentRun) waitHealthy(timeout time.Duration) {
 	r.t.Helper()
-	waitFor(r.t, timeout, "health 200", func() bool {
+	testkit.Eventually(r.t, timeout, "health 200", func() bool {
 		if r.exited() {
 			r.t.Fatalf("agent exited: %v\n%s", r.exit, r.log())
 		}
@@ -438,61 +434,14 @@ func (r *agentRun) log() string {
 	return tail(r.stderr.String(), 4000)
 }
 
-// appURL is the app's own port: no proxy in front, so an app fault shows
-// as failed requests.
-func (r *agentRun) appURL() string { return fmt.Sprintf("http://127.0.0.1:%d/", r.appPort) }
-
-// loadLoop sends GETs to url at a fixed rate until stopped, each on its
-// own goroutine so that a hung app does not slow the rate, and counts the
-// ones that fail (error, timeout or not 200).
-type loadLoop struct {
-	sent, failed atomic.Int64
-	stop         context.CancelFunc
-	done         chan struct{}
-}
-
-func startLoad(url string, perSecond int) *loadLoop {
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &loadLoop{stop: cancel, done: make(chan struct{})}
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	go func() {
-		defer close(l.done)
-		var wg sync.WaitGroup
-		tick := time.NewTicker(time.Second / time.Duration(perSecond))
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				wg.Wait()
-				return
-			case <-tick.C:
-			}
-			wg.Add(1)
-			l.sent.Add(1)
-			go func() {
-				defer wg.Done()
-				resp, err := c.Get(url)
-				if err != nil {
-					l.failed.Add(1)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					l.failed.Add(1)
-				}
-			}()
-		}
-	}()
-	return l
-}
-
-// end stops the loop, waits for the requests in flight and returns
-// "failed of sent".
-func (l *loadLoop) end() string {
-	l.stop()
-	<-l.done
-	return fmt.Sprintf("%d of %d", l.failed.Load(), l.sent.Load())
+// trafficAddr is where a load balancer sends requests: the proxy's port
+// when it is on, else the app's own (then an app fault shows as lost
+// requests).
+func (r *agentRun) trafficAddr() string {
+	if r.proxy != 0 {
+		return fmt.Sprintf("127.0.0.1:%d", r.proxy)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", r.appPort)
 }
 
 func sorted(s []string) []string {

@@ -4,38 +4,15 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-)
 
-// appRequests sends n GETs to the app one after another and returns how
-// many failed; it gives up after 3 failures in a row and counts the rest
-// as failed too.
-func appRequests(url string, n int) (failed int) {
-	c := &http.Client{Timeout: 2 * time.Second}
-	inRow := 0
-	for i := range n {
-		resp, err := c.Get(url)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		if err != nil || resp.StatusCode != 200 {
-			failed++
-			if inRow++; inRow == 3 {
-				return failed + n - i - 1
-			}
-			continue
-		}
-		inRow = 0
-	}
-	return failed
-}
+	"agent/internal/testkit"
+)
 
 // TestLogSinkGone gives the agent a pipe as stderr whose reader goes away
 // (as a crashed log collector does), then makes the app log a line per
@@ -60,7 +37,7 @@ func TestLogSinkGone(t *testing.T) {
 
 	at := time.Now()
 	const n = 300
-	failed := appRequests(r.appURL(), n)
+	failed := sequential(r.trafficAddr(), n)
 	took := time.Since(at)
 	if r.exited() {
 		t.Fatalf("agent died after its log reader went away: %v", r.exit)
@@ -74,7 +51,7 @@ func TestLogSinkGone(t *testing.T) {
 	}
 	r.freshChecks(3)
 	// And a crash afterwards is still seen and restarted.
-	load := startLoad(r.appURL(), 50)
+	load := startLoad(t, r.trafficAddr(), 50)
 	at = time.Now()
 	syscall.Kill(pid, syscall.SIGKILL)
 	rec := r.recovered(pid, at)
@@ -104,36 +81,26 @@ func TestLogSinkStuck(t *testing.T) {
 	pid := r.appPID()
 
 	const n = 500 // 500 KiB of app output: far more than the pipe holds
-	failed := appRequests(r.appURL(), n)
+	failed := sequential(r.trafficAddr(), n)
 	if failed > 0 {
 		t.Errorf("%d of %d app requests failed with the agent's stderr stuck", failed, n)
 	}
 	happened := fmt.Sprintf("app answered %d of %d logged requests", n-failed, n)
 
 	// Now a crash: the agent must notice and restart the app.
-	load := startLoad(r.appURL(), 50)
+	load := startLoad(t, r.trafficAddr(), 50)
 	at := time.Now()
 	syscall.Kill(pid, syscall.SIGKILL)
-	recovered := false
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	row.set(happened+"; then app SIGKILLed: **not restarted** within 30 s (the agent blocks writing its log)", "never (30 s)", "—")
+	testkit.Eventually(t, 30*time.Second, "the app restarted after its SIGKILL while the agent's stderr is stuck", func() bool {
 		st, err := r.status()
-		if err == nil && st.PID != nil && *st.PID != pid && st.Healthy {
-			recovered = true
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && st.PID != nil && *st.PID != pid && st.Healthy
+	})
 	took := time.Since(at)
 	lost := load.end()
 	healthCode, _, _, _ := r.healthCheck()
 	_, serr := r.status()
-	if recovered {
-		row.set(happened+fmt.Sprintf("; app SIGKILLed then restarted; health %d, status %s", healthCode, errOr(serr, "answers")), ms(took), lost)
-		return
-	}
-	t.Errorf("app not restarted within 30s of its SIGKILL while the agent's stderr is stuck (health %d, status %v)", healthCode, serr)
-	row.set(happened+fmt.Sprintf("; then app SIGKILLed: **not restarted** within 30 s (the agent blocks writing its log); health %d, status %s", healthCode, errOr(serr, "answers")), "never (30 s)", lost)
+	row.set(happened+fmt.Sprintf("; app SIGKILLed then restarted; health %d, status %s", healthCode, errOr(serr, "answers")), ms(took), lost.String())
 }
 
 func errOr(err error, ok string) string {
@@ -160,7 +127,7 @@ func TestKmsgUnreadable(t *testing.T) {
 	r.start(nil, "unshare", "-m", "--propagation", "private", "sh", "-c", `mount --bind /dev/null /dev/kmsg && exec "$@"`, "sh")
 	r.waitHealthy(60 * time.Second)
 	var st agentStatus
-	waitFor(t, 30*time.Second, "oom_watch settled", func() bool {
+	testkit.Eventually(t, 30*time.Second, "oom_watch settled", func() bool {
 		st = r.mustStatus()
 		return st.Agent.OOMWatch != "unavailable: not started"
 	})

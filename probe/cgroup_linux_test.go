@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // oomApp is a Node app that, for every line on its stdin, forks a worker
@@ -69,17 +71,13 @@ func TestOOMKillOfNewWorkerMatchedByCgroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		var err error
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if err = os.Remove(group); err == nil || errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
-				break
+		// The group is busy for a moment after its last process left.
+		testkit.EventuallyMsg(t, 10*time.Second, "the memory cgroup removed", func() (bool, string) {
+			if err := os.Remove(group); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return false, err.Error()
 			}
-			time.Sleep(20 * time.Millisecond) // the group is busy a moment after its last process left
-		}
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("remove memory cgroup: %v", err)
-		}
+			return true, ""
+		})
 	})
 	for file, v := range map[string]string{"memory.limit_in_bytes": strconv.Itoa(128 << 20), "memory.swappiness": "0"} {
 		if err := os.WriteFile(filepath.Join(group, file), []byte(v), 0o644); err != nil {
@@ -125,7 +123,7 @@ func TestOOMKillOfNewWorkerMatchedByCgroup(t *testing.T) {
 	}
 	w := NewOOMWatcher(oomTestLogger(t), "/dev/kmsg", onKill)
 	startOOMWatcher(t, w)
-	memPollUntil(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
+	testkit.Eventually(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
 
 	cmd := exec.Command(node, "-e", oomApp)
 	stdin, err := cmd.StdinPipe()

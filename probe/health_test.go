@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"agent/internal/testkit"
 )
 
 const healthPath = "/health.html"
@@ -247,7 +249,7 @@ func TestHealthRunStops(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }() // Run binds by itself
 	var addr string
-	healthPoll(t, 30*time.Second, "health server bound", func() bool {
+	testkit.Eventually(t, 30*time.Second, "health server bound", func() bool {
 		if a := h.Addr(); a != nil {
 			addr = a.String()
 			return true
@@ -299,7 +301,7 @@ func TestHealthSlowClients(t *testing.T) {
 	}
 
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	healthPoll(t, 60*time.Second, "a normal GET answered beside 500 slow clients", func() bool {
+	testkit.Eventually(t, 60*time.Second, "a normal GET answered beside 500 slow clients", func() bool {
 		resp, err := c.Get(base + healthPath)
 		if err != nil {
 			return false
@@ -381,18 +383,6 @@ func TestHealthConcurrentSet(t *testing.T) {
 	close(errs)
 	for e := range errs {
 		t.Error("inconsistent answer:", e)
-	}
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func healthPoll(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -566,7 +556,7 @@ func TestHealthStalledConnsMakeRoom(t *testing.T) {
 			io.WriteString(c, "GET /health.html HTTP/1.1\r\nX-Slow: ")
 		}
 	}
-	healthPoll(t, 30*time.Second, "all slots taken", func() bool { return h.openConns() == 16 })
+	testkit.Eventually(t, 30*time.Second, "all slots taken", func() bool { return h.openConns() == 16 })
 
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(base + healthPath)

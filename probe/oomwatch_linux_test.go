@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/internal/testkit"
 )
 
 // fakeKmsg stands in for /dev/kmsg: each Read takes one record (or error)
@@ -340,7 +341,7 @@ func TestOOMWatcherRealKmsgStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	memPollUntil(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
+	testkit.Eventually(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
 	cancel()
 	select {
 	case err := <-done:
@@ -375,17 +376,12 @@ func TestOOMWatcherRealKernelOOMKill(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		// The group can be busy for a moment after its last process died.
-		var err error
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if err = os.Remove(group); err == nil || errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
-				break
+		testkit.EventuallyMsg(t, 10*time.Second, "the memory cgroup removed", func() (bool, string) {
+			if err := os.Remove(group); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return false, err.Error()
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("remove memory cgroup: %v", err)
-		}
+			return true, ""
+		})
 	})
 	if err := os.WriteFile(filepath.Join(group, "memory.limit_in_bytes"), []byte(strconv.Itoa(64<<20)), 0o644); err != nil {
 		t.Fatal(err)
@@ -395,7 +391,7 @@ func TestOOMWatcherRealKernelOOMKill(t *testing.T) {
 	onKill, kills := killsTo()
 	w := newOOMWatcher(oomTestLogger(t), "/dev/kmsg", onKill, openKmsg, fake)
 	startOOMWatcher(t, w)
-	memPollUntil(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
+	testkit.Eventually(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
 	since := fake.Now()
 
 	// The shell puts itself in the group, then becomes node, so node is in
@@ -460,18 +456,6 @@ func TestOOMWatcherRealKernelOOMKill(t *testing.T) {
 	}
 }
 
-// memPollUntil waits for cond, which real processes or the kernel make true.
-func memPollUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestOOMWatcherWaitKillByCgroup waits for a kill matched by the victim's
 // memory cgroup, as the agent does: the kernel's summary line names the
 // cgroup; a kill of another unit is not the answer.
@@ -479,7 +463,7 @@ func TestOOMWatcherWaitKillByCgroup(t *testing.T) {
 	fake := clock.NewFake(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC))
 	w, src, kills := fakeWatcher(t, fake)
 	startOOMWatcher(t, w)
-	memPollUntil(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
+	testkit.Eventually(t, 10*time.Second, "watcher reading", func() bool { return w.Status() == "ok" })
 	since := fake.Now()
 	unit := MemoryCgroup{Path: "/system.slice/agent.service", Version: 2}
 	match := func(k OOMKill) bool { return OOMKillIsOurs(k, unit, func(pid int) bool { return pid == 100 }) }

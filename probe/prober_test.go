@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"agent/internal/clock"
+	"agent/internal/testkit"
 )
 
 // probeTestWait bounds every wait on a real event in these tests; generous
@@ -105,16 +106,11 @@ func (r *probeRun) result() ProbeResult {
 	}
 }
 
-// probeUnusedAddr returns a loopback address nothing listens on.
+// probeUnusedAddr returns a loopback address nothing listens on, reserved
+// for the test (it may listen there later).
 func probeUnusedAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return "127.0.0.1:" + strconv.Itoa(testkit.Port(t))
 }
 
 func TestProbeReadyOnlyOnceListening(t *testing.T) {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // startPIDs starts argv in its own process group, reads n PIDs the processes
@@ -118,7 +120,7 @@ func TestSampleTree(t *testing.T) {
 			var s TreeSample
 			var want uint64
 			var err error
-			memPollUntil(t, 30*time.Second, "the tree's memory to settle", func() bool {
+			testkit.Eventually(t, 30*time.Second, "the tree's memory to settle", func() bool {
 				before := sumVmRSS()
 				s, err = impl.sample(root)
 				want = sumVmRSS()

@@ -28,6 +28,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/internal/testkit"
 )
 
 const waitLong = 20 * time.Second
@@ -157,18 +158,6 @@ func get(t *testing.T, c *http.Client, url string) (int, string, http.Header) {
 	return resp.StatusCode, string(b), resp.Header
 }
 
-// waitFor polls cond until it holds or the generous timeout passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 type result struct {
 	code int
 	body string
@@ -240,7 +229,7 @@ func TestHoldReleasedByReady(t *testing.T) {
 	p, url := startProxy(t, Config{}, clock.Real{})
 	c := newClient()
 	ch := getAsync(c, url+"/")
-	waitFor(t, "a held request", func() bool { return p.Stats().Held == 1 })
+	testkit.Eventually(t, waitLong, "a held request", func() bool { return p.Stats().Held == 1 })
 	p.Ready(app.addr)
 	r := await(t, ch)
 	if r.code != 200 || !strings.HasPrefix(r.body, "hello") {
@@ -255,7 +244,7 @@ func TestHoldExpiresTo503(t *testing.T) {
 	clk := clock.NewFake(time.Unix(1000, 0))
 	p, url := startProxy(t, Config{Hold: 30 * time.Second}, clk)
 	ch := getAsync(newClient(), url+"/")
-	waitFor(t, "a held request", func() bool { return p.Stats().Held == 1 })
+	testkit.Eventually(t, waitLong, "a held request", func() bool { return p.Stats().Held == 1 })
 	// The reaper's ticker and the held request's timer.
 	if !clk.WaitForWaiters(2, waitLong) {
 		t.Fatal("hold timer not armed")
@@ -283,7 +272,7 @@ func TestDownAnswers503AtOnce(t *testing.T) {
 	p, url := startProxy(t, Config{Hold: time.Hour}, clock.Real{})
 	c := newClient()
 	held := getAsync(c, url+"/")
-	waitFor(t, "a held request", func() bool { return p.Stats().Held == 1 })
+	testkit.Eventually(t, waitLong, "a held request", func() bool { return p.Stats().Held == 1 })
 	p.Down()
 	if r := await(t, held); r.code != 503 {
 		t.Fatalf("held request got %d after Down, want 503", r.code)
@@ -471,7 +460,7 @@ func TestGETReplayedAfterSIGKILL(t *testing.T) {
 	}
 	app.stop(t, syscall.SIGKILL)
 	p.NotReady()
-	waitFor(t, "the replay to be held", func() bool { return p.Stats().Held == 1 })
+	testkit.Eventually(t, waitLong, "the replay to be held", func() bool { return p.Stats().Held == 1 })
 	next := startNode(t)
 	p.Ready(next.addr)
 	r := await(t, ch)
@@ -532,7 +521,7 @@ func TestGateDrainsBeforeStop(t *testing.T) {
 	stop := make(chan struct{})
 	var ok atomic.Int64
 	wait := loop(t, url+"/slow?ms=30", 8, stop, &ok)
-	waitFor(t, "traffic", func() bool { return ok.Load() >= 50 })
+	testkit.Eventually(t, waitLong, "traffic", func() bool { return ok.Load() >= 50 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
@@ -543,11 +532,11 @@ func TestGateDrainsBeforeStop(t *testing.T) {
 		t.Fatalf("in flight after Gate: %d", s.InFlight)
 	}
 	app.stop(t, syscall.SIGTERM) // the app dies at once on SIGTERM
-	waitFor(t, "held requests", func() bool { return p.Stats().Held > 0 })
+	testkit.Eventually(t, waitLong, "held requests", func() bool { return p.Stats().Held > 0 })
 	next := startNode(t)
 	p.Ready(next.addr)
 	before := ok.Load()
-	waitFor(t, "traffic to the new process", func() bool { return ok.Load() >= before+50 })
+	testkit.Eventually(t, waitLong, "traffic to the new process", func() bool { return ok.Load() >= before+50 })
 	close(stop)
 	if f := wait(); len(f) > 0 {
 		t.Fatalf("%d failed requests across a gated restart, first: %s", len(f), f[0])
@@ -565,7 +554,7 @@ func TestSwitchLosesNothing(t *testing.T) {
 	stop := make(chan struct{})
 	var ok atomic.Int64
 	wait := loop(t, url+"/slow?ms=20", 8, stop, &ok)
-	waitFor(t, "traffic", func() bool { return ok.Load() >= 50 })
+	testkit.Eventually(t, waitLong, "traffic", func() bool { return ok.Load() >= 50 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
@@ -574,7 +563,7 @@ func TestSwitchLosesNothing(t *testing.T) {
 	}
 	a.stop(t, syscall.SIGTERM)
 	before := ok.Load()
-	waitFor(t, "traffic to the new process", func() bool { return ok.Load() >= before+50 })
+	testkit.Eventually(t, waitLong, "traffic to the new process", func() bool { return ok.Load() >= before+50 })
 	close(stop)
 	if f := wait(); len(f) > 0 {
 		t.Fatalf("%d failed requests across a switch, first: %s", len(f), f[0])
@@ -682,14 +671,17 @@ func TestLargeUploadStreamed(t *testing.T) {
 	})
 }
 
-// TestIdleKeepAliveOutlivesNode keeps one client connection idle for 7 s,
-// longer than Node's 5 s keep-alive: the proxy must have dropped its idle
-// connection to the app before Node did, so the reuse needs no replay.
+// TestIdleKeepAliveOutlivesNode keeps one client connection idle until the
+// proxy's idle connection to the app is gone (closed by the proxy after
+// UpstreamIdle, or at the latest by Node after its 5 s keep-alive timeout),
+// then reuses it: the proxy must not send the request on the dead
+// connection (which would need a replay, or fail), and the client's
+// connection must still be open.
 func TestIdleKeepAliveOutlivesNode(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits 7 s")
+		t.Skip("waits about 4 s for the idle connection to the app to close")
 	}
-	app := startNode(t)
+	app := startNode(t, "LOG_CONNS=1")
 	p, url := startProxy(t, Config{}, clock.Real{})
 	p.Ready(app.addr)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
@@ -713,10 +705,15 @@ func TestIdleKeepAliveOutlivesNode(t *testing.T) {
 		}
 	}
 	ask()
-	time.Sleep(7 * time.Second) // the one deliberate wait: past Node's keepAliveTimeout
+	idle := time.Now()
+	line := app.line(t) // Node's side of the proxy's connection closes
+	if !strings.HasPrefix(line, "connection closed by ") {
+		t.Fatalf("node said %q, want connection closed by ...", line)
+	}
+	t.Logf("node: %s, %v after the request", line, time.Since(idle).Round(10*time.Millisecond))
 	ask()
 	if s := p.Stats(); s.Replayed != 0 || s.Failed != 0 {
-		t.Fatalf("stats %+v: an idle connection to the app raced Node's close", s)
+		t.Fatalf("stats %+v: the proxy reused an idle connection to the app that Node had closed", s)
 	}
 }
 
@@ -742,7 +739,7 @@ func TestIdleClientsClosedFirstAtCap(t *testing.T) {
 		resp.Body.Close()
 		idle = append(idle, conn)
 	}
-	waitFor(t, "idle connections", func() bool { return p.ln.Open() == 4 })
+	testkit.Eventually(t, waitLong, "idle connections", func() bool { return p.ln.Open() == 4 })
 	// A fresh client still gets through at once.
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	if code, _, _ := get(t, c, url+"/"); code != 200 {
@@ -828,7 +825,7 @@ func TestSilentClientsDoNotLockOutFreshOnes(t *testing.T) {
 		}
 		defer conn.Close()
 	}
-	waitFor(t, "the cap to be reached", func() bool { return p.ln.Open() == 4 })
+	testkit.Eventually(t, waitLong, "the cap to be reached", func() bool { return p.ln.Open() == 4 })
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	if code, _, _ := get(t, c, url+"/"); code != 200 {
 		t.Fatalf("fresh client got %d", code)
@@ -884,8 +881,8 @@ func TestClientLeavingAbortsAppExchange(t *testing.T) {
 	if l := app.line(t); l != "client gone" {
 		t.Fatalf("app said %q, want its connection closed", l)
 	}
-	waitFor(t, "the request to finish", func() bool { return p.Stats().InFlight == 0 })
-	waitFor(t, "Observe", func() bool {
+	testkit.Eventually(t, waitLong, "the request to finish", func() bool { return p.Stats().InFlight == 0 })
+	testkit.Eventually(t, waitLong, "Observe", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(codes) == 1
@@ -995,7 +992,7 @@ func TestGETReplayedPastADyingProcess(t *testing.T) {
 		t.Fatalf("first GET: %d", code)
 	}
 	ch := getAsync(c, url+"/")
-	waitFor(t, "the retries on the dying process", func() bool { return seen.Load() >= 3 && p.Stats().Held == 1 })
+	testkit.Eventually(t, waitLong, "the retries on the dying process", func() bool { return seen.Load() >= 3 && p.Stats().Held == 1 })
 	next := startNode(t)
 	p.Ready(next.addr)
 	if r := await(t, ch); r.code != 200 || r.body != "hello "+next.pid()+"\n" {

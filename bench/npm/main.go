@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"agent/internal/testapp"
+	"agent/internal/testkit"
 	"agent/supervisor/npmscript"
 )
 
@@ -102,10 +102,12 @@ func run(ctx context.Context, args []string) error {
 
 // once starts the app, waits until it serves, sends n requests, measures the tree and stops it.
 func once(ctx context.Context, start func([]string) (*exec.Cmd, error), n int) (result, error) {
-	port, err := freePort()
+	ports, release, err := testkit.ReservePorts(1)
 	if err != nil {
 		return result{}, err
 	}
+	defer release()
+	port := ports[0]
 	env := append(os.Environ(), "PORT="+strconv.Itoa(port), "NEXT_TELEMETRY_DISABLED=1", "NODE_ENV=production")
 	cmd, err := start(env)
 	if err != nil {
@@ -199,12 +201,3 @@ func median(rs []result) int64 {
 }
 
 func mb(b int64) float64 { return float64(b) / 1e6 }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}

@@ -139,11 +139,12 @@ func (b *bench) stop(s side, sup supervisor) {
 // webScenario: idle memory and CPU, crash to respawn, and the health page
 // under a saturated event loop, on the web app.
 func (b *bench) webScenario(ctx context.Context, rd string, dirs [2]string, d *benchkit.PM2) {
-	ports, err := benchkit.FreePorts(3)
+	ports, release, err := benchkit.FreePorts(3)
 	if err != nil {
 		b.logf("ports: %v", err)
 		return
 	}
+	defer release()
 	healthAddr := fmt.Sprintf("127.0.0.1:%d", ports[2])
 	var sups [2]supervisor
 	for s := range 2 {
@@ -374,11 +375,12 @@ func (b *bench) health(ctx context.Context, s side, port int, url string) error 
 
 // growScenario: the memory limit, agent then PM2, on the grow app.
 func (b *bench) growScenario(ctx context.Context, rd string, dirs [2]string, d *benchkit.PM2) {
-	ports, err := benchkit.FreePorts(1)
+	ports, release, err := benchkit.FreePorts(1)
 	if err != nil {
 		b.logf("ports: %v", err)
 		return
 	}
+	defer release()
 	for s := range 2 {
 		if ctx.Err() != nil {
 			return
@@ -480,11 +482,12 @@ func (b *bench) memLimit(ctx context.Context, s side, sup supervisor, wait time.
 // forkerScenario: restarts of an `npm start` app with a forked worker, and
 // what each supervisor leaves behind.
 func (b *bench) forkerScenario(ctx context.Context, rd string, dirs [2]string, d *benchkit.PM2) {
-	ports, err := benchkit.FreePorts(3)
+	ports, release, err := benchkit.FreePorts(3)
 	if err != nil {
 		b.logf("ports: %v", err)
 		return
 	}
+	defer release()
 	for s := range 2 {
 		if ctx.Err() != nil {
 			return

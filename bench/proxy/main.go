@@ -29,6 +29,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/internal/testkit"
 	"agent/proxy"
 )
 
@@ -137,13 +138,13 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	var addrs [3]string
-	for i := range addrs {
-		if addrs[i], err = freeAddr(); err != nil {
-			return err
-		}
+	ports, release, err := testkit.ReservePorts(3)
+	if err != nil {
+		return fmt.Errorf("find free ports: %w", err)
 	}
-	appAddr, nginxAddr, proxyAddr := addrs[0], addrs[1], addrs[2]
+	defer release()
+	addr := func(p int) string { return fmt.Sprintf("127.0.0.1:%d", p) }
+	appAddr, nginxAddr, proxyAddr := addr(ports[0]), addr(ports[1]), addr(ports[2])
 
 	var procs []*exec.Cmd
 	defer func() {
@@ -410,16 +411,6 @@ func fmtRuns(ss []sample, f func(sample) float64, format string) string {
 		parts[i] = fmt.Sprintf(format, f(s))
 	}
 	return strings.Join(parts, ", ")
-}
-
-// freeAddr returns a loopback address with a port free right now.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 func port(addr string) string {

@@ -180,11 +180,12 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *benc
 			b.res[k] = append(b.res[k], cellRun{err: err.Error()})
 		}
 	}
-	ports, err := benchkit.FreePorts(5)
+	ports, release, err := benchkit.FreePorts(5)
 	if err != nil {
 		fail(err)
 		return
 	}
+	defer release()
 	var t target
 	switch side {
 	case "proxy", "agent":

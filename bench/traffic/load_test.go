@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // tcpServer serves each connection with handle on a loopback port until the
@@ -51,15 +53,7 @@ func TestLoadClassifiesFailures(t *testing.T) {
 			}
 		}
 	}
-	refused := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		return addr
-	}
+	refused := func() string { return fmt.Sprintf("127.0.0.1:%d", testkit.Port(t)) } // nothing listens there
 	tests := []struct {
 		name   string
 		addr   func() string

@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"agent/internal/logsink"
+	"agent/internal/testkit"
 	"agent/metrics"
 )
 
@@ -372,13 +373,7 @@ func TestTimestampFormatParsesAgentLines(t *testing.T) {
 	fw := &failOnce{w: &buf}
 	s := logsink.New(fw, 64<<10)
 	s.Write([]byte(`{"level":"info","message":"lost"}` + "\n"))
-	deadline := time.Now().Add(10 * time.Second)
-	for fw.failed() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the sink never wrote")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "the sink's first (failing) write", func() bool { return fw.failed() != 0 })
 	s.Write([]byte(`{"level":"info","message":"kept"}` + "\n"))
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // waitLong bounds every wait on a real connection; the tests poll on
@@ -70,17 +72,6 @@ func (r *rig) accept(states ...http.ConnState) net.Conn {
 // isClosed reports whether the listener closed the server side of c.
 func isClosed(c net.Conn) bool {
 	return errors.Is(c.SetReadDeadline(time.Time{}), net.ErrClosed)
-}
-
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", waitLong, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestEvictionOrder checks the order in which connections are closed to
@@ -354,7 +345,7 @@ func TestServerUnderFlood(t *testing.T) {
 			io.WriteString(c, "GET / HTTP/1.1\r\nX-Slow: ")
 		}
 	}
-	poll(t, "the cap to be reached", func() bool { return ln.Open() == max })
+	testkit.Eventually(t, waitLong, "the cap to be reached", func() bool { return ln.Open() == max })
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for i := range 3 * max {

@@ -19,20 +19,9 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-)
 
-// waitFor polls cond every few milliseconds until it holds or timeout
-// passes, then fails the test with what.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+	"agent/internal/testkit"
+)
 
 // logLine is what the tests decode from a log line: the agent's own lines
 // carry seq, the sink's notice carries dropped.
@@ -108,7 +97,7 @@ func TestSinkFloodIntoRotatedFile(t *testing.T) {
 	// Rotated files are compressed in the background: wait until every
 	// rotated file is a .gz.
 	var names []string
-	waitFor(t, 30*time.Second, "rotated files compressed", func() bool {
+	testkit.Eventually(t, 30*time.Second, "rotated files compressed", func() bool {
 		ents, err := os.ReadDir(dir)
 		if err != nil {
 			t.Fatal(err)
@@ -396,12 +385,12 @@ func TestSinkWriterFailsThenRecovers(t *testing.T) {
 				}
 			}
 			write(0)
-			waitFor(t, 10*time.Second, "line 0 written", func() bool { return w.String() == line(0) })
+			testkit.Eventually(t, 10*time.Second, "line 0 written", func() bool { return w.String() == line(0) })
 			w.set(true)
 			for i := 1; i <= 5; i++ {
 				write(i)
 			}
-			waitFor(t, 10*time.Second, "5 lines dropped", func() bool { return s.Dropped() == 5 })
+			testkit.Eventually(t, 10*time.Second, "5 lines dropped", func() bool { return s.Dropped() == 5 })
 			w.set(false)
 			write(6)
 			if err := s.Close(); err != nil {
@@ -439,7 +428,7 @@ func TestSinkDropsWhenFull(t *testing.T) {
 	}
 	dropped := s.Dropped()
 	close(release)
-	waitFor(t, 10*time.Second, "the queue written out", func() bool { return queued(s) == 0 })
+	testkit.Eventually(t, 10*time.Second, "the queue written out", func() bool { return queued(s) == 0 })
 	s.Write([]byte("after\n"))
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -512,7 +501,7 @@ func TestSinkDiskFull(t *testing.T) {
 		log.Info().Int("seq", seq).Str("pad", padding).Msg("line")
 		seq++
 	}
-	waitFor(t, 30*time.Second, "the queue written out", func() bool { return queued(s) == 0 })
+	testkit.Eventually(t, 30*time.Second, "the queue written out", func() bool { return queued(s) == 0 })
 	if s.Dropped() == 0 {
 		t.Fatal("no line dropped with 4 MB written to a 1 MB file system")
 	}

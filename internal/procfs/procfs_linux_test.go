@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"agent/internal/testkit"
 )
 
 // The test binary doubles as the processes the tests look at: with
@@ -116,18 +118,6 @@ func readPIDs(tb testing.TB, r io.Reader, n int) []int {
 	case <-time.After(30 * time.Second):
 		tb.Fatalf("no %d pids within 30s", n)
 		return nil
-	}
-}
-
-// pollUntil polls cond every few milliseconds until it holds or timeout.
-func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -395,7 +385,7 @@ func TestWaitEndsWithContext(t *testing.T) {
 		done <- result{left, err}
 	}()
 	hs[0].Signal(syscall.SIGKILL)
-	pollUntil(t, 30*time.Second, "the first process to exit", func() bool {
+	testkit.Eventually(t, 30*time.Second, "the first process to exit", func() bool {
 		exited, _ := hs[0].Exited()
 		return exited
 	})
@@ -456,7 +446,7 @@ func TestSignalGroup(t *testing.T) {
 	if left, err := Wait(ctx, hs...); err != nil || len(left) != 0 {
 		t.Fatalf("group members after SignalGroup: %v, %v", left, err)
 	}
-	pollUntil(t, 30*time.Second, "the group to be gone", func() bool {
+	testkit.Eventually(t, 30*time.Second, "the group to be gone", func() bool {
 		err := leader.SignalGroup(0)
 		return errors.Is(err, syscall.ESRCH)
 	})

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 func TestNodeApp(t *testing.T) {
@@ -36,7 +37,7 @@ func TestNextApp(t *testing.T) {
 	if again := NextApp(t); again != dir {
 		t.Fatalf("second call gave %s, want the cached %s", again, dir)
 	}
-	port := freePort(t)
+	port := testkit.Port(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(dir, "node_modules/.bin/next"), "start", "-p", fmt.Sprint(port))
@@ -60,37 +61,26 @@ func TestNextApp(t *testing.T) {
 		}
 	}()
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	body := waitBody(t, ctx, url)
+	body := waitBody(t, 2*time.Minute, url)
 	if !strings.Contains(body, "hello from next") {
 		t.Fatalf("GET %s: body %q does not hold the page", url, body)
 	}
 }
 
-func waitBody(t *testing.T, ctx context.Context, url string) string {
+// waitBody waits until a GET of url answers 200 and returns the body.
+func waitBody(t *testing.T, timeout time.Duration, url string) string {
 	t.Helper()
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return string(b)
-			}
+	c := &http.Client{Timeout: 10 * time.Second}
+	var body string
+	testkit.EventuallyMsg(t, timeout, "GET "+url+" to answer 200", func() (bool, string) {
+		resp, err := c.Get(url)
+		if err != nil {
+			return false, err.Error()
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("GET %s never answered 200 (last error %v)", url, err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		body = string(b)
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+	return body
 }

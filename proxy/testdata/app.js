@@ -76,6 +76,16 @@ server.on('upgrade', (req, sock, head) => {
   sock.pipe(sock);
 });
 
+// With LOG_CONNS set, every connection's end is printed, with who closed
+// it: the peer (a FIN came first) or this app (its keep-alive timeout).
+if (process.env.LOG_CONNS) {
+  server.on('connection', (sock) => {
+    let peerEnded = false;
+    sock.on('end', () => { peerEnded = true; });
+    sock.on('close', () => console.log(`connection closed by ${peerEnded ? 'the peer' : 'the app'}`));
+  });
+}
+
 process.on('SIGTERM', () => process.exit(0));
 server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
   console.log(`listening ${server.address().port}`);

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"agent/internal/testkit"
 )
 
 // ErrTimeout is returned by Poll when its condition never held.
@@ -65,24 +66,15 @@ func SleepUntil(ctx context.Context, t time.Time) error {
 	return Sleep(ctx, d)
 }
 
-// FreePorts returns n distinct free loopback ports.
-func FreePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var out []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+// FreePorts returns n consecutive free loopback ports, reserved against
+// every test and harness on the machine until release is called (see
+// testkit.ReservePorts).
+func FreePorts(n int) (ports []int, release func(), err error) {
+	ports, release, err = testkit.ReservePorts(n)
+	if err != nil {
+		return nil, nil, fmt.Errorf("free ports: %w", err)
 	}
-	return out, nil
+	return ports, release, nil
 }
 
 // TOMLList formats s as a TOML array of strings.

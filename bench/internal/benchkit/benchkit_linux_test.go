@@ -33,10 +33,11 @@ func TestPoll(t *testing.T) {
 }
 
 func TestFreePorts(t *testing.T) {
-	ports, err := FreePorts(3)
+	ports, release, err := FreePorts(3)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer release()
 	seen := map[int]bool{}
 	for _, p := range ports {
 		if seen[p] || p <= 0 {

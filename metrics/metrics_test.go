@@ -16,6 +16,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"agent/internal/lifecycle"
 )
 
 func init() {
@@ -111,7 +113,7 @@ func TestMetrics(t *testing.T) {
 		Up:            true,
 		Ready:         true,
 		Restarts:      4,
-		Exits:         map[string]uint64{"crashed": 2, "oom-kill": 1, `new "reason"` + "\n": 1},
+		Exits:         map[lifecycle.Reason]uint64{"crashed": 2, "oom-kill": 1, `new "reason"` + "\n": 1},
 		RSSBytes:      183500800,
 		HeapCapMB:     512,
 		OOMKills:      1,
@@ -329,7 +331,7 @@ func BenchmarkObserveRequestParallel(b *testing.B) {
 
 func BenchmarkScrape(b *testing.B) {
 	m := New(func() Snapshot {
-		return Snapshot{State: "running", Up: true, Exits: map[string]uint64{"crashed": 1}, Proxy: &ProxySnapshot{}}
+		return Snapshot{State: "running", Up: true, Exits: map[lifecycle.Reason]uint64{"crashed": 1}, Proxy: &ProxySnapshot{}}
 	})
 	for c := 200; c < 210; c++ {
 		m.ObserveRequest(c, time.Millisecond)

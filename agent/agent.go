@@ -303,7 +303,7 @@ func (a *Agent) onChange(st supervisor.Status) {
 	a.followState(st)
 	a.healthMu.Lock()
 	if !a.draining.Load() {
-		a.health.Set(string(st.State), serving)
+		a.health.Set(st.State, serving)
 	}
 	a.healthMu.Unlock()
 	a.changedMu.Lock()

@@ -61,7 +61,7 @@ func (f *front) handle(ev appEvent) {
 	}
 	serving := st.State == supervisor.Running && st.Ready
 	if !f.draining {
-		f.a.health.Set(string(st.State), serving)
+		f.a.health.Set(st.State, serving)
 	}
 	f.sendStatus()
 	// READY=1 once: when the app is first ready, or when its start is over
@@ -121,7 +121,7 @@ func (f *front) route(ev appEvent) {
 // requests are still served.
 func (f *front) drain() {
 	f.draining = true
-	f.a.health.Set("draining", false)
+	f.a.health.Set(supervisor.Draining, false)
 	if f.a.proxy != nil {
 		f.a.proxy.Drain()
 	}

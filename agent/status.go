@@ -84,7 +84,7 @@ func (a *Agent) Status() Status {
 		},
 	}
 	if draining {
-		s.State = "draining"
+		s.State = string(supervisor.Draining)
 	}
 	if a.proxy != nil {
 		ps := a.proxy.Stats()

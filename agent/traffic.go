@@ -96,11 +96,11 @@ func (a *Agent) metricsSnapshot() metrics.Snapshot {
 	s := a.Status()
 	snap := metrics.Snapshot{
 		Version:       a.version,
-		State:         s.State,
+		State:         supervisor.State(s.State),
 		Up:            st.PID != 0,
 		Ready:         st.Ready,
 		Restarts:      uint64(st.Restarts),
-		Exits:         make(map[string]uint64, len(st.ExitCounts)),
+		Exits:         make(map[supervisor.Reason]uint64, len(st.ExitCounts)),
 		RSSBytes:      s.RSSBytes,
 		HeapCapMB:     s.HeapCapMB,
 		OOMKills:      uint64(s.OOMKills),
@@ -108,7 +108,7 @@ func (a *Agent) metricsSnapshot() metrics.Snapshot {
 		LogDropped:    s.Agent.LogDropped,
 	}
 	for r, n := range st.ExitCounts {
-		snap.Exits[string(r)] = n
+		snap.Exits[r] = n
 	}
 	if a.proxy != nil {
 		ps := a.proxy.Stats()

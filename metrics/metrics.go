@@ -23,22 +23,24 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"agent/internal/lifecycle"
 )
 
 // Snapshot is what the agent knows at the moment of a scrape.
 type Snapshot struct {
 	Version string // the agent's version, for agent_build_info; "" leaves it out
 
-	State         string            // starting, running, backoff, stopping, stopped, failed, draining
-	Up            bool              // a process of the app runs
-	Ready         bool              // it is ready (serving)
-	Restarts      uint64            // restarts since the agent started
-	Exits         map[string]uint64 // exits since the agent started, by reason (exited, crashed, oom-kill, ...)
-	RSSBytes      uint64            // resident memory of the app's whole process tree
-	HeapCapMB     int               // the V8 heap cap given to the app; 0 when left alone
-	OOMKills      uint64            // kernel OOM kills of the app's processes since the agent started
-	UptimeSeconds float64           // how long the current app process has run; 0 when none runs
-	LogDropped    uint64            // log lines the agent's log sinks dropped
+	State         lifecycle.State             // starting, running, backoff, ..., draining
+	Up            bool                        // a process of the app runs
+	Ready         bool                        // it is ready (serving)
+	Restarts      uint64                      // restarts since the agent started
+	Exits         map[lifecycle.Reason]uint64 // exits since the agent started, by reason (exited, crashed, oom-kill, ...)
+	RSSBytes      uint64                      // resident memory of the app's whole process tree
+	HeapCapMB     int                         // the V8 heap cap given to the app; 0 when left alone
+	OOMKills      uint64                      // kernel OOM kills of the app's processes since the agent started
+	UptimeSeconds float64                     // how long the current app process has run; 0 when none runs
+	LogDropped    uint64                      // log lines the agent's log sinks dropped
 
 	Proxy *ProxySnapshot // nil when the traffic front is off
 }
@@ -56,8 +58,8 @@ type ProxySnapshot struct {
 // their series are zero, so that rates and alerts work from the first
 // scrape.
 var (
-	knownStates  = []string{"starting", "running", "backoff", "stopping", "stopped", "failed", "draining"}
-	knownReasons = []string{"exited", "crashed", "signaled", "oom-kill", "heap-oom", "rss-limit", "liveness", "start-timeout", "restart", "stop", "reload"}
+	knownStates  = lifecycle.States()
+	knownReasons = lifecycle.Reasons()
 )
 
 // durationBuckets are the upper bounds of the request duration histogram:
@@ -170,19 +172,19 @@ func (m *Metrics) write(e *expo, s Snapshot) {
 	e.sample("agent_app_ready", "", "", b2f(s.Ready))
 	e.help("agent_app_state", "gauge", "The app's state: 1 for the current one, 0 for the others.")
 	for _, st := range knownStates {
-		e.sample("agent_app_state", "state", st, b2f(s.State == st))
+		e.sample("agent_app_state", "state", string(st), b2f(s.State == st))
 	}
 	if s.State != "" && !slices.Contains(knownStates, s.State) {
-		e.sample("agent_app_state", "state", s.State, 1)
+		e.sample("agent_app_state", "state", string(s.State), 1)
 	}
 	e.help("agent_app_restarts_total", "counter", "Restarts of the app since the agent started.")
 	e.sample("agent_app_restarts_total", "", "", float64(s.Restarts))
 	e.help("agent_app_exits_total", "counter", "Exits of the app's processes since the agent started, by reason.")
 	for _, r := range knownReasons {
-		e.sample("agent_app_exits_total", "reason", r, float64(s.Exits[r]))
+		e.sample("agent_app_exits_total", "reason", string(r), float64(s.Exits[r]))
 	}
 	if len(s.Exits) > 0 {
-		var other []string
+		var other []lifecycle.Reason
 		for r := range s.Exits {
 			if !slices.Contains(knownReasons, r) {
 				other = append(other, r)
@@ -190,7 +192,7 @@ func (m *Metrics) write(e *expo, s Snapshot) {
 		}
 		slices.Sort(other)
 		for _, r := range other {
-			e.sample("agent_app_exits_total", "reason", r, float64(s.Exits[r]))
+			e.sample("agent_app_exits_total", "reason", string(r), float64(s.Exits[r]))
 		}
 	}
 	e.help("agent_app_rss_bytes", "gauge", "Resident memory of the app's whole process tree.")

@@ -7,7 +7,6 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +16,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"agent/internal/lifecycle"
 )
 
 func init() {
@@ -112,7 +113,7 @@ func TestMetrics(t *testing.T) {
 		Up:            true,
 		Ready:         true,
 		Restarts:      4,
-		Exits:         map[string]uint64{"crashed": 2, "oom-kill": 1, `new "reason"` + "\n": 1},
+		Exits:         map[lifecycle.Reason]uint64{"crashed": 2, "oom-kill": 1, `new "reason"` + "\n": 1},
 		RSSBytes:      183500800,
 		HeapCapMB:     512,
 		OOMKills:      1,
@@ -188,8 +189,12 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// The agent's own process: its real RSS and start time.
-	if rss := value(t, fams, "process_resident_memory_bytes"); rss < 1<<20 || rss > 1<<32 {
+	rss := value(t, fams, "process_resident_memory_bytes")
+	if rss < 1<<20 || rss > 1<<32 {
 		t.Errorf("process_resident_memory_bytes = %v", rss)
+	}
+	if vsize := value(t, fams, "process_virtual_memory_bytes"); vsize < rss {
+		t.Errorf("process_virtual_memory_bytes = %v, below the resident %v", vsize, rss)
 	}
 	if st := value(t, fams, "process_start_time_seconds"); math.Abs(st-float64(time.Now().Unix())) > 3600 {
 		t.Errorf("process_start_time_seconds = %v, now is %d", st, time.Now().Unix())
@@ -306,23 +311,6 @@ func TestObserveWhileScraping(t *testing.T) {
 	}
 }
 
-func TestParseStat(t *testing.T) {
-	// A real line, with a command name holding a space and a parenthesis.
-	line := []byte("4242 (my ) agent) S 1 4242 4242 0 -1 4194560 1230 0 0 0 250 125 0 0 20 0 9 0 123456 1253376000 2048 18446744073709551615 1 1 0 0 0 0 0 0 2143420159 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n")
-	st, ok := parseStat(line)
-	if !ok {
-		t.Fatal("parseStat failed")
-	}
-	if st.cpuSeconds != 3.75 || st.startSeconds != 1234.56 || st.vsize != 1253376000 || st.rss != 2048*float64(os.Getpagesize()) {
-		t.Errorf("parseStat = %+v", st)
-	}
-	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2"} {
-		if _, ok := parseStat([]byte(bad)); ok {
-			t.Errorf("parseStat(%q) ok", bad)
-		}
-	}
-}
-
 func BenchmarkObserveRequest(b *testing.B) {
 	m := New(func() Snapshot { return Snapshot{} })
 	b.ReportAllocs()
@@ -343,7 +331,7 @@ func BenchmarkObserveRequestParallel(b *testing.B) {
 
 func BenchmarkScrape(b *testing.B) {
 	m := New(func() Snapshot {
-		return Snapshot{State: "running", Up: true, Exits: map[string]uint64{"crashed": 1}, Proxy: &ProxySnapshot{}}
+		return Snapshot{State: "running", Up: true, Exits: map[lifecycle.Reason]uint64{"crashed": 1}, Proxy: &ProxySnapshot{}}
 	})
 	for c := 200; c < 210; c++ {
 		m.ObserveRequest(c, time.Millisecond)

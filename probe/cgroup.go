@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"agent/internal/procfs"
 )
 
 // MemoryCgroup is the memory cgroup a process is in, named as the kernel
@@ -40,45 +41,22 @@ func (m MemoryCgroup) Contains(memcg string) bool {
 }
 
 // ParseProcCgroup finds the memory cgroup in the content of a
-// /proc/PID/cgroup file: lines "ID:CONTROLLERS:PATH". A cgroup v1 line that
+// /proc/PID/cgroup file, parsed by procfs.ParseCgroup: a cgroup v1 line that
 // lists the memory controller ("4:memory:/g", "7:cpu,memory:/g") wins; on a
 // hybrid host the unified hierarchy's "0::/g" line is there too but has no
 // memory controller. Without a v1 memory line the "0::" line is the memory
-// cgroup (cgroup v2). The path may itself contain colons.
+// cgroup (cgroup v2).
 func ParseProcCgroup(content string) (MemoryCgroup, error) {
-	var v2 string
-	var haveV2 bool
-	sc := bufio.NewScanner(strings.NewReader(content))
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if line == "" {
-			continue
-		}
-		id, rest, ok1 := strings.Cut(line, ":")
-		controllers, p, ok2 := strings.Cut(rest, ":")
-		if !ok1 || !ok2 || !strings.HasPrefix(p, "/") {
-			return MemoryCgroup{}, fmt.Errorf("cgroup line %d: want ID:CONTROLLERS:/PATH, got %q", n, line)
-		}
-		if _, err := strconv.ParseUint(id, 10, 32); err != nil {
-			return MemoryCgroup{}, fmt.Errorf("cgroup line %d: bad hierarchy id %q", n, id)
-		}
-		if id == "0" && controllers == "" {
-			v2, haveV2 = p, true
-			continue
-		}
-		for c := range strings.SplitSeq(controllers, ",") {
-			if c == "memory" {
-				return MemoryCgroup{Path: p, Version: 1}, nil
-			}
-		}
+	v1, v2, err := procfs.ParseCgroup(content)
+	switch {
+	case err != nil:
+		return MemoryCgroup{}, err
+	case v1 != "":
+		return MemoryCgroup{Path: v1, Version: 1}, nil
+	case v2 != "":
+		return MemoryCgroup{Path: v2, Version: 2}, nil
 	}
-	if err := sc.Err(); err != nil {
-		return MemoryCgroup{}, fmt.Errorf("cgroup: %w", err)
-	}
-	if !haveV2 {
-		return MemoryCgroup{}, errors.New("cgroup: no memory controller line and no cgroup v2 line")
-	}
-	return MemoryCgroup{Path: v2, Version: 2}, nil
+	return MemoryCgroup{}, errors.New("cgroup: no memory controller line and no cgroup v2 line")
 }
 
 // ReadMemoryCgroup reads the memory cgroup of process pid ("self" for this

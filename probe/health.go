@@ -6,7 +6,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,7 +13,9 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agent/internal/canned"
 	"agent/internal/connlimit"
+	"agent/internal/lifecycle"
 )
 
 // Limits of the health server. The load balancer's checks are tiny requests
@@ -35,55 +36,6 @@ const (
 	healthMaxConns = 1024
 )
 
-// healthPage is the body served while the app is running and ready.
-const healthPage = "<!DOCTYPE html>\n<html><head><title>ok</title></head><body>ok</body></html>\n"
-
-// healthStates are the state words the health page knows; their 503
-// answers are built once, at start-up.
-var healthStates = []string{"starting", "running", "backoff", "stopping", "stopped", "failed", "draining"}
-
-// healthResponse is one precomputed answer of the health server: the handler
-// copies its header values into the response and writes body.
-type healthResponse struct {
-	code          int
-	body          []byte
-	contentType   []string
-	contentLength []string
-	allow         []string // nil unless 405
-}
-
-func newHealthResponse(code int, contentType, body string) *healthResponse {
-	return &healthResponse{
-		code:          code,
-		body:          []byte(body),
-		contentType:   []string{contentType},
-		contentLength: []string{strconv.Itoa(len(body))},
-	}
-}
-
-var (
-	hdrNoStore       = []string{"no-store"}
-	hdrNoSniff       = []string{"nosniff"}
-	healthOK         = newHealthResponse(http.StatusOK, "text/html; charset=utf-8", healthPage)
-	healthNotFound   = newHealthResponse(http.StatusNotFound, "text/plain; charset=utf-8", "not found\n")
-	healthNotAllowed = func() *healthResponse {
-		r := newHealthResponse(http.StatusMethodNotAllowed, "text/plain; charset=utf-8", "method not allowed\n")
-		r.allow = []string{"GET, HEAD"}
-		return r
-	}()
-	healthDown = func() map[string]*healthResponse {
-		m := make(map[string]*healthResponse, len(healthStates))
-		for _, s := range healthStates {
-			m[s] = healthDownResponse(s)
-		}
-		return m
-	}()
-)
-
-func healthDownResponse(state string) *healthResponse {
-	return newHealthResponse(http.StatusServiceUnavailable, "text/plain; charset=utf-8", state+"\n")
-}
-
 // HealthServer answers the load balancer's health check from the state the
 // agent already holds: 200 and a tiny page while the app is running and
 // ready, 503 and the state word otherwise. It never waits on the app.
@@ -92,7 +44,7 @@ type HealthServer struct {
 	path   string
 	log    zerolog.Logger
 
-	cur atomic.Pointer[healthResponse]
+	cur atomic.Pointer[canned.Reply]
 
 	// maxConns and readHeaderTimeout are healthMaxConns and
 	// healthReadHeaderTimeout; tests make them smaller or larger.
@@ -114,32 +66,19 @@ func NewHealthServer(listen, path string, log zerolog.Logger) *HealthServer {
 		maxConns:          healthMaxConns,
 		readHeaderTimeout: healthReadHeaderTimeout,
 	}
-	h.cur.Store(healthDown["starting"])
+	h.cur.Store(canned.Down(lifecycle.Starting))
 	return h
 }
 
 // Set publishes the app's state. serving is true only when the app is
 // running and ready; the page then answers 200, otherwise 503 with state.
 // It is safe to call from any goroutine.
-func (h *HealthServer) Set(state string, serving bool) {
+func (h *HealthServer) Set(state lifecycle.State, serving bool) {
 	if serving {
-		h.cur.Store(healthOK)
+		h.cur.Store(canned.OK)
 		return
 	}
-	r, ok := healthDown[state]
-	if !ok {
-		r = healthDownResponse(strings.Map(printableASCII, state))
-	}
-	h.cur.Store(r)
-}
-
-// printableASCII drops everything but printable ASCII from a state word so
-// an odd one cannot break the response.
-func printableASCII(r rune) rune {
-	if r < 0x21 || r > 0x7e {
-		return -1
-	}
-	return r
+	h.cur.Store(canned.Down(state))
 }
 
 // Listen binds the listening socket now, so that a busy port is a start-up
@@ -233,27 +172,7 @@ func (h *HealthServer) Run(ctx context.Context) error {
 // ServeHTTP answers one request with precomputed bytes; it takes no lock
 // and allocates nothing of its own.
 func (h *HealthServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var resp *healthResponse
-	switch {
-	case r.URL.Path != h.path:
-		resp = healthNotFound
-	case r.Method != http.MethodGet && r.Method != http.MethodHead:
-		resp = healthNotAllowed
-	default:
-		resp = h.cur.Load()
-	}
-	hdr := w.Header()
-	hdr["Content-Type"] = resp.contentType
-	hdr["Content-Length"] = resp.contentLength
-	hdr["Cache-Control"] = hdrNoStore
-	hdr["X-Content-Type-Options"] = hdrNoSniff
-	if resp.allow != nil {
-		hdr["Allow"] = resp.allow
-	}
-	w.WriteHeader(resp.code)
-	if r.Method != http.MethodHead {
-		w.Write(resp.body)
-	}
+	canned.Serve(w, r, h.path, h.cur.Load())
 }
 
 // healthErrorLog sends net/http's own error lines (accept errors, bad

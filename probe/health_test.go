@@ -18,6 +18,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agent/internal/canned"
+	"agent/internal/lifecycle"
 	"agent/internal/testkit"
 )
 
@@ -100,7 +102,7 @@ func TestHealthStates(t *testing.T) {
 		body    string
 	}{
 		{"starting", false, 503, "text/plain; charset=utf-8", "starting\n"},
-		{"running", true, 200, "text/html; charset=utf-8", healthPage},
+		{"running", true, 200, "text/html; charset=utf-8", canned.Page},
 		{"running", false, 503, "text/plain; charset=utf-8", "running\n"}, // alive, not ready
 		{"backoff", false, 503, "text/plain; charset=utf-8", "backoff\n"},
 		{"stopping", false, 503, "text/plain; charset=utf-8", "stopping\n"},
@@ -108,11 +110,11 @@ func TestHealthStates(t *testing.T) {
 		{"failed", false, 503, "text/plain; charset=utf-8", "failed\n"},
 		{"draining", false, 503, "text/plain; charset=utf-8", "draining\n"},
 		{"odd word\r\nX-Evil: 1", false, 503, "text/plain; charset=utf-8", "oddwordX-Evil:1\n"},
-		{"running", true, 200, "text/html; charset=utf-8", healthPage}, // and back
+		{"running", true, 200, "text/html; charset=utf-8", canned.Page}, // and back
 	}
 	for _, tt := range tests {
 		t.Run(tt.state+"/"+strconv.FormatBool(tt.serving), func(t *testing.T) {
-			h.Set(tt.state, tt.serving)
+			h.Set(lifecycle.State(tt.state), tt.serving)
 			resp, body := healthGet(t, c, http.MethodGet, base+healthPath)
 			if resp.StatusCode != tt.code {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.code)
@@ -162,7 +164,7 @@ func TestHealthHeadOnTheWire(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Errorf("%s: status %d", method, resp.StatusCode)
 		}
-		if method == http.MethodGet && string(b) != healthPage {
+		if method == http.MethodGet && string(b) != canned.Page {
 			t.Errorf("GET after HEAD: body %q", b)
 		}
 	}
@@ -329,21 +331,22 @@ func TestHealthConcurrentSet(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
+	states := lifecycle.States()
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				s := healthStates[rand.IntN(len(healthStates))]
+				s := states[rand.IntN(len(states))]
 				h.Set(s, s == "running" && rand.IntN(2) == 0)
 				runtime.Gosched() // leave the two cores to the clients too
 			}
 		}()
 	}
 	known := map[string]bool{}
-	for _, s := range healthStates {
-		known[s+"\n"] = true
+	for _, s := range states {
+		known[string(s)+"\n"] = true
 	}
 	var cwg sync.WaitGroup
 	errs := make(chan string, 100)
@@ -364,7 +367,7 @@ func TestHealthConcurrentSet(t *testing.T) {
 				ok := resp.Header.Get("Content-Length") == strconv.Itoa(len(body))
 				switch resp.StatusCode {
 				case 200:
-					ok = ok && body == healthPage && strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html")
+					ok = ok && body == canned.Page && strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html")
 				case 503:
 					ok = ok && known[body] && strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain")
 				default:

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/shirou/gopsutil/v3/common"
 	"github.com/shirou/gopsutil/v3/mem"
-	"github.com/shirou/gopsutil/v3/process"
 
 	"agent/internal/procfs"
 )
@@ -65,23 +63,6 @@ func MemAvailable() (uint64, error) {
 		return 0, fmt.Errorf("read available memory: %w", err)
 	}
 	return vm.Available, nil
-}
-
-// ProcessRSS returns the resident memory of process pid in bytes (VmRSS),
-// through gopsutil's process.MemoryInfo: the agent's own figure in status.
-func ProcessRSS(pid int) (uint64, error) {
-	if pid <= 0 || pid > math.MaxInt32 {
-		return 0, fmt.Errorf("rss of pid %d: %w", pid, os.ErrInvalid)
-	}
-	p, err := process.NewProcess(int32(pid))
-	if err != nil {
-		return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
-	}
-	m, err := p.MemoryInfo()
-	if err != nil {
-		return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
-	}
-	return m.RSS, nil
 }
 
 // virtualMemory reads root/proc/meminfo with gopsutil. gopsutil takes a

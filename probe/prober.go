@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"agent/internal/clock"
+	"agent/internal/lifecycle"
 )
 
 // Probe results that end a RunProbe; the caller restarts the app with the
 // reason.
 const (
-	ReasonLiveness     = "liveness"
-	ReasonStartTimeout = "start-timeout"
+	ReasonLiveness     = lifecycle.ReasonLiveness
+	ReasonStartTimeout = lifecycle.ReasonStartTimeout
 )
 
 // Until the app is first ready it is probed after firstStartupProbe, then
@@ -55,8 +56,8 @@ type ProbeSpec struct {
 // ProbeResult is why RunProbe gave up on a process. The zero value means it
 // was cancelled.
 type ProbeResult struct {
-	Reason string // ReasonLiveness or ReasonStartTimeout
-	Detail string // e.g. "3 consecutive probe failures: GET http://127.0.0.1:3000/: status 500"
+	Reason lifecycle.Reason // ReasonLiveness or ReasonStartTimeout
+	Detail string           // e.g. "3 consecutive probe failures: GET http://127.0.0.1:3000/: status 500"
 }
 
 // RunProbe watches one app process: it calls ready once when the process

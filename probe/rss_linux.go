@@ -52,6 +52,17 @@ func SampleDescendants(pid int, except ...int) (TreeSample, error) {
 	return s, nil
 }
 
+// ProcessRSS returns the resident memory of process pid in bytes (VmRSS,
+// from /proc/PID/statm as for the app's tree): the agent's own figure in
+// status.
+func ProcessRSS(pid int) (uint64, error) {
+	p, err := procfs.Stat(pid)
+	if err != nil {
+		return 0, fmt.Errorf("rss of pid %d: %w", pid, err)
+	}
+	return p.RSS, nil
+}
+
 func (s *TreeSample) add(procs []procfs.Proc) {
 	if s.PIDs == nil {
 		s.PIDs = make([]int, 0, len(procs))

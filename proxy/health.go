@@ -2,50 +2,29 @@ package proxy
 
 import (
 	"net/http"
-	"strconv"
+
+	"agent/internal/canned"
+	"agent/internal/lifecycle"
 )
 
-// reply is one precomputed answer the proxy gives itself.
-type reply struct {
-	code          int
-	body          []byte
-	contentLength []string
-	retryAfter    []string // 503 only
-	allow         []string // 405 only
-}
-
-func newReply(code int, body string) *reply {
-	r := &reply{code: code, body: []byte(body), contentLength: []string{strconv.Itoa(len(body))}}
-	if code == http.StatusServiceUnavailable {
-		r.retryAfter = []string{retryAfter}
-	}
-	return r
-}
+// unavailable adds the Retry-After every 503 of the proxy carries.
+func unavailable(r *canned.Reply) *canned.Reply { return r.WithRetryAfter(retryAfter) }
 
 var (
-	hdrTextPlain = []string{"text/plain; charset=utf-8"}
-	hdrNoStore   = []string{"no-store"}
-	hdrNoSniff   = []string{"nosniff"}
-
 	// Errors the proxy gives: short, naming nothing internal.
-	replies = map[int]*reply{
-		http.StatusBadRequest:         newReply(http.StatusBadRequest, "bad request\n"),
-		http.StatusBadGateway:         newReply(http.StatusBadGateway, "bad gateway\n"),
-		http.StatusServiceUnavailable: newReply(http.StatusServiceUnavailable, "service unavailable\n"),
+	replies = map[int]*canned.Reply{
+		http.StatusBadRequest:         canned.Text(http.StatusBadRequest, "bad request\n"),
+		http.StatusBadGateway:         canned.Text(http.StatusBadGateway, "bad gateway\n"),
+		http.StatusServiceUnavailable: unavailable(canned.Text(http.StatusServiceUnavailable, "service unavailable\n")),
 	}
 
 	// Health answers on the traffic port: a state word and nothing else.
-	healthReady      = newReply(http.StatusOK, "ready\n")
-	healthRestarting = newReply(http.StatusOK, "restarting\n")
-	healthStale      = newReply(http.StatusServiceUnavailable, "restarting\n")
-	healthStarting   = newReply(http.StatusServiceUnavailable, "starting\n")
-	healthDown       = newReply(http.StatusServiceUnavailable, "down\n")
-	healthDraining   = newReply(http.StatusServiceUnavailable, "draining\n")
-	healthNotAllowed = func() *reply {
-		r := newReply(http.StatusMethodNotAllowed, "method not allowed\n")
-		r.allow = []string{"GET, HEAD"}
-		return r
-	}()
+	healthReady      = canned.Word(http.StatusOK, "ready")
+	healthRestarting = canned.Word(http.StatusOK, "restarting")
+	healthStale      = unavailable(canned.Word(http.StatusServiceUnavailable, "restarting"))
+	healthStarting   = unavailable(canned.Down(lifecycle.Starting))
+	healthDown       = unavailable(canned.Word(http.StatusServiceUnavailable, "down"))
+	healthDraining   = unavailable(canned.Down(lifecycle.Draining))
 )
 
 // fail answers with an error of the proxy's own (counted in Stats.Failed
@@ -57,27 +36,8 @@ func (p *Proxy) fail(w http.ResponseWriter, code int) int {
 
 // reply writes the precomputed answer for code.
 func (p *Proxy) reply(w http.ResponseWriter, code int) int {
-	writeReply(w, replies[code], true)
+	replies[code].Write(w, true)
 	return code
-}
-
-func writeReply(w http.ResponseWriter, r *reply, body bool) {
-	h := w.Header()
-	clear(h)
-	h["Content-Type"] = hdrTextPlain
-	h["Content-Length"] = r.contentLength
-	h["Cache-Control"] = hdrNoStore
-	h["X-Content-Type-Options"] = hdrNoSniff
-	if r.retryAfter != nil {
-		h["Retry-After"] = r.retryAfter
-	}
-	if r.allow != nil {
-		h["Allow"] = r.allow
-	}
-	w.WriteHeader(r.code)
-	if body {
-		w.Write(r.body)
-	}
 }
 
 // serveHealth answers health.path on the traffic port: 200 while the app
@@ -86,14 +46,10 @@ func writeReply(w http.ResponseWriter, r *reply, body bool) {
 // 503 "draining" from Drain on (the agent is shutting down: the load
 // balancer stops sending while requests are still served).
 func (p *Proxy) serveHealth(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		writeReply(w, healthNotAllowed, true)
-		return
-	}
-	writeReply(w, p.health(), r.Method != http.MethodHead)
+	canned.Serve(w, r, p.cfg.HealthPath, p.health())
 }
 
-func (p *Proxy) health() *reply {
+func (p *Proxy) health() *canned.Reply {
 	if p.draining.Load() {
 		return healthDraining
 	}

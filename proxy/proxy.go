@@ -33,7 +33,7 @@ const (
 	shutdownGrace     = 5 * time.Second
 	dialTimeout       = 5 * time.Second
 	// retryAfter is the Retry-After of a 503, in seconds.
-	retryAfter = "5"
+	retryAfter = 5
 )
 
 // Config is what the proxy needs from the agent's configuration. Zero

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"agent/internal/pathsearch"
 	"agent/internal/procfs"
 )
 
@@ -87,7 +87,7 @@ func (s *Supervisor[L]) spawn(cfg Config[L]) (*Child[L], error) {
 	path := cfg.Path
 	if path == "" {
 		var err error
-		if path, err = lookPath(cfg.Command[0], cfg.Env, cfg.Dir); err != nil {
+		if path, err = pathsearch.Look(cfg.Command[0], pathsearch.Env(cfg.Env), cfg.Dir); err != nil {
 			return nil, fmt.Errorf("start app: %w", err)
 		}
 	}
@@ -174,34 +174,4 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	case <-done:
 	case <-t.C:
 	}
-}
-
-// lookPath finds file in the PATH of env (the app's), relative to dir for
-// names with a slash, as a shell would.
-func lookPath(file string, env []string, dir string) (string, error) {
-	if strings.Contains(file, "/") {
-		return file, nil // exec resolves it relative to Dir
-	}
-	path := ""
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-			path = v
-		}
-	}
-	if path == "" {
-		path = "/usr/local/bin:/usr/bin:/bin"
-	}
-	for _, d := range filepath.SplitList(path) {
-		if d == "" {
-			d = "."
-		}
-		p := filepath.Join(d, file)
-		if !filepath.IsAbs(p) && dir != "" {
-			p = filepath.Join(dir, p)
-		}
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%q not found in PATH %s", file, path)
 }

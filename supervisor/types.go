@@ -13,41 +13,47 @@
 // environment and the output ring.
 package supervisor
 
-import "time"
+import (
+	"time"
 
-// State is the lifecycle state of the supervised app, as shown in status and
-// on the health page.
-type State string
-
-const (
-	Starting State = "starting" // spawned, not yet ready
-	Running  State = "running"  // ready
-	Backoff  State = "backoff"  // waiting to restart
-	Stopping State = "stopping"
-	Stopped  State = "stopped" // asked to
-	Failed   State = "failed"  // restart budget spent
+	"agent/internal/lifecycle"
 )
 
-// Reason says why an app process ended.
-type Reason string
+// State is the lifecycle state of the supervised app, as shown in status and
+// on the health page. The words are lifecycle's.
+type State = lifecycle.State
 
 const (
-	ReasonExited       Reason = "exited"        // exit code 0
-	ReasonCrashed      Reason = "crashed"       // non-zero exit code
-	ReasonSignaled     Reason = "signaled"      // killed by a signal nothing else explains
-	ReasonOOMKill      Reason = "oom-kill"      // the kernel OOM killer
-	ReasonHeapOOM      Reason = "heap-oom"      // V8 ran out of heap and aborted
-	ReasonRSSLimit     Reason = "rss-limit"     // restarted for memory.max_rss
-	ReasonLiveness     Reason = "liveness"      // restarted after failed probes
-	ReasonStartTimeout Reason = "start-timeout" // never ready within startup_timeout
-	ReasonRestart      Reason = "restart"       // asked to restart
-	ReasonStop         Reason = "stop"          // asked to stop
-	ReasonReload       Reason = "reload"        // replaced by a new process in a reload
+	Starting = lifecycle.Starting
+	Running  = lifecycle.Running
+	Backoff  = lifecycle.Backoff
+	Stopping = lifecycle.Stopping
+	Stopped  = lifecycle.Stopped
+	Failed   = lifecycle.Failed
+	Draining = lifecycle.Draining
+	Degraded = lifecycle.Degraded
+)
+
+// Reason says why an app process ended. The words are lifecycle's.
+type Reason = lifecycle.Reason
+
+const (
+	ReasonExited       = lifecycle.ReasonExited
+	ReasonCrashed      = lifecycle.ReasonCrashed
+	ReasonSignaled     = lifecycle.ReasonSignaled
+	ReasonOOMKill      = lifecycle.ReasonOOMKill
+	ReasonHeapOOM      = lifecycle.ReasonHeapOOM
+	ReasonRSSLimit     = lifecycle.ReasonRSSLimit
+	ReasonLiveness     = lifecycle.ReasonLiveness
+	ReasonStartTimeout = lifecycle.ReasonStartTimeout
+	ReasonRestart      = lifecycle.ReasonRestart
+	ReasonStop         = lifecycle.ReasonStop
+	ReasonReload       = lifecycle.ReasonReload
 )
 
 // requested reports whether r is a reason the agent itself caused by
 // stopping the process, rather than one the process died of.
-func (r Reason) requested() bool {
+func requested(r Reason) bool {
 	switch r {
 	case ReasonRSSLimit, ReasonLiveness, ReasonStartTimeout, ReasonRestart, ReasonStop, ReasonReload:
 		return true

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"agent/internal/lifecycle"
 	"agent/probe"
 
 	"github.com/rs/zerolog"
@@ -32,7 +33,7 @@ func run() error {
 
 	log := zerolog.New(os.Stderr).With().Timestamp().Logger().Level(zerolog.InfoLevel)
 	h := probe.NewHealthServer(*listen, *path, log)
-	h.Set("running", true)
+	h.Set(lifecycle.Running, true)
 	if err := h.Listen(); err != nil {
 		return err
 	}

@@ -13,4 +13,8 @@
 // never whatever process later gets its PID: Signal uses pidfd_send_signal,
 // and Wait polls the pidfds for readability, which the kernel reports once
 // the process has exited.
+//
+// Stat, BootTime and OpenFiles give the agent's own process figures (the
+// process_* metrics, its resident memory in status), and ParseCgroup is the
+// one parser of /proc/PID/cgroup.
 package procfs

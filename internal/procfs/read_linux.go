@@ -89,9 +89,9 @@ func (r *reader) read() ([]byte, error) {
 	}
 }
 
-// proc reads /proc/PID/stat, and the resident memory from /proc/PID/statm:
-// recent kernels count it exactly there (and in VmRSS), while the rss field
-// of stat may lag by a few hundred kilobytes.
+// proc reads /proc/PID/stat, and the memory from /proc/PID/statm: recent
+// kernels count the resident memory exactly there (and in VmRSS), while the
+// rss field of stat may lag by a few hundred kilobytes.
 func (r *reader) proc(pid int) (Proc, error) {
 	p, err := r.stat(pid)
 	if err != nil {
@@ -102,14 +102,10 @@ func (r *reader) proc(pid int) (Proc, error) {
 	if err != nil {
 		return Proc{}, err
 	}
-	// size resident shared text lib data dt, in pages
-	_, rest, _ := nextField(b)
-	f, _, ok := nextField(rest)
-	pages, ok2 := parseUint(f)
-	if !ok || !ok2 || pages > 1<<52 {
-		return Proc{}, fmt.Errorf("/proc/%d/statm %q: %w", pid, clip(b), ErrMalformed)
+	p.VSize, p.RSS, err = parseStatm(b, pageSize)
+	if err != nil {
+		return Proc{}, fmt.Errorf("/proc/%d/statm: %w", pid, err)
 	}
-	p.RSS = pages * pageSize
 	return p, nil
 }
 

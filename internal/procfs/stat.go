@@ -27,11 +27,18 @@ type Proc struct {
 	Start   uint64
 	CPU     time.Duration // user and system time so far
 	RSS     uint64        // resident memory in bytes (VmRSS)
+	VSize   uint64        // virtual memory in bytes (VmSize); 0 from Children
 	Threads int
 }
 
 // Zombie reports whether the process has exited and waits to be reaped.
 func (p Proc) Zombie() bool { return p.State == 'Z' || p.State == 'X' }
+
+// Started returns when the process started, given when the kernel booted
+// (BootTime).
+func (p Proc) Started(boot time.Time) time.Time {
+	return boot.Add(time.Duration(p.Start) * (time.Second / clockTicks))
+}
 
 // parseStat parses the content of /proc/PID/stat, "pid (comm) S ppid pgrp
 // ...", where comm may itself hold spaces and parentheses: the fields are
@@ -154,4 +161,33 @@ func parseChildren(dst []int, b []byte) ([]int, error) {
 		}
 		dst = append(dst, int(n))
 	}
+}
+
+// parseStatm returns the virtual and the resident memory in bytes from the
+// content of /proc/PID/statm, "size resident shared text lib data dt" in
+// pages.
+func parseStatm(b []byte, pageSize uint64) (vsize, rss uint64, err error) {
+	f, rest, ok1 := nextField(b)
+	g, _, ok2 := nextField(rest)
+	size, ok3 := parseUint(f)
+	resident, ok4 := parseUint(g)
+	if !ok1 || !ok2 || !ok3 || !ok4 || size >= 1<<52 || resident >= 1<<52 {
+		return 0, 0, fmt.Errorf("statm %q: %w", clip(b), ErrMalformed)
+	}
+	return size * pageSize, resident * pageSize, nil
+}
+
+// parseBootTime returns the btime line of /proc/stat, when the kernel
+// booted in Unix seconds.
+func parseBootTime(b []byte) (time.Time, error) {
+	for line := range bytes.Lines(b) {
+		if v, ok := bytes.CutPrefix(line, []byte("btime ")); ok {
+			n, ok := parseUint(bytes.TrimSpace(v))
+			if !ok || n > 1<<40 {
+				return time.Time{}, fmt.Errorf("stat %q: btime: %w", clip(line), ErrMalformed)
+			}
+			return time.Unix(int64(n), 0), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("stat: no btime: %w", ErrMalformed)
 }

@@ -18,9 +18,8 @@ var haveChildrenFiles = sync.OnceValue(func() bool {
 	return err == nil
 })
 
-// Stat reads /proc/PID/stat (and the resident memory from /proc/PID/statm).
-// An error for a process that is gone satisfies
-// Vanished.
+// Stat reads /proc/PID/stat (and the resident and virtual memory from
+// /proc/PID/statm). An error for a process that is gone satisfies Vanished.
 func Stat(pid int) (Proc, error) {
 	if pid <= 0 || pid > maxPID {
 		return Proc{}, fmt.Errorf("stat of pid %d: %w", pid, os.ErrInvalid)

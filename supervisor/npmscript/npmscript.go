@@ -23,6 +23,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"agent/internal/pathsearch"
 )
 
 // ErrNoScript reports that package.json has no script of the name asked for.
@@ -153,7 +155,7 @@ func Resolve(dir, name string, args, env []string, nodePath string) (*Plan, erro
 
 	base := newEnv(env)
 	if nodePath == "" {
-		if p, err := lookPath("node", base.get("PATH"), real); err == nil {
+		if p, err := pathsearch.Look("node", base.get("PATH"), real); err == nil {
 			nodePath = p
 		}
 	}
@@ -196,10 +198,16 @@ func (p *Plan) step(event, script string, args []string, base *env) Step {
 			k, v, _ := strings.Cut(kv, "=")
 			e.set(k, v)
 		}
-		path, err := lookPath(cmd.argv[0], e.get("PATH"), p.Dir)
+		// sh runs a name with a slash relative to its working directory.
+		path, err := pathsearch.Look(cmd.argv[0], e.get("PATH"), p.Dir)
+		if err == nil && !filepath.IsAbs(path) {
+			path = filepath.Join(p.Dir, path)
+		}
 		switch {
 		case err != nil:
-			why = err.Error()
+			why = cmd.argv[0] + " is not found in PATH now"
+		case !pathsearch.Executable(path):
+			why = cmd.argv[0] + " is not an executable file"
 		case !execable(path):
 			why = cmd.argv[0] + " is neither a binary nor a #! script"
 		default:
@@ -231,38 +239,6 @@ func npmPath(dir string, e *env) string {
 		parts = append(parts, old)
 	}
 	return strings.Join(parts, ":")
-}
-
-// lookPath finds name as sh does: with a slash, relative to dir; otherwise in each PATH
-// entry in order (an empty entry is dir), the first executable regular file.
-func lookPath(name, path, dir string) (string, error) {
-	if strings.Contains(name, "/") {
-		p := name
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
-		}
-		if isExecutable(p) {
-			return p, nil
-		}
-		return "", fmt.Errorf("%s is not an executable file", name)
-	}
-	for _, d := range strings.Split(path, ":") {
-		if d == "" {
-			d = "."
-		}
-		if !filepath.IsAbs(d) {
-			d = filepath.Join(dir, d)
-		}
-		if p := filepath.Join(d, name); isExecutable(p) {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s is not found in PATH now", name)
-}
-
-func isExecutable(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
 }
 
 func isFile(p string) bool {

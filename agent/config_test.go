@@ -463,24 +463,13 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// configKeys lists every key of the config file, tables and their keys,
-// in the order of the Config struct's fields (the contract's order).
+// configKeys lists every key of the config file, sections and their keys,
+// in the order of the schema (the Config struct's fields, the contract's
+// order).
 func configKeys() []string {
-	var keys []string
-	rt := reflect.TypeFor[Config]()
-	for i := range rt.NumField() {
-		name := tomlName(rt.Field(i))
-		if name == "" {
-			continue
-		}
-		keys = append(keys, name)
-		if ft := rt.Field(i).Type; ft.Kind() == reflect.Struct && isTable(ft) {
-			for j := range ft.NumField() {
-				if sub := tomlName(ft.Field(j)); sub != "" {
-					keys = append(keys, name+"."+sub)
-				}
-			}
-		}
+	keys := make([]string, len(configSchema.keys))
+	for i, k := range configSchema.keys {
+		keys[i] = k.name
 	}
 	return keys
 }
@@ -509,6 +498,10 @@ func readExample(t *testing.T) []byte {
 	return data
 }
 
+// TestExample checks agent.toml.example against the schema: it parses to
+// the defaults; every key is in it once, in the schema's order and in its
+// section, commented out except app.command, with its default; and it has
+// no key the schema lacks.
 func TestExample(t *testing.T) {
 	data := readExample(t)
 	c, err := Parse("agent.toml.example", data)
@@ -521,43 +514,84 @@ func TestExample(t *testing.T) {
 		t.Errorf("the example is not the defaults:\n got %+v\nwant %+v", c, want)
 	}
 
-	// Every key is in the example, once, in the contract's order, in its
-	// section; commented out except app.command.
 	var seen []string
 	section := ""
 	var uncommented bytes.Buffer
 	for i, line := range strings.Split(string(data), "\n") {
+		at := fmt.Sprintf("agent.toml.example:%d", i+1)
+		setting := ""
 		switch {
 		case strings.HasPrefix(line, "["):
 			section = strings.Trim(line, "[]")
 			seen = append(seen, section)
-		case exampleSetting.MatchString(line):
-			m := exampleSetting.FindStringSubmatch(line)
-			key := m[1]
-			if section != "" {
-				key = section + "." + key
+			if k, ok := configSchema.key(section); !ok || !k.section {
+				t.Errorf("%s: [%s] is not a section of the config", at, section)
 			}
-			seen = append(seen, key)
-			line = m[1] + " = " + m[2]
+		case exampleSetting.MatchString(line):
+			setting = strings.TrimPrefix(line, "# ")
 		case strings.HasPrefix(line, "command = "):
-			seen = append(seen, section+".command")
+			setting = line
 		case line != "" && !strings.HasPrefix(line, "#"):
-			t.Errorf("agent.toml.example:%d: unexpected setting %q", i+1, line)
+			t.Errorf("%s: unexpected setting %q", at, line)
+		}
+		if setting != "" {
+			line = setting
+			name, _, _ := strings.Cut(setting, " = ")
+			if section != "" {
+				name = section + "." + name
+			}
+			seen = append(seen, name)
+			if k, ok := configSchema.key(name); !ok || k.section {
+				t.Errorf("%s: %s is not a key of the config", at, name)
+			} else {
+				checkExampleDefault(t, at, k, section, setting)
+			}
 		}
 		uncommented.WriteString(line + "\n")
 	}
 	if keys := configKeys(); !reflect.DeepEqual(seen, keys) {
-		t.Errorf("keys of the example:\n%q\nwant\n%q", seen, keys)
+		for _, k := range keys {
+			if !slices.Contains(seen, k) {
+				t.Errorf("the example lacks %s", k)
+			}
+		}
+		t.Errorf("keys of the example:\n%q\nwant, in this order:\n%q", seen, keys)
 	}
 
-	// With every setting uncommented the example still gives the defaults:
-	// the values it shows are the true defaults.
+	// With every setting uncommented the example still gives the defaults.
 	c, err = Parse("agent.toml.example", uncommented.Bytes())
 	if err != nil {
 		t.Fatalf("the uncommented example does not parse: %v\n%s", err, uncommented.Bytes())
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("the uncommented example is not the defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// checkExampleDefault checks that setting, the line of the key k in the
+// example (in section), shows k's default.
+func checkExampleDefault(t *testing.T, at string, k schemaKey, section, setting string) {
+	t.Helper()
+	var doc string
+	switch {
+	case k.name == "app.command":
+		doc = "[app]\n" + setting + "\n"
+	case section == "":
+		doc = setting + "\n" + head
+	case section == "app":
+		doc = head + setting + "\n"
+	default:
+		doc = head + "[" + section + "]\n" + setting + "\n"
+	}
+	c, err := Parse("example", []byte(doc))
+	if err != nil {
+		t.Errorf("%s: %s: %v", at, setting, err)
+		return
+	}
+	got := reflect.ValueOf(c).Elem().FieldByIndex(k.index).Interface()
+	def := reflect.ValueOf(Default()).Elem().FieldByIndex(k.index).Interface()
+	if !reflect.DeepEqual(got, def) {
+		t.Errorf("%s: %s shows %v, but the default is %v", at, k.name, got, def)
 	}
 }
 

@@ -14,17 +14,19 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
 
-// validate checks the decoded config c and resolves what refers to the
-// machine (user, directory, env file, group, log file), in the order of
-// the sections.
+// validate checks the decoded config c, resolves what refers to the
+// machine (user, directory, env file, group, log file) and lists the
+// warnings in c.Warnings, in the order of the sections.
 func (d *decoder) validate(c *Config) error {
 	checks := []func(*Config) error{
 		d.validateName,
 		d.validateApp,
+		d.validateNode,
 		d.validateRestart,
 		d.validateStop,
 		d.validateMemory,
@@ -49,6 +51,14 @@ func (d *decoder) validate(c *Config) error {
 func (d *decoder) invalid(dotted, msg string, err error) error {
 	key := toml.Key(strings.Split(dotted, "."))
 	return d.errAt(key, key, msg, err)
+}
+
+// warn adds a warning about the key named by dotted to c, positioned at
+// its value when the key is in the file.
+func (d *decoder) warn(c *Config, dotted, msg string) {
+	w := Warning{Path: d.path, Key: dotted, Msg: msg}
+	w.Line, w.Col = d.position(toml.Key(strings.Split(dotted, ".")))
+	c.Warnings = append(c.Warnings, w)
 }
 
 // defined reports whether the file sets the dotted key.
@@ -122,6 +132,21 @@ func (d *decoder) validateApp(c *Config) error {
 	case "direct", "npm":
 	default:
 		return d.invalid("app.npm", fmt.Sprintf("%q is not one of direct, npm", a.NPM), nil)
+	}
+	return nil
+}
+
+// validateNode warns when app.command sets the heap size itself while
+// node.max_old_space_size sets it too.
+func (d *decoder) validateNode(c *Config) error {
+	if h := c.Node.MaxOldSpaceSize; !h.Auto && h.MB == 0 {
+		return nil // NODE_OPTIONS left alone: nothing to override
+	}
+	for _, arg := range c.App.Command[1:] {
+		if strings.HasPrefix(arg, "--max-old-space-size") || strings.HasPrefix(arg, "--max_old_space_size") {
+			d.warn(c, "app.command", fmt.Sprintf("%q sets the heap size itself; it wins over node.max_old_space_size", arg))
+			break
+		}
 	}
 	return nil
 }
@@ -305,7 +330,42 @@ func (d *decoder) validateProxy(c *Config) error {
 	if p.IdleTimeout <= 0 {
 		return d.invalid("proxy.idle_timeout", "must be more than 0s (keep it above the load balancer's idle timeout, 60s on an ALB)", nil)
 	}
+	if !c.ProxyEnabled() {
+		return nil
+	}
+	if p.IdleTimeout < albIdleTimeout {
+		d.warn(c, "proxy.idle_timeout", fmt.Sprintf("%s is below the ALB's 60s idle timeout: the ALB may reuse a connection the agent is closing (502)", p.IdleTimeout))
+	}
+	if key, port, ok := appPort(c); ok {
+		up, _ := parseHostPort(p.Upstream, false) // checked above
+		if n, err := strconv.Atoi(port); err != nil || n != up.port {
+			msg := fmt.Sprintf("%q is another port than proxy.upstream's (%q): the proxy forwards to proxy.upstream, not to the app's PORT", port, p.Upstream)
+			if key == "app.env_file" {
+				msg = "PORT " + msg
+			}
+			d.warn(c, key, msg)
+		}
+	}
 	return nil
+}
+
+// albIdleTimeout is an AWS Application Load Balancer's default idle
+// timeout: the proxy's own must be longer.
+const albIdleTimeout = Duration(60 * time.Second)
+
+// appPort returns the PORT that the app's environment gets from app.env
+// (key "app.env.PORT") or else from app.env_file (key "app.env_file"), if
+// either sets it.
+func appPort(c *Config) (key, port string, ok bool) {
+	if port, ok := c.App.Env["PORT"]; ok {
+		return "app.env.PORT", port, true
+	}
+	for _, kv := range slices.Backward(c.App.EnvFileVars) {
+		if port, ok := strings.CutPrefix(kv, "PORT="); ok {
+			return "app.env_file", port, true
+		}
+	}
+	return "", "", false
 }
 
 func (d *decoder) validateLog(c *Config) error {

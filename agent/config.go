@@ -19,7 +19,8 @@ import (
 //     order, with the positions the TOML decoder recorded;
 //   - config_validate.go: the checks that relate keys to each other and to
 //     the machine (users, groups, directories, ports), and the warnings;
-//   - units.go: the value types Duration, ByteSize, Signal and HeapSetting;
+//   - units.go: the value types Duration, ByteSize, Signal, HeapSetting
+//     and Instances;
 //   - config_print.go: the effective config that `agent check` prints.
 
 // DefaultConfigPath is where `agent run` and `agentctl` look for the config
@@ -64,6 +65,8 @@ type AppConfig struct {
 	// NPM says how ["npm", "start"] and ["npm", "run", NAME] are run:
 	// "direct" runs the package.json script without npm, "npm" runs npm.
 	NPM string `toml:"npm" default:"direct"`
+	// Instances is how many processes of the app run behind [proxy].
+	Instances Instances `toml:"instances" default:"1"`
 
 	// Credential is resolved from User at load: nil when User is "" (the app
 	// runs as the agent's user), else the user's uid, primary gid and
@@ -138,6 +141,7 @@ type ProxyConfig struct {
 	Listen        string   `toml:"listen" zero:"off"`                            // host:port the load balancer targets
 	Upstream      string   `toml:"upstream" default:"127.0.0.1:3000"`            // loopback host:port the app listens on
 	SpareUpstream string   `toml:"spare_upstream" zero:"reload without overlap"` // second loopback port for reload
+	Affinity      string   `toml:"affinity" zero:"balance every request"`        // "" | cookie: keep a client on its process
 	Hold          Duration `toml:"hold" default:"30s"`                           // a request waits this long for a (re)starting app
 	IdleTimeout   Duration `toml:"idle_timeout" default:"75s"`                   // client keep-alive; keep it above the ALB's 60s
 }

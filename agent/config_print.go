@@ -85,9 +85,17 @@ func (c *Config) effective(k schemaKey, v reflect.Value, heapCapMB int) (value, 
 		default:
 			value, note = strconv.Itoa(h.MB), "MB"
 		}
+	case "app.instances":
+		if c.App.Instances.Auto {
+			note = fmt.Sprintf("%d: the CPUs the agent may use", c.App.Instances.Count())
+		}
 	case "probe.http":
 		if !c.Probe.Enabled() {
 			note = "no probe: ready once alive for 1s"
+		}
+	case "proxy.spare_upstream":
+		if _, last := upstreamPorts(c); c.Proxy.SpareUpstream == "" && c.App.Instances.Count() > 1 {
+			note = fmt.Sprintf("the port after the last process: %d", last)
 		}
 	case "control.group":
 		if c.Control.Group != "" {
@@ -101,6 +109,9 @@ func (c *Config) effective(k schemaKey, v reflect.Value, heapCapMB int) (value, 
 // the strings they read, a list as an array, a table of values inline with
 // its keys sorted.
 func tomlValue(v reflect.Value) string {
+	if t, ok := v.Interface().(interface{ tomlText() string }); ok {
+		return t.tomlText() // a value type that is not always a string
+	}
 	if m, ok := v.Interface().(encoding.TextMarshaler); ok {
 		text, err := m.MarshalText()
 		if err != nil {

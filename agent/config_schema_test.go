@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,7 +64,7 @@ func TestRestartKeys(t *testing.T) {
 		"memory.watch_oom",
 		"health.listen", "health.path",
 		"control.socket", "control.group",
-		"proxy.listen", "proxy.upstream", "proxy.spare_upstream", "proxy.hold", "proxy.idle_timeout",
+		"proxy.listen", "proxy.upstream", "proxy.spare_upstream", "proxy.affinity", "proxy.hold", "proxy.idle_timeout",
 		"log.level", "log.format", "log.file", "log.max_size", "log.max_files",
 		"metrics.listen",
 	}
@@ -188,5 +190,85 @@ func TestNewWarnings(t *testing.T) {
 	}
 	if got := NewWarnings(nil, cur); !slices.Equal(got, cur.Warnings) {
 		t.Errorf("NewWarnings(nil) = %v, want all of %v", got, cur.Warnings)
+	}
+}
+
+func TestInstancesAccepted(t *testing.T) {
+	const proxyOn = "[proxy]\nlisten = \":80\"\n"
+	for _, tt := range []struct {
+		name, toml string
+		want       Instances
+	}{
+		{"default", "", Instances{N: 1}},
+		{"one without proxy", "instances = 1\n", Instances{N: 1}},
+		{"two", "instances = 2\n" + proxyOn, Instances{N: 2}},
+		{"auto", "instances = \"auto\"\n" + proxyOn, Instances{Auto: true}},
+		{"AUTO", "instances = \"AUTO\"\n" + proxyOn, Instances{Auto: true}},
+		{"the most", "instances = 64\n" + proxyOn, Instances{N: 64}},
+		{"up to the last port", "instances = 2\n" + proxyOn + "upstream = \"127.0.0.1:65533\"\n", Instances{N: 2}},
+		{"spare after the instances", "instances = 2\n" + proxyOn + "spare_upstream = \"127.0.0.1:3002\"\n", Instances{N: 2}},
+		{"spare below the instances", "instances = 2\n" + proxyOn + "upstream = \"127.0.0.1:3001\"\nspare_upstream = \"127.0.0.1:3000\"\n", Instances{N: 2}},
+		{"spare on another loopback address", "instances = 2\n" + proxyOn + "spare_upstream = \"127.0.0.2:3001\"\n", Instances{N: 2}},
+		{"PORT with one instance", "env = { PORT = \"3000\" }\n" + proxyOn, Instances{N: 1}},
+		{"affinity", "instances = 2\n" + proxyOn + "affinity = \"cookie\"\n", Instances{N: 2}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse("a.toml", []byte(head+tt.toml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.App.Instances != tt.want {
+				t.Errorf("instances %+v, want %+v", c.App.Instances, tt.want)
+			}
+			if n := c.App.Instances.Count(); n < 1 || n > MaxInstances || !tt.want.Auto && n != tt.want.N {
+				t.Errorf("Count() = %d", n)
+			}
+		})
+	}
+	var in Instances
+	for _, text := range []string{"0", "65", "-1", "two", "1.5", ""} {
+		if err := in.UnmarshalText([]byte(text)); err == nil {
+			t.Errorf("%q: no error, got %+v", text, in)
+		}
+	}
+}
+
+func TestWriteEffectiveInstances(t *testing.T) {
+	for _, tt := range []struct {
+		toml string
+		want []string
+	}{
+		{"instances = 3\n[proxy]\nlisten = \":80\"\naffinity = \"cookie\"\n", []string{
+			"instances = 3\n",
+			`spare_upstream = ""  # the port after the last process: 3003` + "\n",
+			`affinity = "cookie"` + "\n",
+		}},
+		{"instances = \"auto\"\n[proxy]\nlisten = \":80\"\nspare_upstream = \"127.0.0.1:4000\"\n", []string{
+			`instances = "auto"  # ` + strconv.Itoa(Instances{Auto: true}.Count()) + ": the CPUs the agent may use\n",
+			`spare_upstream = "127.0.0.1:4000"` + "\n",
+			`affinity = ""  # balance every request` + "\n",
+		}},
+		{"", []string{"instances = 1\n", `spare_upstream = ""  # reload without overlap` + "\n"}},
+	} {
+		c, err := Parse("a.toml", []byte(head+tt.toml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if err := c.WriteEffective(&out, 256); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range tt.want {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%q: effective config lacks %q:\n%s", tt.toml, want, out.String())
+			}
+		}
+		back, err := Parse("a.toml", out.Bytes())
+		if err != nil {
+			t.Fatalf("%q: the effective config does not parse: %v", tt.toml, err)
+		}
+		if back.App.Instances != c.App.Instances || back.Proxy != c.Proxy {
+			t.Errorf("%q: round trip: %+v %+v", tt.toml, back.App.Instances, back.Proxy)
+		}
 	}
 }

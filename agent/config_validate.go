@@ -34,6 +34,7 @@ func (d *decoder) validate(c *Config) error {
 		d.validateHealth,
 		d.validateControl,
 		d.validateProxy,
+		d.validateInstances,
 		d.validateLog,
 		d.validateMetrics,
 		d.validatePorts,
@@ -324,6 +325,11 @@ func (d *decoder) validateProxy(c *Config) error {
 			return d.invalid("proxy.spare_upstream", err.Error(), err)
 		}
 	}
+	switch p.Affinity {
+	case "", "cookie":
+	default:
+		return d.invalid("proxy.affinity", fmt.Sprintf("%q is not one of \"\" (balance every request), cookie", p.Affinity), nil)
+	}
 	if p.Hold <= 0 {
 		return d.invalid("proxy.hold", "must be more than 0s", nil)
 	}
@@ -347,6 +353,59 @@ func (d *decoder) validateProxy(c *Config) error {
 		}
 	}
 	return nil
+}
+
+// validateInstances checks what more than one app process needs: the
+// traffic front, PORT left to the agent, and the ports of the processes
+// (proxy.upstream's and the next ones) within range and clear of
+// spare_upstream.
+func (d *decoder) validateInstances(c *Config) error {
+	in := c.App.Instances
+	if !in.Auto && in.N == 1 {
+		return nil
+	}
+	if !c.ProxyEnabled() {
+		return d.invalid("app.instances", fmt.Sprintf("%s needs [proxy] to balance the processes: set proxy.listen", in.tomlText()), nil)
+	}
+	if key, _, ok := appPort(c); ok {
+		msg := fmt.Sprintf("the agent sets each process's PORT with app.instances = %s: remove it", in.tomlText())
+		if key == "app.env_file" {
+			msg = "sets PORT; " + msg
+		}
+		return d.invalid(key, msg, nil)
+	}
+	n := in.Count()
+	first, last := upstreamPorts(c)
+	if last > 65535 {
+		what := fmt.Sprintf("%d processes", n)
+		if c.Proxy.SpareUpstream == "" {
+			what += " and the reload port after them"
+		}
+		return d.invalid("proxy.upstream", fmt.Sprintf("%s need ports %d to %d, past 65535", what, first, last), nil)
+	}
+	if c.Proxy.SpareUpstream != "" {
+		up, _ := parseHostPort(c.Proxy.Upstream, false) // checked in validateProxy
+		sp, _ := parseHostPort(c.Proxy.SpareUpstream, false)
+		for i := range n {
+			if sp.overlaps(hostPort{host: up.host, port: first + i}) {
+				return d.invalid("proxy.spare_upstream", fmt.Sprintf("port %d is process %d's: app.instances = %s take ports %d to %d", sp.port, i, in.tomlText(), first, first+n-1), nil)
+			}
+		}
+	}
+	return nil
+}
+
+// upstreamPorts returns the range of loopback ports the app's processes
+// take from proxy.upstream's on: one per process and, with more than one
+// and spare_upstream unset, the reload port after them.
+func upstreamPorts(c *Config) (first, last int) {
+	up, _ := parseHostPort(c.Proxy.Upstream, false) // checked in validateProxy
+	n := c.App.Instances.Count()
+	last = up.port + n - 1
+	if n > 1 && c.Proxy.SpareUpstream == "" {
+		last++
+	}
+	return up.port, last
 }
 
 // albIdleTimeout is an AWS Application Load Balancer's default idle
@@ -426,7 +485,8 @@ func (d *decoder) validateMetrics(c *Config) error {
 
 // validatePorts checks that no two of the agent's addresses share a port on
 // overlapping addresses: the health, proxy and metrics listeners, and with
-// the proxy on, the app's upstream and spare upstream. Each is compared
+// the proxy on, the app's upstream ports (see upstreamPorts) and spare
+// upstream. Each is compared
 // with those before it in this order; the error names the later one.
 func (d *decoder) validatePorts(c *Config) error {
 	type addr struct {
@@ -441,6 +501,12 @@ func (d *decoder) validatePorts(c *Config) error {
 	}
 	if c.ProxyEnabled() {
 		addrs = append(addrs, addr{"proxy.upstream", c.Proxy.Upstream})
+		up, _ := parseHostPort(c.Proxy.Upstream, false)
+		first, last := upstreamPorts(c)
+		for port := first + 1; port <= last; port++ {
+			// The ports of the other processes (app.instances).
+			addrs = append(addrs, addr{"proxy.upstream", net.JoinHostPort(up.host, strconv.Itoa(port))})
+		}
 		if c.Proxy.SpareUpstream != "" {
 			addrs = append(addrs, addr{"proxy.spare_upstream", c.Proxy.SpareUpstream})
 		}

@@ -2,178 +2,152 @@ package agent
 
 import (
 	"bytes"
+	"encoding"
 	"fmt"
 	"io"
-	"sort"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 )
 
-// WriteEffective writes the effective config as TOML, every key in the
-// contract's order, for `agent check`. heapCapMB is the resolved heap cap,
-// written for max_old_space_size when it is "auto". Values read from
+// WriteEffective writes the effective config as TOML for `agent check`:
+// every key of the schema (Config's fields), in its order, with a comment
+// where a value means more than it says. heapCapMB is the resolved heap
+// cap, written for max_old_space_size when it is "auto". Values read from
 // env_file are never written (they may be secrets): only the file's path
 // and the number of variables.
 func (c *Config) WriteEffective(w io.Writer, heapCapMB int) error {
 	var b bytes.Buffer
-	line := func(key, value, comment string) {
-		b.WriteString(key)
-		b.WriteString(" = ")
-		b.WriteString(value)
-		if comment != "" {
-			b.WriteString("  # ")
-			b.WriteString(comment)
-		}
-		b.WriteByte('\n')
-	}
-	str := tomlQuote
-	dur := func(d Duration) string { return tomlQuote(d.String()) }
-	section := func(name string) { fmt.Fprintf(&b, "\n[%s]\n", name) }
-	offIfEmpty := func(s string) string {
-		if s == "" {
-			return "off"
-		}
-		return ""
-	}
-
 	if c.Path != "" {
 		fmt.Fprintf(&b, "# effective config of %s\n", commentSafe(c.Path))
 	}
-	line("name", str(c.Name), "")
-
-	section("app")
-	args := make([]string, len(c.App.Command))
-	for i, a := range c.App.Command {
-		args[i] = str(a)
-	}
-	line("command", "["+strings.Join(args, ", ")+"]", "")
-	dirNote := ""
-	if c.App.Dir == "" {
-		dirNote = "the agent's working directory"
-	}
-	line("dir", str(c.App.Dir), dirNote)
-	userNote := "the agent's user"
-	if cr := c.App.Credential; cr != nil {
-		groups := make([]string, len(cr.Groups))
-		for i, g := range cr.Groups {
-			groups[i] = strconv.FormatUint(uint64(g), 10)
+	v := reflect.ValueOf(c).Elem()
+	writeKeys := func(parent string) {
+		for _, k := range configSchema.keys {
+			if k.parent != parent || k.section {
+				continue
+			}
+			value, note := c.effective(k, v.FieldByIndex(k.index), heapCapMB)
+			b.WriteString(k.local)
+			b.WriteString(" = ")
+			b.WriteString(value)
+			if note != "" {
+				b.WriteString("  # ")
+				b.WriteString(note)
+			}
+			b.WriteByte('\n')
 		}
-		userNote = fmt.Sprintf("uid %d, gid %d, groups %s", cr.Uid, cr.Gid, strings.Join(groups, ","))
-	} else if c.App.User != "" {
-		userNote = ""
 	}
-	line("user", str(c.App.User), userNote)
-	names := make([]string, 0, len(c.App.Env))
-	for k := range c.App.Env {
-		names = append(names, k)
+	writeKeys("") // the top's keys come before any section
+	for _, k := range configSchema.keys {
+		if k.section {
+			fmt.Fprintf(&b, "\n[%s]\n", k.name)
+			writeKeys(k.name)
+		}
 	}
-	sort.Strings(names)
-	pairs := make([]string, len(names))
-	for i, k := range names {
-		pairs[i] = tomlKey(k) + " = " + str(c.App.Env[k])
-	}
-	if len(pairs) == 0 {
-		line("env", "{}", "")
-	} else {
-		line("env", "{ "+strings.Join(pairs, ", ")+" }", "")
-	}
-	envFileNote := ""
-	if c.App.EnvFile != "" {
-		envFileNote = fmt.Sprintf("%d variables (values not shown)", len(c.App.EnvFileVars))
-	}
-	line("env_file", str(c.App.EnvFile), envFileNote)
-	npmNote := "npm scripts run without npm"
-	if c.App.NPM == "npm" {
-		npmNote = "npm scripts run by npm"
-	}
-	line("npm", str(c.App.NPM), npmNote)
-
-	section("node")
-	if c.Node.MaxOldSpaceSize.Auto {
-		line("max_old_space_size", strconv.Itoa(heapCapMB), "auto: half of the memory limit, in MB")
-	} else if c.Node.MaxOldSpaceSize.MB == 0 {
-		line("max_old_space_size", "0", "NODE_OPTIONS left alone")
-	} else {
-		line("max_old_space_size", strconv.Itoa(c.Node.MaxOldSpaceSize.MB), "MB")
-	}
-
-	r := c.Restart
-	section("restart")
-	line("policy", str(r.Policy), "")
-	line("delay", dur(r.Delay), "")
-	line("max_delay", dur(r.MaxDelay), "")
-	line("reset_after", dur(r.ResetAfter), "")
-	line("max_restarts", strconv.Itoa(r.MaxRestarts), "")
-	line("window", dur(r.Window), "")
-	line("on_exhausted", str(r.OnExhausted), "")
-
-	section("stop")
-	line("signal", str(c.Stop.Signal.String()), "")
-	line("timeout", dur(c.Stop.Timeout), "")
-	line("drain", dur(c.Stop.Drain), "")
-
-	section("memory")
-	rssNote := ""
-	if c.Memory.MaxRSS == 0 {
-		rssNote = "no limit"
-	}
-	line("max_rss", str(c.Memory.MaxRSS.String()), rssNote)
-	line("rss_grace", dur(c.Memory.RSSGrace), "")
-	line("watch_oom", strconv.FormatBool(c.Memory.WatchOOM), "")
-
-	pr := c.Probe
-	section("probe")
-	probeNote := ""
-	if !pr.Enabled() {
-		probeNote = "no probe: ready once alive for 1s"
-	}
-	line("http", str(pr.HTTP), probeNote)
-	line("tcp", str(pr.TCP), "")
-	line("interval", dur(pr.Interval), "")
-	line("timeout", dur(pr.Timeout), "")
-	line("failure_threshold", strconv.Itoa(pr.FailureThreshold), "")
-	line("startup_timeout", dur(pr.StartupTimeout), "")
-
-	section("health")
-	line("listen", str(c.Health.Listen), "")
-	line("path", str(c.Health.Path), "")
-
-	section("control")
-	line("socket", str(c.Control.Socket), "")
-	groupNote := "root only (0600)"
-	if c.Control.Group != "" {
-		groupNote = fmt.Sprintf("gid %d (0660)", c.Control.GID)
-	}
-	line("group", str(c.Control.Group), groupNote)
-
-	p := c.Proxy
-	section("proxy")
-	line("listen", str(p.Listen), offIfEmpty(p.Listen))
-	line("upstream", str(p.Upstream), "")
-	spareNote := ""
-	if p.SpareUpstream == "" {
-		spareNote = "reload without overlap"
-	}
-	line("spare_upstream", str(p.SpareUpstream), spareNote)
-	line("hold", dur(p.Hold), "")
-	line("idle_timeout", dur(p.IdleTimeout), "")
-
-	section("log")
-	line("level", str(c.Log.Level), "")
-	line("format", str(c.Log.Format), "")
-	fileNote := ""
-	if c.Log.File == "" {
-		fileNote = "stderr only"
-	}
-	line("file", str(c.Log.File), fileNote)
-	line("max_size", str(c.Log.MaxSize.String()), "")
-	line("max_files", strconv.Itoa(c.Log.MaxFiles), "")
-
-	section("metrics")
-	line("listen", str(c.Metrics.Listen), offIfEmpty(c.Metrics.Listen))
-
 	_, err := w.Write(b.Bytes())
 	return err
+}
+
+// effective returns the value of the key k, whose field is v, as TOML and
+// the comment to write beside it: its zero:"..." note when it is zero,
+// unless what it means depends on other keys or on what load resolved.
+func (c *Config) effective(k schemaKey, v reflect.Value, heapCapMB int) (value, note string) {
+	value = tomlValue(v)
+	if v.IsZero() {
+		note = k.zeroNote
+	}
+	switch k.name {
+	case "app.user":
+		if cr := c.App.Credential; cr != nil {
+			groups := make([]string, len(cr.Groups))
+			for i, g := range cr.Groups {
+				groups[i] = strconv.FormatUint(uint64(g), 10)
+			}
+			note = fmt.Sprintf("uid %d, gid %d, groups %s", cr.Uid, cr.Gid, strings.Join(groups, ","))
+		}
+	case "app.env_file":
+		if c.App.EnvFile != "" {
+			note = fmt.Sprintf("%d variables (values not shown)", len(c.App.EnvFileVars))
+		}
+	case "app.npm":
+		note = "npm scripts run without npm"
+		if c.App.NPM == "npm" {
+			note = "npm scripts run by npm"
+		}
+	case "node.max_old_space_size":
+		switch h := c.Node.MaxOldSpaceSize; {
+		case h.Auto:
+			value, note = strconv.Itoa(heapCapMB), "auto: half of the memory limit, in MB"
+		case h.MB == 0:
+			value, note = "0", "NODE_OPTIONS left alone"
+		default:
+			value, note = strconv.Itoa(h.MB), "MB"
+		}
+	case "app.instances":
+		if c.App.Instances.Auto {
+			note = fmt.Sprintf("%d: the CPUs the agent may use", c.App.Instances.Count())
+		}
+	case "probe.http":
+		if !c.Probe.Enabled() {
+			note = "no probe: ready once alive for 1s"
+		}
+	case "proxy.spare_upstream":
+		if _, last := upstreamPorts(c); c.Proxy.SpareUpstream == "" && c.App.Instances.Count() > 1 {
+			note = fmt.Sprintf("the port after the last process: %d", last)
+		}
+	case "control.group":
+		if c.Control.Group != "" {
+			note = fmt.Sprintf("gid %d (0660)", c.Control.GID)
+		}
+	}
+	return value, note
+}
+
+// tomlValue returns the value v as TOML: the value types of units.go as
+// the strings they read, a list as an array, a table of values inline with
+// its keys sorted.
+func tomlValue(v reflect.Value) string {
+	if t, ok := v.Interface().(interface{ tomlText() string }); ok {
+		return t.tomlText() // a value type that is not always a string
+	}
+	if m, ok := v.Interface().(encoding.TextMarshaler); ok {
+		text, err := m.MarshalText()
+		if err != nil {
+			panic(err) // the value types of units.go never fail
+		}
+		return tomlQuote(string(text))
+	}
+	switch v.Kind() {
+	case reflect.String:
+		return tomlQuote(v.String())
+	case reflect.Int:
+		return strconv.FormatInt(v.Int(), 10)
+	case reflect.Bool:
+		return strconv.FormatBool(v.Bool())
+	case reflect.Slice:
+		elems := make([]string, v.Len())
+		for i := range elems {
+			elems[i] = tomlValue(v.Index(i))
+		}
+		return "[" + strings.Join(elems, ", ") + "]"
+	case reflect.Map:
+		if v.Len() == 0 {
+			return "{}"
+		}
+		keys := make([]string, 0, v.Len())
+		for _, k := range v.MapKeys() {
+			keys = append(keys, k.String())
+		}
+		slices.Sort(keys)
+		pairs := make([]string, len(keys))
+		for i, k := range keys {
+			pairs[i] = tomlKey(k) + " = " + tomlValue(v.MapIndex(reflect.ValueOf(k)))
+		}
+		return "{ " + strings.Join(pairs, ", ") + " }"
+	}
+	panic(fmt.Sprintf("agent: no TOML form for %s", v.Type()))
 }
 
 // tomlQuote returns s as a TOML basic string.

@@ -28,10 +28,14 @@ func TestParseErrors(t *testing.T) {
 	if err := os.WriteFile(envFile, []byte("A=1\nnot a variable\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	portFile := filepath.Join(t.TempDir(), "port.env")
+	if err := os.WriteFile(portFile, []byte("PORT=3000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name   string
 		toml   string
-		prefix string // exact start of the error text; ENVFILE is replaced
+		prefix string // exact start of the error text; ENVFILE and PORTFILE are replaced
 		frag   string // must appear after the prefix
 	}{
 		// Syntax.
@@ -149,6 +153,26 @@ func TestParseErrors(t *testing.T) {
 		{"log max_files string", head + "[log]\nmax_files = \"5\"\n", "agent.toml:4:14: ", `log.max_files: expected an integer, got string "5"`},
 		{"unknown section", head + "[metric]\nlisten = \"\"\n", "agent.toml:3:1: ", "unknown key metric (did you mean metrics?)"},
 
+		// app.instances and proxy.affinity.
+		{"instances zero", head + "instances = 0\n", "agent.toml:3:13: ", "app.instances: 0 is less than 1"},
+		{"instances negative", head + "instances = -2\n", "agent.toml:3:13: ", "app.instances: -2 is less than 1"},
+		{"instances too many", head + "instances = 65\n", "agent.toml:3:13: ", "app.instances: 65 is more than 64"},
+		{"instances float", head + "instances = 2.5\n", "agent.toml:3:13: ", `app.instances: expected a number from 1 to 64 or "auto", got float 2.5`},
+		{"instances string", head + "instances = \"2\"\n", "agent.toml:3:14: ", `app.instances: expected a number from 1 to 64 or "auto", got string "2"`},
+		{"instances bool", head + "instances = true\n", "agent.toml:3:13: ", `app.instances: expected a number from 1 to 64 or "auto", got boolean true`},
+		{"instances without proxy", head + "instances = 2\n", "agent.toml:3:13: ", "app.instances: 2 needs [proxy] to balance the processes: set proxy.listen"},
+		{"instances auto without proxy", head + "instances = \"auto\"\n[proxy]\nupstream = \"127.0.0.1:4000\"\n", "agent.toml:3:14: ", `app.instances: "auto" needs [proxy] to balance the processes: set proxy.listen`},
+		{"instances with PORT in env", head + "instances = 2\nenv = { PORT = \"3000\" }\n[proxy]\nlisten = \":80\"\n", "agent.toml:4:9: ", "app.env.PORT: the agent sets each process's PORT with app.instances = 2: remove it"},
+		{"instances with PORT in env_file", head + "instances = \"auto\"\nenv_file = \"PORTFILE\"\n[proxy]\nlisten = \":80\"\n", "agent.toml:4:13: ", `app.env_file: sets PORT; the agent sets each process's PORT with app.instances = "auto": remove it`},
+		{"instances past the last port", head + "instances = 2\n[proxy]\nlisten = \":80\"\nupstream = \"127.0.0.1:65535\"\n", "agent.toml:6:13: ", "proxy.upstream: 2 processes and the reload port after them need ports 65535 to 65537, past 65535"},
+		{"instances past the last port with a spare", head + "instances = 3\n[proxy]\nlisten = \":80\"\nupstream = \"127.0.0.1:65534\"\nspare_upstream = \"127.0.0.1:3000\"\n", "agent.toml:6:13: ", "proxy.upstream: 3 processes need ports 65534 to 65536, past 65535"},
+		{"spare among the instances", head + "instances = 3\n[proxy]\nlisten = \":80\"\nspare_upstream = \"127.0.0.1:3002\"\n", "agent.toml:6:19: ", "proxy.spare_upstream: port 3002 is process 2's: app.instances = 3 take ports 3000 to 3002"},
+		{"spare among the instances by name", head + "instances = 2\n[proxy]\nlisten = \":80\"\nspare_upstream = \"localhost:3001\"\n", "agent.toml:6:19: ", "proxy.spare_upstream: port 3001 is process 1's"},
+		{"instance port is the health port", head + "instances = 2\n[health]\nlisten = \"127.0.0.1:3001\"\n[proxy]\nlisten = \":80\"\n", "agent.toml: ", `proxy.upstream: port 3001 is also health.listen ("127.0.0.1:3001")`},
+		{"reload port is the metrics port", head + "instances = 2\n[proxy]\nlisten = \":80\"\n[metrics]\nlisten = \"127.0.0.1:3002\"\n", "agent.toml: ", `proxy.upstream: port 3002 is also metrics.listen ("127.0.0.1:3002")`},
+		{"affinity", head + "[proxy]\naffinity = \"sticky\"\n", "agent.toml:4:13: ", `proxy.affinity: "sticky" is not one of "" (balance every request), cookie`},
+		{"affinity not string", head + "[proxy]\naffinity = true\n", "agent.toml:4:12: ", "proxy.affinity: expected a string, got boolean true"},
+
 		// The first error in the file wins, whatever its keyKind.
 		{"first of two value errors", head + "[restart]\ndelay = \"1x\"\n[stop]\nsignal = \"FOO\"\n", "agent.toml:4:10: ", "restart.delay"},
 		{"type error before unknown key", head + "[stop]\nsignal = 15\n[bogus]\n", "agent.toml:4:10: ", "stop.signal"},
@@ -159,7 +183,7 @@ func TestParseErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			data := strings.ReplaceAll(tt.toml, "ENVFILE", envFile)
+			data := strings.ReplaceAll(strings.ReplaceAll(tt.toml, "ENVFILE", envFile), "PORTFILE", portFile)
 			prefix := strings.ReplaceAll(tt.prefix, "ENVFILE", envFile)
 			c, err := Parse("agent.toml", []byte(data))
 			if err == nil {
@@ -274,9 +298,10 @@ func TestParseFull(t *testing.T) {
 command = ["npm", "start", "--", "--port=3000"]
 dir = "` + dir + `"
 user = "nobody"
-env = { NODE_ENV = "production", PORT = "3000" }
+env = { NODE_ENV = "production", APP_MODE = "web" }
 env_file = "` + envFile + `"
 npm = "npm"
+instances = 2
 
 [node]
 max_old_space_size = 384
@@ -318,7 +343,8 @@ group = "nogroup"
 [proxy]
 listen = ":80"
 upstream = "127.0.0.1:3000"
-spare_upstream = "[::1]:3001"
+spare_upstream = "[::1]:3002"
+affinity = "cookie"
 hold = "10s"
 idle_timeout = "90s"
 
@@ -346,9 +372,10 @@ listen = "127.0.0.1:9100"
 			Command:     []string{"npm", "start", "--", "--port=3000"},
 			Dir:         dir,
 			User:        "nobody",
-			Env:         map[string]string{"NODE_ENV": "production", "PORT": "3000"},
+			Env:         map[string]string{"NODE_ENV": "production", "APP_MODE": "web"},
 			EnvFile:     envFile,
 			NPM:         "npm",
+			Instances:   Instances{N: 2},
 			Credential:  &syscall.Credential{Uid: ids[0], Gid: gids[0], Groups: groups},
 			EnvFileVars: []string{"DB_PASSWORD=hunter2", "REGION=eu-west-1"},
 		},
@@ -376,7 +403,8 @@ listen = "127.0.0.1:9100"
 		Proxy: ProxyConfig{
 			Listen:        ":80",
 			Upstream:      "127.0.0.1:3000",
-			SpareUpstream: "[::1]:3001",
+			SpareUpstream: "[::1]:3002",
+			Affinity:      "cookie",
 			Hold:          Duration(10 * time.Second),
 			IdleTimeout:   Duration(90 * time.Second),
 		},
@@ -445,6 +473,8 @@ func TestDefaults(t *testing.T) {
 		{"log.level", d.Log.Level, "info"},
 		{"log.format", d.Log.Format, "json"},
 		{"app.npm", d.App.NPM, "direct"},
+		{"app.instances", d.App.Instances, Instances{N: 1}},
+		{"proxy.affinity", d.Proxy.Affinity, ""},
 		{"proxy.listen", d.Proxy.Listen, ""},
 		{"proxy.upstream", d.Proxy.Upstream, "127.0.0.1:3000"},
 		{"proxy.spare_upstream", d.Proxy.SpareUpstream, ""},
@@ -463,24 +493,13 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
-// configKeys lists every key of the config file, tables and their keys,
-// in the order of the Config struct's fields (the contract's order).
+// configKeys lists every key of the config file, sections and their keys,
+// in the order of the schema (the Config struct's fields, the contract's
+// order).
 func configKeys() []string {
-	var keys []string
-	rt := reflect.TypeFor[Config]()
-	for i := range rt.NumField() {
-		name := tomlName(rt.Field(i))
-		if name == "" {
-			continue
-		}
-		keys = append(keys, name)
-		if ft := rt.Field(i).Type; ft.Kind() == reflect.Struct && isTable(ft) {
-			for j := range ft.NumField() {
-				if sub := tomlName(ft.Field(j)); sub != "" {
-					keys = append(keys, name+"."+sub)
-				}
-			}
-		}
+	keys := make([]string, len(configSchema.keys))
+	for i, k := range configSchema.keys {
+		keys[i] = k.name
 	}
 	return keys
 }
@@ -509,6 +528,10 @@ func readExample(t *testing.T) []byte {
 	return data
 }
 
+// TestExample checks agent.toml.example against the schema: it parses to
+// the defaults; every key is in it once, in the schema's order and in its
+// section, commented out except app.command, with its default; and it has
+// no key the schema lacks.
 func TestExample(t *testing.T) {
 	data := readExample(t)
 	c, err := Parse("agent.toml.example", data)
@@ -521,43 +544,84 @@ func TestExample(t *testing.T) {
 		t.Errorf("the example is not the defaults:\n got %+v\nwant %+v", c, want)
 	}
 
-	// Every key is in the example, once, in the contract's order, in its
-	// section; commented out except app.command.
 	var seen []string
 	section := ""
 	var uncommented bytes.Buffer
 	for i, line := range strings.Split(string(data), "\n") {
+		at := fmt.Sprintf("agent.toml.example:%d", i+1)
+		setting := ""
 		switch {
 		case strings.HasPrefix(line, "["):
 			section = strings.Trim(line, "[]")
 			seen = append(seen, section)
-		case exampleSetting.MatchString(line):
-			m := exampleSetting.FindStringSubmatch(line)
-			key := m[1]
-			if section != "" {
-				key = section + "." + key
+			if k, ok := configSchema.key(section); !ok || !k.section {
+				t.Errorf("%s: [%s] is not a section of the config", at, section)
 			}
-			seen = append(seen, key)
-			line = m[1] + " = " + m[2]
+		case exampleSetting.MatchString(line):
+			setting = strings.TrimPrefix(line, "# ")
 		case strings.HasPrefix(line, "command = "):
-			seen = append(seen, section+".command")
+			setting = line
 		case line != "" && !strings.HasPrefix(line, "#"):
-			t.Errorf("agent.toml.example:%d: unexpected setting %q", i+1, line)
+			t.Errorf("%s: unexpected setting %q", at, line)
+		}
+		if setting != "" {
+			line = setting
+			name, _, _ := strings.Cut(setting, " = ")
+			if section != "" {
+				name = section + "." + name
+			}
+			seen = append(seen, name)
+			if k, ok := configSchema.key(name); !ok || k.section {
+				t.Errorf("%s: %s is not a key of the config", at, name)
+			} else {
+				checkExampleDefault(t, at, k, section, setting)
+			}
 		}
 		uncommented.WriteString(line + "\n")
 	}
 	if keys := configKeys(); !reflect.DeepEqual(seen, keys) {
-		t.Errorf("keys of the example:\n%q\nwant\n%q", seen, keys)
+		for _, k := range keys {
+			if !slices.Contains(seen, k) {
+				t.Errorf("the example lacks %s", k)
+			}
+		}
+		t.Errorf("keys of the example:\n%q\nwant, in this order:\n%q", seen, keys)
 	}
 
-	// With every setting uncommented the example still gives the defaults:
-	// the values it shows are the true defaults.
+	// With every setting uncommented the example still gives the defaults.
 	c, err = Parse("agent.toml.example", uncommented.Bytes())
 	if err != nil {
 		t.Fatalf("the uncommented example does not parse: %v\n%s", err, uncommented.Bytes())
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("the uncommented example is not the defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// checkExampleDefault checks that setting, the line of the key k in the
+// example (in section), shows k's default.
+func checkExampleDefault(t *testing.T, at string, k schemaKey, section, setting string) {
+	t.Helper()
+	var doc string
+	switch {
+	case k.name == "app.command":
+		doc = "[app]\n" + setting + "\n"
+	case section == "":
+		doc = setting + "\n" + head
+	case section == "app":
+		doc = head + setting + "\n"
+	default:
+		doc = head + "[" + section + "]\n" + setting + "\n"
+	}
+	c, err := Parse("example", []byte(doc))
+	if err != nil {
+		t.Errorf("%s: %s: %v", at, setting, err)
+		return
+	}
+	got := reflect.ValueOf(c).Elem().FieldByIndex(k.index).Interface()
+	def := reflect.ValueOf(Default()).Elem().FieldByIndex(k.index).Interface()
+	if !reflect.DeepEqual(got, def) {
+		t.Errorf("%s: %s shows %v, but the default is %v", at, k.name, got, def)
 	}
 }
 

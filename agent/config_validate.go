@@ -14,17 +14,19 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
 
-// validate checks the decoded config c and resolves what refers to the
-// machine (user, directory, env file, group, log file), in the order of
-// the sections.
+// validate checks the decoded config c, resolves what refers to the
+// machine (user, directory, env file, group, log file) and lists the
+// warnings in c.Warnings, in the order of the sections.
 func (d *decoder) validate(c *Config) error {
 	checks := []func(*Config) error{
 		d.validateName,
 		d.validateApp,
+		d.validateNode,
 		d.validateRestart,
 		d.validateStop,
 		d.validateMemory,
@@ -32,6 +34,7 @@ func (d *decoder) validate(c *Config) error {
 		d.validateHealth,
 		d.validateControl,
 		d.validateProxy,
+		d.validateInstances,
 		d.validateLog,
 		d.validateMetrics,
 		d.validatePorts,
@@ -49,6 +52,14 @@ func (d *decoder) validate(c *Config) error {
 func (d *decoder) invalid(dotted, msg string, err error) error {
 	key := toml.Key(strings.Split(dotted, "."))
 	return d.errAt(key, key, msg, err)
+}
+
+// warn adds a warning about the key named by dotted to c, positioned at
+// its value when the key is in the file.
+func (d *decoder) warn(c *Config, dotted, msg string) {
+	w := Warning{Path: d.path, Key: dotted, Msg: msg}
+	w.Line, w.Col = d.position(toml.Key(strings.Split(dotted, ".")))
+	c.Warnings = append(c.Warnings, w)
 }
 
 // defined reports whether the file sets the dotted key.
@@ -122,6 +133,21 @@ func (d *decoder) validateApp(c *Config) error {
 	case "direct", "npm":
 	default:
 		return d.invalid("app.npm", fmt.Sprintf("%q is not one of direct, npm", a.NPM), nil)
+	}
+	return nil
+}
+
+// validateNode warns when app.command sets the heap size itself while
+// node.max_old_space_size sets it too.
+func (d *decoder) validateNode(c *Config) error {
+	if h := c.Node.MaxOldSpaceSize; !h.Auto && h.MB == 0 {
+		return nil // NODE_OPTIONS left alone: nothing to override
+	}
+	for _, arg := range c.App.Command[1:] {
+		if strings.HasPrefix(arg, "--max-old-space-size") || strings.HasPrefix(arg, "--max_old_space_size") {
+			d.warn(c, "app.command", fmt.Sprintf("%q sets the heap size itself; it wins over node.max_old_space_size", arg))
+			break
+		}
 	}
 	return nil
 }
@@ -299,13 +325,106 @@ func (d *decoder) validateProxy(c *Config) error {
 			return d.invalid("proxy.spare_upstream", err.Error(), err)
 		}
 	}
+	switch p.Affinity {
+	case "", "cookie":
+	default:
+		return d.invalid("proxy.affinity", fmt.Sprintf("%q is not one of \"\" (balance every request), cookie", p.Affinity), nil)
+	}
 	if p.Hold <= 0 {
 		return d.invalid("proxy.hold", "must be more than 0s", nil)
 	}
 	if p.IdleTimeout <= 0 {
 		return d.invalid("proxy.idle_timeout", "must be more than 0s (keep it above the load balancer's idle timeout, 60s on an ALB)", nil)
 	}
+	if !c.ProxyEnabled() {
+		return nil
+	}
+	if p.IdleTimeout < albIdleTimeout {
+		d.warn(c, "proxy.idle_timeout", fmt.Sprintf("%s is below the ALB's 60s idle timeout: the ALB may reuse a connection the agent is closing (502)", p.IdleTimeout))
+	}
+	if key, port, ok := appPort(c); ok {
+		up, _ := parseHostPort(p.Upstream, false) // checked above
+		if n, err := strconv.Atoi(port); err != nil || n != up.port {
+			msg := fmt.Sprintf("%q is another port than proxy.upstream's (%q): the proxy forwards to proxy.upstream, not to the app's PORT", port, p.Upstream)
+			if key == "app.env_file" {
+				msg = "PORT " + msg
+			}
+			d.warn(c, key, msg)
+		}
+	}
 	return nil
+}
+
+// validateInstances checks what more than one app process needs: the
+// traffic front, PORT left to the agent, and the ports of the processes
+// (proxy.upstream's and the next ones) within range and clear of
+// spare_upstream.
+func (d *decoder) validateInstances(c *Config) error {
+	in := c.App.Instances
+	if !in.Auto && in.N == 1 {
+		return nil
+	}
+	if !c.ProxyEnabled() {
+		return d.invalid("app.instances", fmt.Sprintf("%s needs [proxy] to balance the processes: set proxy.listen", in.tomlText()), nil)
+	}
+	if key, _, ok := appPort(c); ok {
+		msg := fmt.Sprintf("the agent sets each process's PORT with app.instances = %s: remove it", in.tomlText())
+		if key == "app.env_file" {
+			msg = "sets PORT; " + msg
+		}
+		return d.invalid(key, msg, nil)
+	}
+	n := in.Count()
+	first, last := upstreamPorts(c)
+	if last > 65535 {
+		what := fmt.Sprintf("%d processes", n)
+		if c.Proxy.SpareUpstream == "" {
+			what += " and the reload port after them"
+		}
+		return d.invalid("proxy.upstream", fmt.Sprintf("%s need ports %d to %d, past 65535", what, first, last), nil)
+	}
+	if c.Proxy.SpareUpstream != "" {
+		up, _ := parseHostPort(c.Proxy.Upstream, false) // checked in validateProxy
+		sp, _ := parseHostPort(c.Proxy.SpareUpstream, false)
+		for i := range n {
+			if sp.overlaps(hostPort{host: up.host, port: first + i}) {
+				return d.invalid("proxy.spare_upstream", fmt.Sprintf("port %d is process %d's: app.instances = %s take ports %d to %d", sp.port, i, in.tomlText(), first, first+n-1), nil)
+			}
+		}
+	}
+	return nil
+}
+
+// upstreamPorts returns the range of loopback ports the app's processes
+// take from proxy.upstream's on: one per process and, with more than one
+// and spare_upstream unset, the reload port after them.
+func upstreamPorts(c *Config) (first, last int) {
+	up, _ := parseHostPort(c.Proxy.Upstream, false) // checked in validateProxy
+	n := c.App.Instances.Count()
+	last = up.port + n - 1
+	if n > 1 && c.Proxy.SpareUpstream == "" {
+		last++
+	}
+	return up.port, last
+}
+
+// albIdleTimeout is an AWS Application Load Balancer's default idle
+// timeout: the proxy's own must be longer.
+const albIdleTimeout = Duration(60 * time.Second)
+
+// appPort returns the PORT that the app's environment gets from app.env
+// (key "app.env.PORT") or else from app.env_file (key "app.env_file"), if
+// either sets it.
+func appPort(c *Config) (key, port string, ok bool) {
+	if port, ok := c.App.Env["PORT"]; ok {
+		return "app.env.PORT", port, true
+	}
+	for _, kv := range slices.Backward(c.App.EnvFileVars) {
+		if port, ok := strings.CutPrefix(kv, "PORT="); ok {
+			return "app.env_file", port, true
+		}
+	}
+	return "", "", false
 }
 
 func (d *decoder) validateLog(c *Config) error {
@@ -366,7 +485,8 @@ func (d *decoder) validateMetrics(c *Config) error {
 
 // validatePorts checks that no two of the agent's addresses share a port on
 // overlapping addresses: the health, proxy and metrics listeners, and with
-// the proxy on, the app's upstream and spare upstream. Each is compared
+// the proxy on, the app's upstream ports (see upstreamPorts) and spare
+// upstream. Each is compared
 // with those before it in this order; the error names the later one.
 func (d *decoder) validatePorts(c *Config) error {
 	type addr struct {
@@ -381,6 +501,12 @@ func (d *decoder) validatePorts(c *Config) error {
 	}
 	if c.ProxyEnabled() {
 		addrs = append(addrs, addr{"proxy.upstream", c.Proxy.Upstream})
+		up, _ := parseHostPort(c.Proxy.Upstream, false)
+		first, last := upstreamPorts(c)
+		for port := first + 1; port <= last; port++ {
+			// The ports of the other processes (app.instances).
+			addrs = append(addrs, addr{"proxy.upstream", net.JoinHostPort(up.host, strconv.Itoa(port))})
+		}
 		if c.Proxy.SpareUpstream != "" {
 			addrs = append(addrs, addr{"proxy.spare_upstream", c.Proxy.SpareUpstream})
 		}

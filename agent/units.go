@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -286,4 +287,81 @@ func parseHeap(s string) (HeapSetting, error) {
 		return HeapSetting{}, fmt.Errorf("invalid value %q: too large", s)
 	}
 	return HeapSetting{MB: int(n)}, nil
+}
+
+// MaxInstances is the most app processes app.instances may ask for.
+const MaxInstances = 64
+
+// Instances is app.instances: a number of app processes from 1 to
+// MaxInstances (a TOML integer), or "auto" (Auto): one per CPU the agent
+// may use.
+type Instances struct {
+	Auto bool
+	N    int // when !Auto
+}
+
+// Count returns the number of processes, "auto" resolved on this machine.
+func (i Instances) Count() int {
+	if i.Auto {
+		return min(max(runtime.NumCPU(), 1), MaxInstances)
+	}
+	return i.N
+}
+
+// String returns "auto" or the number.
+func (i Instances) String() string {
+	if i.Auto {
+		return "auto"
+	}
+	return strconv.Itoa(i.N)
+}
+
+// tomlText returns i as TOML: "auto" quoted, a number bare.
+func (i Instances) tomlText() string {
+	if i.Auto {
+		return `"auto"`
+	}
+	return strconv.Itoa(i.N)
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (i Instances) MarshalText() ([]byte, error) { return []byte(i.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (i *Instances) UnmarshalText(b []byte) error {
+	t := strings.TrimSpace(string(b))
+	if strings.EqualFold(t, "auto") {
+		*i = Instances{Auto: true}
+		return nil
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil {
+		return fmt.Errorf(`invalid value %q: want a number from 1 to %d or "auto"`, t, MaxInstances)
+	}
+	return i.set(n)
+}
+
+// UnmarshalTOML implements toml.Unmarshaler: an integer or "auto".
+func (i *Instances) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		return i.set(v)
+	case string:
+		if strings.EqualFold(strings.TrimSpace(v), "auto") {
+			*i = Instances{Auto: true}
+			return nil
+		}
+	}
+	return fmt.Errorf(`expected a number from 1 to %d or "auto", got %s`, MaxInstances, describeValue(v))
+}
+
+func (i *Instances) set(n int64) error {
+	switch {
+	case n < 1:
+		return fmt.Errorf("%d is less than 1", n)
+	case n > MaxInstances:
+		return fmt.Errorf("%d is more than %d", n, MaxInstances)
+	}
+	*i = Instances{N: int(n)}
+	return nil
 }

@@ -70,7 +70,7 @@ const usage = `usage: agent <command> [--config PATH]
 
 commands:
   run       run the agent in the foreground (systemd's ExecStart)
-  check     validate the config and print the effective config
+  check     validate the config, print the effective config and any warnings
   install   install the systemd unit and start the agent
   version   print the version
   ctl ...   the same as agentctl ...
@@ -120,6 +120,9 @@ func run(args []string, b Build, stdout, stderr io.Writer) error {
 		cfg, err := agent.Load(path)
 		if err != nil {
 			return usageError{err}
+		}
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
 		heap := agent.ResolveHeapMB(cfg, zerolog.New(stderr))
 		if err := cfg.WriteEffective(stdout, heap); err != nil {

@@ -30,7 +30,9 @@ const (
 	startupProbeInterval = 250 * time.Millisecond
 )
 
-// Defaults for a ProbeSpec whose fields are zero.
+// This package's own defaults for the fields of a ProbeSpec left zero (as
+// tests do). They are not the agent's: the agent sets every field, from its
+// config, whose defaults are the tags of agent.Config.
 const (
 	defaultReadyAfter       = time.Second
 	defaultProbeInterval    = 5 * time.Second
@@ -40,8 +42,8 @@ const (
 
 // ProbeSpec says how to tell that one app process is ready and alive.
 // With neither HTTP nor TCP set, the process is ready after ReadyAfter alive.
-// Zero Interval, Timeout and FailureThreshold mean the config's defaults:
-// 5s, 2s and 3.
+// Zero Interval, Timeout, FailureThreshold and ReadyAfter take the
+// package's defaults above.
 type ProbeSpec struct {
 	HTTP string // URL to GET; 2xx and 3xx pass, redirects are not followed
 	TCP  string // host:port to connect to; a connection passes

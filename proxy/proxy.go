@@ -18,7 +18,10 @@ import (
 	"agent/internal/connlimit"
 )
 
-// Defaults for the zero fields of Config.
+// This package's own defaults for the fields of Config left zero (as tests
+// and benchmarks do). Hold and IdleTimeout are not the agent's: the agent
+// passes proxy.hold and proxy.idle_timeout from its config, whose defaults
+// are the tags of agent.Config.
 const (
 	DefaultHold         = 30 * time.Second
 	DefaultIdleTimeout  = 75 * time.Second
@@ -42,7 +45,7 @@ type Config struct {
 	Listen       string        // proxy.listen, e.g. ":80"
 	HealthPath   string        // health.path, answered on the traffic port too; "" = not answered
 	Hold         time.Duration // a request waits this long for a (re)starting app, then 503 + Retry-After
-	IdleTimeout  time.Duration // client keep-alive (default 75s; above the ALB's 60s)
+	IdleTimeout  time.Duration // client keep-alive; keep it above the ALB's 60s
 	UpstreamIdle time.Duration // idle conns to the app closed after this; must be < Node's 5s (default 4s)
 	// MaxConns caps the client connections; when it is reached the longest
 	// idle keep-alive connections are closed first (default 2048).

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,10 +110,8 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 			IdleTimeout: cfg.Proxy.IdleTimeout.D(),
 			Observe:     a.metrics.ObserveRequest,
 		}, log.With().Str("component", "proxy").Logger(), clk)
-		if cfg.Proxy.IdleTimeout.D() < 60*time.Second {
-			log.Warn().Dur("idle_timeout", cfg.Proxy.IdleTimeout.D()).Msg("proxy.idle_timeout is below the ALB's 60 s idle timeout: the ALB may reuse a connection the agent is closing (502)")
-		}
 	}
+	logWarnings(log, cfg.Warnings)
 	a.sup = supervisor.New(g.supervisorConfig(g.upstream()), supervisor.Options[*launch]{
 		Log:     log,
 		Clock:   a.clk,
@@ -268,6 +267,13 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 	}
 }
 
+// logWarnings logs the config's warnings, each once.
+func logWarnings(log zerolog.Logger, ws []Warning) {
+	for _, w := range ws {
+		log.Warn().Str("key", w.Key).Msg(w.String())
+	}
+}
+
 type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
@@ -290,9 +296,9 @@ func (a *Agent) reload(f *front) {
 		a.notify.Status("reload refused: " + err.Error())
 		return
 	}
-	if cfg.Health != old.Health || cfg.Control.Socket != old.Control.Socket || cfg.Control.Group != old.Control.Group ||
-		cfg.Memory.WatchOOM != old.Memory.WatchOOM || cfg.Log != old.Log || cfg.Proxy != old.Proxy || cfg.Metrics != old.Metrics {
-		a.log.Warn().Msg("[health], [control], [log], [proxy], [metrics] and memory.watch_oom changes apply only when the agent restarts")
+	logWarnings(a.log, NewWarnings(old, cfg)) // the ones the running config had were said at its load
+	if keys := RestartNeeded(old, cfg); len(keys) > 0 {
+		a.log.Warn().Strs("keys", keys).Msg(strings.Join(keys, ", ") + " change only when the agent restarts")
 	}
 	g := a.newGeneration(cfg)
 	a.cfg.Store(cfg)

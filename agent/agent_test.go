@@ -19,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agent/internal/testkit"
 	"agent/supervisor"
 )
 
@@ -34,15 +35,9 @@ func needNode(t *testing.T) string {
 	return node
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+// freePort returns a loopback port reserved for the test (testkit.Port):
+// no other test, here or in another process, is given it meanwhile.
+func freePort(t *testing.T) int { return testkit.Port(t) }
 
 func appPath(t *testing.T, name string) string {
 	t.Helper()
@@ -104,16 +99,16 @@ func startAgentWith(t *testing.T, text string, opts Options) *running {
 	return r
 }
 
-// waitFor polls cond (a condition on real processes) until it holds.
+// waitFor waits until cond, a condition outside the agent's status (a
+// process, an HTTP answer, an RSS sample), holds.
 func (r *running) waitFor(what string, cond func() bool) {
 	r.t.Helper()
-	deadline := time.Now().Add(waitTime)
-	for !cond() {
-		if time.Now().After(deadline) {
-			r.t.Fatalf("timed out waiting for %s; status %+v", what, r.a.Status())
+	testkit.EventuallyMsg(r.t, waitTime, what, func() (bool, string) {
+		if cond() {
+			return true, ""
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false, fmt.Sprintf("status %+v", r.a.Status())
+	})
 }
 
 // waitStatus waits until cond holds for the agent's status, looked at

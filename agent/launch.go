@@ -66,11 +66,6 @@ func (l *launch) rss() uint64 {
 // newGeneration resolves cfg once for the processes started with it.
 func (a *Agent) newGeneration(cfg *Config) *generation {
 	g := &generation{cfg: cfg, heapMB: ResolveHeapMB(cfg, a.log)}
-	for _, arg := range cfg.App.Command[1:] {
-		if strings.HasPrefix(arg, "--max-old-space-size") || strings.HasPrefix(arg, "--max_old_space_size") {
-			a.log.Warn().Str("arg", arg).Msg("app.command sets the heap size itself; it wins over node.max_old_space_size")
-		}
-	}
 	if cfg.App.NPM != "npm" {
 		if name, args, ok := npmscript.Parse(cfg.App.Command); ok {
 			g.npmScript, g.npmArgs = name, args
@@ -97,11 +92,6 @@ func (a *Agent) newGeneration(cfg *Config) *generation {
 		StopSignal:      cfg.Stop.Signal.Sys(),
 		StopTimeout:     cfg.Stop.Timeout.D(),
 		ExitOnExhausted: cfg.Restart.OnExhausted == "exit",
-	}
-	if cfg.ProxyEnabled() {
-		if p, ok := g.appPort(); ok && p != portOf(cfg.Proxy.Upstream) {
-			a.log.Warn().Str("PORT", p).Str("upstream", cfg.Proxy.Upstream).Msg("app.env sets PORT to another port than proxy.upstream: the proxy forwards to proxy.upstream")
-		}
 	}
 	return g
 }

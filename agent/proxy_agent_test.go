@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"agent/internal/clock"
+	"agent/internal/testkit"
 )
 
 // frontConfig is an agent config with the proxy in front of front.js.
@@ -28,7 +29,8 @@ func frontConfig(t *testing.T, node string, extra string) (text string, proxyAdd
 // the [app] keys in app describe.
 func proxyConfig(t *testing.T, app, extra string) (text string, proxyAddr string) {
 	t.Helper()
-	proxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ports := testkit.Ports(t, 3) // the proxy, the app, its spare
+	proxyAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	text = fmt.Sprintf(`
 name = "web"
 [app]
@@ -48,7 +50,7 @@ listen = %q
 upstream = "127.0.0.1:%d"
 spare_upstream = "127.0.0.1:%d"
 hold = "30s"
-%s`, app, proxyAddr, freePort(t), freePort(t), extra)
+%s`, app, proxyAddr, ports[1], ports[2], extra)
 	return text, proxyAddr
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"agent/internal/clock"
 	"agent/internal/procfs"
+	"agent/internal/testkit"
 )
 
 // waitTime bounds every wait on real processes: generous, since CI is a
@@ -645,19 +646,15 @@ func TestOrphansAreReapedWhileAppRuns(t *testing.T) {
 	for _, l := range h.waitLines("orphan ", 5) {
 		orphans = append(orphans, pidsIn(l)...)
 	}
-	deadline := time.Now().Add(waitTime)
 	for _, pid := range orphans {
-		for {
-			// Reaped, not a zombie: the pid is gone from /proc.
+		// Reaped, not a zombie: the pid is gone from /proc.
+		testkit.EventuallyMsg(t, waitTime, fmt.Sprintf("orphan %d reaped", pid), func() (bool, string) {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
-				break
+				return true, ""
 			}
-			if time.Now().After(deadline) {
-				p, _ := procfs.Stat(pid)
-				t.Fatalf("orphan %d not reaped (state %c, parent %d)", pid, p.State, p.PPID)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			p, _ := procfs.Stat(pid)
+			return false, fmt.Sprintf("state %c, parent %d", p.State, p.PPID)
+		})
 	}
 }
 

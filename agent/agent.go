@@ -41,6 +41,7 @@ type Agent struct {
 
 	sup     *appSupervisor
 	events  chan appEvent
+	rolling chan struct{}        // held by the restart, reload or scale under way
 	view    atomic.Pointer[view] // published by the front
 	proxy   *proxy.Proxy         // nil when [proxy] is off
 	metrics *metrics.Metrics
@@ -88,9 +89,10 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		notify:     NewNotifier(log),
 		output:     supervisor.NewRing(1000, 1<<20),
 		events:     make(chan appEvent, 64),
+		rolling:    make(chan struct{}, 1),
 	}
 	a.cfg.Store(cfg)
-	g := a.newGeneration(cfg)
+	g := a.newGeneration(cfg, cfg.App.Instances.Count())
 	a.gen.Store(g)
 	a.health = probe.NewHealthServer(cfg.Health.Listen, cfg.Health.Path, log)
 	if cfg.Memory.WatchOOM {
@@ -112,7 +114,7 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		}, log.With().Str("component", "proxy").Logger(), clk)
 	}
 	logWarnings(log, cfg.Warnings)
-	a.sup = supervisor.New(g.supervisorConfig(g.upstream()), supervisor.Options[*launch]{
+	a.sup = supervisor.NewSlots(firstConfigs(g), supervisor.Options[*launch]{
 		Log:     log,
 		Clock:   a.clk,
 		Output:  a.output,
@@ -127,10 +129,11 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 	return a
 }
 
-// ResolveHeapMB returns the heap cap for cfg in MB: the configured figure,
-// or for "auto" half of the smaller of the host's memory and the agent's
-// cgroup limit; 0 leaves NODE_OPTIONS alone.
-func ResolveHeapMB(cfg *Config, log zerolog.Logger) int {
+// ResolveHeapMB returns the heap cap of each of n app processes for cfg in
+// MB: the configured figure, or for "auto" half of the smaller of the
+// host's memory and the agent's cgroup limit, divided by n; 0 leaves
+// NODE_OPTIONS alone.
+func ResolveHeapMB(cfg *Config, n int, log zerolog.Logger) int {
 	h := cfg.Node.MaxOldSpaceSize
 	if !h.Auto {
 		return h.MB
@@ -140,7 +143,7 @@ func ResolveHeapMB(cfg *Config, log zerolog.Logger) int {
 		log.Warn().Err(err).Msg("cannot read the memory size; heap cap left to node (set node.max_old_space_size)")
 		return 0
 	}
-	return probe.AutoHeapMB(total, limit)
+	return probe.AutoHeapMB(total, limit) / max(n, 1)
 }
 
 // Run runs the agent until ctx is cancelled (SIGTERM, SIGINT) and reloads
@@ -300,20 +303,39 @@ func (a *Agent) reload(f *front) {
 	if keys := RestartNeeded(old, cfg); len(keys) > 0 {
 		a.log.Warn().Strs("keys", keys).Msg(strings.Join(keys, ", ") + " change only when the agent restarts")
 	}
-	g := a.newGeneration(cfg)
+	n := a.gen.Load().instances // as agentctl scale left it, unless the config changes it
+	if want := cfg.App.Instances.Count(); cfg.App.Instances != old.App.Instances && want != n {
+		a.log.Info().Int("from", n).Int("to", want).Msg("app.instances changed")
+		go func() {
+			if err := a.Scale(context.Background(), want); err != nil {
+				a.log.Error().Err(err).Int("to", want).Msg("scale for app.instances failed")
+			}
+		}()
+	}
+	g := a.newGeneration(cfg, n)
 	a.cfg.Store(cfg)
 	a.gen.Store(g)
-	upstream := g.upstream()
-	if l := a.sup.Config().Launch; g.canOverlap() && l.upstream != "" {
-		upstream = l.upstream // the port of the last process, which a restart takes again
+	for i := range a.sup.Slots() {
+		// Each slot's next start keeps the port it has.
+		a.sup.SetConfig(i, g.supervisorConfig(i, a.sup.Config(i).Launch.upstream))
 	}
-	a.sup.SetConfig(g.supervisorConfig(upstream))
 	a.log.Info().Str("config", cfg.Path).Msg("config reloaded: [restart] and [stop] apply now; [app], [node], [probe] and [memory] from the app's next start (agentctl restart)")
 	f.lastLine = "" // said again after RELOADING=1
 	f.sendStatus()
 }
 
 func (a *Agent) statusLine(st appStatus) string {
+	if n := len(st.Slots); n > 1 {
+		ready := 0
+		var rss uint64
+		for _, ss := range st.Slots {
+			if ss.Ready {
+				ready++
+			}
+			rss += ss.Launch.rss()
+		}
+		return fmt.Sprintf("%s: %d/%d ready, %d restarts, rss %d MB", st.State, ready, n, st.Restarts, rss>>20)
+	}
 	switch st.State {
 	case supervisor.Running, supervisor.Starting:
 		return fmt.Sprintf("%s pid %d, %d restarts, rss %d MB", st.State, st.PID, st.Restarts, st.Launch.rss()>>20)
@@ -388,6 +410,8 @@ func (a *Agent) watchRSS(ctx context.Context, c *appChild, obs *observed, max ui
 	t := a.clk.NewTicker(rssInterval)
 	defer t.Stop()
 	var over time.Time // when the tree first went above max; zero when below
+	var lastCPU time.Duration
+	var lastAt time.Time
 	sample := func() {
 		// This process's tree: during a reload the other process's tree
 		// is left out, so neither is held to max_rss for both.
@@ -397,10 +421,14 @@ func (a *Agent) watchRSS(ctx context.Context, c *appChild, obs *observed, max ui
 		}
 		obs.rss.Store(s.RSS)
 		obs.tree.Store(&s.PIDs)
+		now := a.clk.Now()
+		if !lastAt.IsZero() && now.After(lastAt) && s.CPU >= lastCPU {
+			obs.cpu.Store(uint64(100 * 1000 * float64(s.CPU-lastCPU) / float64(now.Sub(lastAt))))
+		}
+		lastCPU, lastAt = s.CPU, now
 		if max == 0 {
 			return
 		}
-		now := a.clk.Now()
 		switch {
 		case s.RSS <= max:
 			over = time.Time{}
@@ -472,7 +500,19 @@ func (a *Agent) explainExit(ctx context.Context, c *appChild, e supervisor.Exit,
 	if a.oom == nil {
 		return "", "", false
 	}
-	match := func(k probe.OOMKill) bool { return a.isAppKill(k, map[int]bool{c.PID: true}) }
+	// With other app processes alive (several instances, a reload), only
+	// the victim's PID can say it was of c's tree; alone, its memory cgroup
+	// says so too (a worker too new for any sample).
+	alone := len(a.sup.Status().Live) <= 1
+	match := func(k probe.OOMKill) bool {
+		if k.PID == c.PID {
+			return true
+		}
+		if p := c.Launch.obs.tree.Load(); p != nil && slices.Contains(*p, k.PID) {
+			return true
+		}
+		return alone && probe.OOMKillIsOurs(k, a.memcg, nil)
+	}
 	since := c.Started
 	var k probe.OOMKill
 	var ok bool
@@ -484,7 +524,7 @@ func (a *Agent) explainExit(ctx context.Context, c *appChild, e supervisor.Exit,
 	if ok {
 		return supervisor.ReasonOOMKill, k.Line, true
 	}
-	if before, now := c.Launch.obs.oomAtStart, a.cgroupOOMKills(); before >= 0 && now > before {
+	if before, now := c.Launch.obs.oomAtStart, a.cgroupOOMKills(); alone && before >= 0 && now > before {
 		return supervisor.ReasonOOMKill, fmt.Sprintf("kernel OOM killer: oom_kill of memory cgroup %s went from %d to %d (no kernel log record)", a.memcg.Path, before, now), true
 	}
 	return "", "", false

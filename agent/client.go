@@ -153,6 +153,11 @@ func (c *Client) Start(ctx context.Context) (*Status, error) {
 	return c.status(ctx, http.MethodPost, "/v1/start")
 }
 
+// Scale makes the app run n processes; it answers once n serve.
+func (c *Client) Scale(ctx context.Context, n int) (*Status, error) {
+	return c.status(ctx, http.MethodPost, "/v1/scale?n="+strconv.Itoa(n))
+}
+
 // Logs calls fn for the last n lines of the app's output and, with follow,
 // for each new line until ctx ends.
 func (c *Client) Logs(ctx context.Context, n int, follow bool, fn func(supervisor.Line)) error {

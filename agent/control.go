@@ -150,7 +150,7 @@ func (a *Agent) controlHandler() http.Handler {
 			case err == nil:
 				writeJSON(w, http.StatusOK, a.Status())
 			case errors.Is(err, supervisor.ErrStartFailed), errors.Is(err, supervisor.ErrStopped),
-				errors.Is(err, ErrReloadFailed):
+				errors.Is(err, ErrReloadFailed), errors.Is(err, ErrBadScale):
 				writeJSON(w, http.StatusConflict, apiError{err.Error()})
 			case errors.Is(err, supervisor.ErrShuttingDown):
 				writeJSON(w, http.StatusServiceUnavailable, apiError{err.Error()})
@@ -159,10 +159,19 @@ func (a *Agent) controlHandler() http.Handler {
 			}
 		}
 	}
-	mux.HandleFunc("POST /v1/restart", action(a.sup.Restart))
+	mux.HandleFunc("POST /v1/restart", action(a.Restart))
 	mux.HandleFunc("POST /v1/stop", action(a.sup.Stop))
 	mux.HandleFunc("POST /v1/start", action(a.sup.Start))
 	mux.HandleFunc("POST /v1/reload", action(a.Reload))
+	// POST /v1/scale?n=N: answers once N processes serve.
+	mux.HandleFunc("POST /v1/scale", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{"n must be a number of processes"})
+			return
+		}
+		action(func(ctx context.Context) error { return a.Scale(ctx, n) })(w, r)
+	})
 	mux.HandleFunc("GET /v1/logs", a.serveLogs)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A browser can be tricked into talking to a local socket through a

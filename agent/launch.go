@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/user"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -18,9 +19,10 @@ import (
 // reload makes a new one, and each app process is started and watched with
 // exactly one (through its launch), never with a mix of two.
 type generation struct {
-	cfg    *Config
-	heapMB int
-	sup    appConfig // without the launch's PORT and Launch
+	cfg       *Config
+	instances int       // app processes: app.instances, or what agentctl scale asked for
+	heapMB    int       // per process
+	sup       appConfig // without the launch's PORT and Launch
 	// npmScript is the script app.command names when it is run without
 	// npm (app.npm = "direct"): "" otherwise.
 	npmScript string
@@ -32,6 +34,7 @@ type generation struct {
 // start gets its own copy (prepare), with what is observed of that process.
 type launch struct {
 	gen      *generation
+	slot     int
 	upstream string // host:port; "" without the proxy
 	obs      *observed
 }
@@ -39,6 +42,7 @@ type launch struct {
 // observed is what the agent learns about one app process while it runs.
 type observed struct {
 	rss  atomic.Uint64         // its tree's RSS, last sample
+	cpu  atomic.Uint64         // its tree's CPU use over the last sample's second, in 1/1000 %
 	tree atomic.Pointer[[]int] // its tree's PIDs, last sample
 	// oomAtStart is the memory cgroup's oom_kill counter when it started,
 	// -1 when the cgroup keeps none.
@@ -63,9 +67,19 @@ func (l *launch) rss() uint64 {
 	return l.obs.rss.Load()
 }
 
-// newGeneration resolves cfg once for the processes started with it.
-func (a *Agent) newGeneration(cfg *Config) *generation {
-	g := &generation{cfg: cfg, heapMB: ResolveHeapMB(cfg, a.log)}
+// cpuPercent returns the CPU use of l's process tree over the last
+// sampling second, in percent of one CPU.
+func (l *launch) cpuPercent() float64 {
+	if l == nil || l.obs == nil {
+		return 0
+	}
+	return float64(l.obs.cpu.Load()) / 1000
+}
+
+// newGeneration resolves cfg once for the processes started with it,
+// n of them (app.instances, or what agentctl scale asked for).
+func (a *Agent) newGeneration(cfg *Config, n int) *generation {
+	g := &generation{cfg: cfg, instances: n, heapMB: ResolveHeapMB(cfg, n, a.log)}
 	if cfg.App.NPM != "npm" {
 		if name, args, ok := npmscript.Parse(cfg.App.Command); ok {
 			g.npmScript, g.npmArgs = name, args
@@ -107,15 +121,17 @@ func (g *generation) appPort() (string, bool) {
 	return port, ok
 }
 
-// supervisorConfig is the supervisor's config for a process of g given
-// upstream ("" without the proxy): PORT is set to its port unless the app's
-// own environment sets PORT.
-func (g *generation) supervisorConfig(upstream string) appConfig {
+// supervisorConfig is the supervisor's config for a process of g in slot
+// given upstream ("" without the proxy): PORT is set to its port unless the
+// app's own environment sets PORT, and NODE_APP_INSTANCE to the slot (PM2's
+// variable).
+func (g *generation) supervisorConfig(slot int, upstream string) appConfig {
 	sc := g.sup
-	sc.Launch = &launch{gen: g, upstream: upstream}
+	sc.Launch = &launch{gen: g, slot: slot, upstream: upstream}
+	sc.Env = append(slices.Clone(sc.Env), "NODE_APP_INSTANCE="+strconv.Itoa(slot))
 	if upstream != "" {
 		if _, set := g.appPort(); !set {
-			sc.Env = append(slices.Clone(sc.Env), "PORT="+portOf(upstream))
+			sc.Env = append(sc.Env, "PORT="+portOf(upstream))
 		}
 	}
 	return sc
@@ -126,7 +142,7 @@ func (g *generation) supervisorConfig(upstream string) appConfig {
 // from PORT (app.env does not pin it).
 func (g *generation) canOverlap() bool {
 	_, pinned := g.appPort()
-	return g.cfg.ProxyEnabled() && g.cfg.Proxy.SpareUpstream != "" && !pinned
+	return g.cfg.ProxyEnabled() && (g.cfg.Proxy.SpareUpstream != "" || g.instances > 1) && !pinned
 }
 
 // prepare is the supervisor's Prepare: each start gets its own launch, to

@@ -124,7 +124,7 @@ func run(args []string, b Build, stdout, stderr io.Writer) error {
 		for _, w := range cfg.Warnings {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
-		heap := agent.ResolveHeapMB(cfg, zerolog.New(stderr))
+		heap := agent.ResolveHeapMB(cfg, cfg.App.Instances.Count(), zerolog.New(stderr))
 		if err := cfg.WriteEffective(stdout, heap); err != nil {
 			return err
 		}

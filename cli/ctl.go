@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -35,9 +37,11 @@ commands:
   restart             restart the app (clears a failed state)
   stop                stop the app; it stays stopped until start
   start               start a stopped or failed app
-  reload              replace the app's process for a deploy (zero downtime with
-                      [proxy]); exit 0 once the new one serves, 1 if it failed
-                      and the old one kept serving
+  reload              replace the app's processes for a deploy (zero downtime
+                      with [proxy]), one at a time; exit 0 once the new ones
+                      serve, 1 if one failed and the old ones kept serving
+  scale N             run N processes of the app (needs [proxy]); exit 0 once
+                      N serve
   logs [-n N] [-f]    the app's recent output; -f follows it
 `
 
@@ -91,6 +95,16 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		if err == nil {
 			fmt.Fprintf(stdout, "%s: %s\n", cmd, s.State)
+		}
+	case "scale":
+		n, perr := strconv.Atoi(strings.Join(rest, ""))
+		if len(rest) != 1 || perr != nil {
+			fmt.Fprintln(stderr, "agentctl: scale takes one number of processes")
+			return CtlUsage
+		}
+		var s *agent.Status
+		if s, err = c.Scale(ctx, n); err == nil {
+			fmt.Fprintf(stdout, "scale: %s, %d processes\n", s.State, len(s.Instances))
 		}
 	case "logs":
 		sub := flag.NewFlagSet("logs", flag.ContinueOnError)
@@ -148,36 +162,53 @@ func ResolveSocket(flagSocket, flagConfig string) string {
 	return agent.DefaultSocket
 }
 
-// PrintStatus writes s as a table, like `pm2 status`.
+// PrintStatus writes s as a table, like `pm2 status`: one row for the app
+// with one process, one row a process (NAME:INDEX) with several.
 func PrintStatus(w io.Writer, s *agent.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPID\tSTATE\tREADY\tUPTIME\tRESTARTS\tRSS\tHEAP CAP\tLAST EXIT")
-	pid, uptime := "-", "-"
-	if s.PID != nil {
-		pid = fmt.Sprint(*s.PID)
-		uptime = humanDuration(time.Duration(s.UptimeSeconds * float64(time.Second)))
-	}
-	heap := "-"
-	if s.HeapCapMB > 0 {
-		heap = fmt.Sprintf("%d MB", s.HeapCapMB)
-	}
-	last := "-"
-	if e := s.LastExit; e != nil {
-		last = e.Reason
-		switch {
-		case e.Code != nil:
-			last += fmt.Sprintf(" (code %d)", *e.Code)
-		case e.Signal != nil:
-			last += " (" + *e.Signal + ")"
+	fmt.Fprintln(tw, "NAME\tPID\tSTATE\tREADY\tUPTIME\tRESTARTS\tCPU\tRSS\tHEAP CAP\tLAST EXIT")
+	row := func(name string, pid *int, state string, ready bool, up float64, restarts int, cpu float64, rss uint64, heapMB int, e *agent.ExitStatus) {
+		p, uptime := "-", "-"
+		if pid != nil {
+			p = fmt.Sprint(*pid)
+			uptime = humanDuration(time.Duration(up * float64(time.Second)))
 		}
-		last += ", " + humanDuration(now.Sub(e.At)) + " ago"
+		heap := "-"
+		if heapMB > 0 {
+			heap = fmt.Sprintf("%d MB", heapMB)
+		}
+		last := "-"
+		if e != nil {
+			last = e.Reason
+			switch {
+			case e.Code != nil:
+				last += fmt.Sprintf(" (code %d)", *e.Code)
+			case e.Signal != nil:
+				last += " (" + *e.Signal + ")"
+			}
+			last += ", " + humanDuration(now.Sub(e.At)) + " ago"
+		}
+		r := "no"
+		if ready {
+			r = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%.1f%%\t%s\t%s\t%s\n", name, p, state, r, uptime, restarts, cpu, humanBytes(rss), heap, last)
 	}
-	ready := "no"
-	if s.Ready {
-		ready = "yes"
+	if len(s.Instances) > 1 {
+		for _, in := range s.Instances {
+			row(fmt.Sprintf("%s:%d", s.Name, in.Index), in.PID, in.State, in.Ready, in.UptimeSeconds, in.Restarts, in.CPUPercent, in.RSSBytes, in.HeapCapMB, in.LastExit)
+		}
+	} else {
+		cpu := 0.0
+		if len(s.Instances) == 1 {
+			cpu = s.Instances[0].CPUPercent
+		}
+		row(s.Name, s.PID, s.State, s.Ready, s.UptimeSeconds, s.Restarts, cpu, s.RSSBytes, s.HeapCapMB, s.LastExit)
 	}
-	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, pid, s.State, ready, uptime, s.Restarts, humanBytes(s.RSSBytes), heap, last)
 	tw.Flush()
+	if len(s.Instances) > 1 {
+		fmt.Fprintf(w, "\n%s: %s\n", s.Name, s.State)
+	}
 	if s.Message != "" {
 		fmt.Fprintf(w, "\n%s: %s\n", s.State, s.Message)
 	}

@@ -2,13 +2,15 @@ package probe
 
 import (
 	"fmt"
+	"time"
 
 	"agent/internal/procfs"
 )
 
 // TreeSample is the resident memory of a process tree at one moment.
 type TreeSample struct {
-	RSS  uint64 // bytes, summed over PIDs
+	RSS  uint64        // bytes, summed over PIDs
+	CPU  time.Duration // user and system time so far, summed over PIDs
 	PIDs []int  // the roots still alive first (each with its descendants, breadth first)
 }
 
@@ -70,6 +72,7 @@ func (s *TreeSample) add(procs []procfs.Proc) {
 	for _, p := range procs {
 		if !containsPID(s.PIDs, p.PID) {
 			s.RSS += p.RSS
+			s.CPU += p.CPU
 			s.PIDs = append(s.PIDs, p.PID)
 		}
 	}

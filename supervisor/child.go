@@ -30,7 +30,7 @@ type Child[L any] struct {
 	heapOOM atomic.Pointer[string]         // the V8 fatal line, once seen
 	output  sync.WaitGroup                 // the stdout and stderr readers
 	gate    chan func(context.Context) int // a gated stop waits for its drain here
-	slot    int
+	Slot    int                            // the index of its slot
 
 	reqMu      sync.Mutex
 	stopReason Reason // set when the agent stops it
@@ -74,7 +74,7 @@ func (c *Child[L]) requested() (Reason, string) {
 }
 
 // spawn starts the process with its pipes, in its own process group.
-func (s *Supervisor[L]) spawn(cfg Config[L]) (*Child[L], error) {
+func (s *Supervisor[L]) spawn(slot int, cfg Config[L]) (*Child[L], error) {
 	if s.opts.Prepare != nil {
 		var err error
 		if cfg, err = s.opts.Prepare(cfg); err != nil {
@@ -115,7 +115,7 @@ func (s *Supervisor[L]) spawn(cfg Config[L]) (*Child[L], error) {
 		errR.Close()
 		return nil, fmt.Errorf("start app: %w", err)
 	}
-	c := &Child[L]{PID: cmd.Process.Pid, Gen: s.gen.Add(1), Started: s.clk.Now(), Launch: cfg.Launch, s: s, cmd: cmd}
+	c := &Child[L]{PID: cmd.Process.Pid, Slot: slot, Gen: s.gen.Add(1), Started: s.clk.Now(), Launch: cfg.Launch, s: s, cmd: cmd}
 
 	if pidfd >= 0 {
 		c.leader = procfs.NewHandle(c.PID, pidfd)
@@ -140,7 +140,7 @@ func (s *Supervisor[L]) spawn(cfg Config[L]) (*Child[L], error) {
 func (s *Supervisor[L]) capture(c *Child[L], r *os.File, stream string) {
 	defer c.output.Done()
 	defer r.Close()
-	name := s.Config().Name
+	name := s.Config(c.Slot).Name
 	_ = readLines(r, func(b []byte, cut bool) {
 		text := string(b)
 		if stream == "stderr" && c.heapOOM.Load() == nil && isHeapOOM(text) {

@@ -37,6 +37,7 @@ func (k EventKind) String() string {
 // them, each with the status right after it.
 type Event[L any] struct {
 	Kind   EventKind
+	Slot   int       // the slot it is about
 	Proc   *Child[L] // the process it is about; nil for EventChanged
 	Old    *Child[L] // EventSwapped: the process replaced
 	Reason Reason    // EventStopping: why; EventGone: its exit's reason

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -107,7 +108,9 @@ func (s *Supervisor[L]) Run(ctx context.Context) error {
 	defer close(s.done)
 	go s.reapOnSIGCHLD(s.done)
 	l := &loop[L]{s: s, ctx: ctx, exitCounts: map[Reason]uint64{}}
-	l.slots = []*slot[L]{{l: l, track: Tracker{Policy: s.Config().Policy}, state: Stopped}}
+	for i := range s.Slots() {
+		l.slots = append(l.slots, l.newSlot(i))
+	}
 	var tick <-chan time.Time
 	if s.opts.Tick > 0 && s.opts.OnTick != nil {
 		t := s.clk.NewTicker(s.opts.Tick)
@@ -170,23 +173,129 @@ func (l *loop[L]) beginShutdown(err error) {
 	}
 }
 
-// request acts on an agentctl request. The app has one slot today; each
-// request is answered once its transition is complete.
+func (l *loop[L]) newSlot(i int) *slot[L] {
+	return &slot[L]{l: l, index: i, track: Tracker{Policy: l.s.Config(i).Policy}, state: Stopped}
+}
+
+// request acts on an agentctl request; each is answered once its
+// transition is complete. Restart and reload are of one slot (the agent
+// rolls them over the slots); stop, start and scale are of the app.
 func (l *loop[L]) request(r request[L]) {
 	if l.shutdown {
 		r.reply <- ErrShuttingDown
 		return
 	}
-	sl := l.slots[0]
 	switch r.kind {
 	case reqStop:
-		sl.stopReq(r.reply)
-	case reqRestart:
-		sl.restartReq(r.reply)
+		j := newJoin(len(l.slots), r.reply)
+		for _, sl := range l.slots {
+			sl.stopReq(j.done)
+		}
 	case reqStart:
-		sl.startReq(r.reply)
-	case reqReload:
-		sl.beginReload(r)
+		j := newJoin(len(l.slots), r.reply)
+		for _, sl := range l.slots {
+			sl.startReq(j.done)
+		}
+	case reqScale:
+		l.scale(r)
+	case reqRestart, reqReload:
+		if r.slot < 0 || r.slot >= len(l.slots) || l.slots[r.slot].removing {
+			r.reply <- fmt.Errorf("%w: %d", ErrNoSlot, r.slot)
+			return
+		}
+		if sl := l.slots[r.slot]; r.kind == reqRestart {
+			sl.restartReq(func(err error) { r.reply <- err })
+		} else {
+			sl.beginReload(r)
+		}
+	}
+}
+
+// scale adds the slots past the last and removes those past len(r.cfgs).
+func (l *loop[L]) scale(r request[L]) {
+	n := len(r.cfgs)
+	l.s.cfgMu.Lock()
+	for i, cfg := range r.cfgs {
+		if i < len(l.s.cfgs) {
+			continue // running slots keep theirs until SetConfig
+		}
+		l.s.cfgs = append(l.s.cfgs, cfg)
+	}
+	l.s.cfgMu.Unlock()
+	var adds, removes []*slot[L]
+	for i := len(l.slots); i < n; i++ {
+		sl := l.newSlot(i)
+		l.slots = append(l.slots, sl)
+		adds = append(adds, sl)
+	}
+	for _, sl := range l.slots[min(n, len(l.slots)):] {
+		if !sl.removing {
+			removes = append(removes, sl)
+		}
+	}
+	j := newJoin(len(adds)+len(removes), r.reply)
+	for _, sl := range adds {
+		sl.waitReady(sl.nextGen(), j.done)
+		sl.start()
+	}
+	for _, sl := range removes {
+		sl.removing = true
+		sl.abortReload("the app was scaled down")
+		sl.cancelBackoff()
+		sl.answerReady(ErrStopped)
+		sl.waits = append(sl.waits, waiter{stopped: true, done: j.done})
+		if sl.cur != nil {
+			sl.after = afterStay
+			sl.stopCur(ReasonStop, "scaled down")
+		} else {
+			sl.setState(Stopped, "scaled down")
+		}
+	}
+	l.prune()
+}
+
+// prune removes the slots that were scaled down once nothing of them is
+// left, from the last one back (the others keep their indices).
+func (l *loop[L]) prune() {
+	n := len(l.slots)
+	for n > 1 {
+		sl := l.slots[n-1]
+		if !sl.removing || sl.cur != nil || len(sl.side) > 0 {
+			break
+		}
+		n--
+	}
+	if n == len(l.slots) {
+		return
+	}
+	l.slots = l.slots[:n]
+	l.s.cfgMu.Lock()
+	l.s.cfgs = l.s.cfgs[:n]
+	l.s.cfgMu.Unlock()
+	l.emit(Event[L]{Kind: EventChanged, Slot: n})
+}
+
+// join answers reply once n parts are done, with the first error.
+type join struct {
+	left  int
+	err   error
+	reply chan error
+}
+
+func newJoin(n int, reply chan error) *join {
+	j := &join{left: n, reply: reply}
+	if n == 0 {
+		reply <- nil
+	}
+	return j
+}
+
+func (j *join) done(err error) {
+	if j.err == nil {
+		j.err = err
+	}
+	if j.left--; j.left == 0 {
+		j.reply <- j.err
 	}
 }
 
@@ -207,7 +316,10 @@ func (l *loop[L]) event(e event[L]) {
 		l.amend(e.exit)
 		return
 	}
-	l.slots[e.child.slot].event(e)
+	if i := e.child.Slot; i < len(l.slots) {
+		l.slots[i].event(e)
+		l.prune()
+	}
 }
 
 // amend replaces the reason and detail of a recorded exit.
@@ -259,23 +371,78 @@ func (l *loop[L]) emit(ev Event[L]) {
 	}
 }
 
-// snapshot is the status as it is now: the app's one slot.
+// snapshot is the status as it is now. With one slot, its top-level fields
+// are the slot's; with more: state running when all serve, degraded while
+// some but not all do, else the state of the slot furthest from serving;
+// pid and launch slot 0's; ready while any serves; started the earliest of
+// the running processes (the longest uptime).
 func (l *loop[L]) snapshot() *Status[L] {
-	sl := l.slots[0]
 	st := &Status[L]{
-		State:      sl.state,
-		Message:    sl.msg,
 		Restarts:   l.restarts,
 		Exits:      slices.Clone(l.exits),
 		ExitCounts: maps.Clone(l.exitCounts),
-		Started:    sl.started,
 	}
-	if c := sl.cur; c != nil && c.cmd != nil {
-		st.PID, st.Ready, st.Started, st.ReadySince, st.Launch = c.PID, c.ready && !c.stopping, c.Started, c.readySince, c.Launch
-		st.Live = append(st.Live, c)
+	serving := 0
+	worst := -1
+	for _, sl := range l.slots {
+		ss := SlotStatus[L]{Index: sl.index, State: sl.state, Message: sl.msg, Started: sl.started, Restarts: sl.restarts}
+		if c := sl.cur; c != nil && c.cmd != nil {
+			ss.PID, ss.Ready, ss.Started, ss.ReadySince, ss.Launch = c.PID, c.ready && !c.stopping, c.Started, c.readySince, c.Launch
+			st.Live = append(st.Live, c)
+		}
+		if ss.Ready && ss.State == Running {
+			serving++
+		}
+		if worst < 0 || farther(ss.State, st.Slots[worst].State) {
+			worst = len(st.Slots)
+		}
+		st.Slots = append(st.Slots, ss)
 	}
-	st.Live = append(st.Live, sl.side...)
+	for _, sl := range l.slots {
+		st.Live = append(st.Live, sl.side...)
+	}
+	first := st.Slots[0]
+	st.State, st.Message, st.PID, st.Ready, st.Started, st.ReadySince, st.Launch =
+		first.State, first.Message, first.PID, first.Ready, first.Started, first.ReadySince, first.Launch
+	if len(st.Slots) == 1 {
+		return st
+	}
+	st.Ready = serving > 0
+	switch {
+	case serving == len(st.Slots):
+		st.State, st.Message = Running, ""
+	case serving > 0:
+		st.State, st.Message = Degraded, fmt.Sprintf("%d of %d processes serve", serving, len(st.Slots))
+	default:
+		st.State, st.Message = st.Slots[worst].State, st.Slots[worst].Message
+	}
+	for _, ss := range st.Slots {
+		if ss.PID != 0 && ss.Started.Before(st.Started) {
+			st.Started = ss.Started
+		}
+	}
 	return st
+}
+
+// farther reports whether a is farther from serving than b: failed,
+// stopped, stopping, backoff, starting, then running.
+func farther(a, b State) bool {
+	rank := func(s State) int {
+		switch s {
+		case Failed:
+			return 5
+		case Stopped:
+			return 4
+		case Stopping:
+			return 3
+		case Backoff:
+			return 2
+		case Starting:
+			return 1
+		}
+		return 0
+	}
+	return rank(a) > rank(b)
 }
 
 // watch starts the observers of c (Options.Watch) until it exits.
@@ -291,12 +458,7 @@ func (l *loop[L]) watch(c *Child[L]) {
 
 // spawn starts a process for slot sl with cfg.
 func (l *loop[L]) spawn(sl *slot[L], cfg Config[L]) (*Child[L], error) {
-	c, err := l.s.spawn(cfg)
-	if err != nil {
-		return nil, err
-	}
-	c.slot = sl.index
-	return c, nil
+	return l.s.spawn(sl.index, cfg)
 }
 
 // stopProc begins stopping c for r. The stop of a process that still runs
@@ -312,7 +474,7 @@ func (l *loop[L]) stopProc(c *Child[L], r Reason, detail string) {
 	if !c.exited && l.s.opts.Events != nil {
 		c.gate = make(chan func(context.Context) int, 1)
 	}
-	l.emit(Event[L]{Kind: EventStopping, Proc: c, Reason: r, gate: c.gate})
+	l.emit(Event[L]{Kind: EventStopping, Slot: c.Slot, Proc: c, Reason: r, gate: c.gate})
 	l.s.goStopTree(c)
 }
 

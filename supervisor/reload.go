@@ -41,7 +41,7 @@ func (sl *slot[L]) beginReload(r request[L]) {
 	sl.side = append(sl.side, c)
 	sl.msg = fmt.Sprintf("reloading: new process %d starting", c.PID)
 	l.s.log.Info().Int("pid", c.PID).Int("old_pid", sl.cur.PID).Msg("reload: new process started beside the running one")
-	l.emit(Event[L]{Kind: EventStarted, Proc: c})
+	l.emit(Event[L]{Kind: EventStarted, Slot: sl.index, Proc: c})
 	l.watch(c)
 }
 
@@ -60,8 +60,9 @@ func (sl *slot[L]) incomingReady(c *Child[L]) {
 	sl.cur = c
 	sl.state, sl.msg = Running, ""
 	l.restarts++
+	sl.restarts++
 	l.s.log.Info().Int("pid", c.PID).Int("old_pid", old.PID).Msg("reload: new process serves; stopping the old one")
-	l.emit(Event[L]{Kind: EventSwapped, Proc: c, Old: old})
+	l.emit(Event[L]{Kind: EventSwapped, Slot: sl.index, Proc: c, Old: old})
 	l.stopProc(old, ReasonReload, fmt.Sprintf("replaced by %d in a reload", c.PID))
 	sl.settle()
 }
@@ -111,7 +112,7 @@ func (sl *slot[L]) finishSide(c *Child[L], ex Exit) {
 	if sl.reload == nil && (sl.state == Running || sl.state == Starting) {
 		sl.msg = ""
 	}
-	l.emit(Event[L]{Kind: EventGone, Proc: c, Reason: ex.Reason})
+	l.emit(Event[L]{Kind: EventGone, Slot: sl.index, Proc: c, Reason: ex.Reason})
 	if rl != nil {
 		rl.reply <- answer // after the status that shows it
 	}

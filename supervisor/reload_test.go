@@ -47,7 +47,7 @@ func TestReloadReplacesTheProcessAfterSwap(t *testing.T) {
 
 	next := cfg
 	next.Launch = "new"
-	if err := h.s.Reload(context.Background(), next, waitTime); err != nil {
+	if err := h.s.Reload(context.Background(), 0, next, waitTime); err != nil {
 		t.Fatal(err)
 	}
 	// Reload answers once the old process is gone.
@@ -105,7 +105,7 @@ func TestReloadFailureKeepsTheOldProcess(t *testing.T) {
 			argv, env := appCommand(tc.mode[0], tc.mode[1:]...)
 			next := defaultConfig(argv, env)
 			next.Launch = tc.tag
-			err := h.s.Reload(context.Background(), next, 2*time.Second)
+			err := h.s.Reload(context.Background(), 0, next, 2*time.Second)
 			if !errors.Is(err, ErrReloadFailed) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "old one keeps serving") {
 				t.Fatalf("reload: %v, want an error saying %q", err, tc.want)
 			}
@@ -130,7 +130,7 @@ func TestReloadOfAnAppNotServing(t *testing.T) {
 	argv, env := appCommand("sleep")
 	h := start(t, defaultConfig(argv, env), Options[string]{}) // never ready
 	h.waitState(Starting)
-	if err := h.s.Reload(context.Background(), h.s.Config(), time.Second); err != ErrNotServing {
+	if err := h.s.Reload(context.Background(), 0, h.s.Config(0), time.Second); err != ErrNotServing {
 		t.Fatalf("reload while starting: %v, want ErrNotServing", err)
 	}
 }
@@ -162,7 +162,7 @@ func TestGateRunsBeforeRequestedStopsOnly(t *testing.T) {
 		})
 	})
 	h.waitState(Running)
-	if err := h.s.Restart(context.Background()); err != nil {
+	if err := h.s.Restart(context.Background(), 0); err != nil {
 		t.Fatal(err)
 	}
 	// Restart answers once the new process is ready.

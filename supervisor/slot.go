@@ -16,6 +16,9 @@ type slot[L any] struct {
 	state   State
 	msg     string
 	started time.Time // of the last start, also one that failed to spawn
+	// restarts counts the slot's starts after its first, and its reloads.
+	restarts int
+	removing bool // scaled down: removed once its processes are gone
 
 	cur     *Child[L]
 	side    []*Child[L]
@@ -30,12 +33,12 @@ type slot[L any] struct {
 type waiter struct {
 	stopped bool // wait until stopped; else until ready
 	from    uint64
-	reply   chan error
+	done    func(error)
 }
 
 func (sl *slot[L]) setState(st State, msg string) {
 	sl.state, sl.msg = st, msg
-	sl.l.emit(Event[L]{Kind: EventChanged})
+	sl.l.emit(Event[L]{Kind: EventChanged, Slot: sl.index})
 	sl.settle()
 }
 
@@ -56,7 +59,7 @@ func (sl *slot[L]) settle() {
 		default:
 			return false
 		}
-		w.reply <- err
+		w.done(err)
 		return true
 	})
 }
@@ -75,7 +78,7 @@ func (sl *slot[L]) ended(c *Child[L], ex Exit) {
 		if w.stopped || w.from > c.Gen {
 			return false
 		}
-		w.reply <- err
+		w.done(err)
 		return true
 	})
 }
@@ -86,30 +89,30 @@ func (sl *slot[L]) answerReady(err error) {
 		if w.stopped {
 			return false
 		}
-		w.reply <- err
+		w.done(err)
 		return true
 	})
 }
 
 func (sl *slot[L]) answerAll(err error) {
 	for _, w := range sl.waits {
-		w.reply <- err
+		w.done(err)
 	}
 	sl.waits = nil
 }
 
-func (sl *slot[L]) waitReady(from uint64, reply chan error) {
-	sl.waits = append(sl.waits, waiter{from: from, reply: reply})
+func (sl *slot[L]) waitReady(from uint64, done func(error)) {
+	sl.waits = append(sl.waits, waiter{from: from, done: done})
 }
 
 // nextGen is the generation of the next process to be spawned.
 func (sl *slot[L]) nextGen() uint64 { return sl.l.s.gen.Load() + 1 }
 
-func (sl *slot[L]) stopReq(reply chan error) {
+func (sl *slot[L]) stopReq(done func(error)) {
 	sl.abortReload("the app was stopped")
 	sl.cancelBackoff()
 	sl.answerReady(ErrStopped)
-	sl.waits = append(sl.waits, waiter{stopped: true, reply: reply})
+	sl.waits = append(sl.waits, waiter{stopped: true, done: done})
 	if sl.cur != nil {
 		sl.after = afterStay
 		sl.stopCur(ReasonStop, "stopped by request")
@@ -118,10 +121,10 @@ func (sl *slot[L]) stopReq(reply chan error) {
 	sl.setState(Stopped, "stopped by request")
 }
 
-func (sl *slot[L]) restartReq(reply chan error) {
+func (sl *slot[L]) restartReq(done func(error)) {
 	sl.abortReload("the app was restarted")
 	sl.track.Reset()
-	sl.waitReady(sl.nextGen(), reply)
+	sl.waitReady(sl.nextGen(), done)
 	if sl.cur != nil {
 		sl.after = afterRestart
 		sl.stopCur(ReasonRestart, "restarted by request")
@@ -131,18 +134,18 @@ func (sl *slot[L]) restartReq(reply chan error) {
 	sl.start()
 }
 
-func (sl *slot[L]) startReq(reply chan error) {
+func (sl *slot[L]) startReq(done func(error)) {
 	switch c := sl.cur; {
 	case c != nil && !c.stopping:
-		sl.waitReady(c.Gen, reply) // at once when it is ready
+		sl.waitReady(c.Gen, done) // at once when it is ready
 		sl.settle()
 	case c != nil:
 		sl.after = afterRestart // start after the stop under way
-		sl.waitReady(sl.nextGen(), reply)
+		sl.waitReady(sl.nextGen(), done)
 	default:
 		sl.cancelBackoff()
 		sl.track.Reset()
-		sl.waitReady(sl.nextGen(), reply)
+		sl.waitReady(sl.nextGen(), done)
 		sl.start()
 	}
 }
@@ -151,16 +154,17 @@ func (sl *slot[L]) startReq(reply chan error) {
 // so the restart policy (and in the end the failed state) applies to it too.
 func (sl *slot[L]) start() {
 	l := sl.l
-	if l.s.gen.Load() > 0 {
+	if !sl.started.IsZero() {
 		l.restarts++
+		sl.restarts++
 	}
 	sl.after = afterDecide
 	sl.started = l.s.clk.Now()
-	c, err := l.spawn(sl, l.s.Config())
+	c, err := l.spawn(sl, l.s.Config(sl.index))
 	if err != nil {
 		l.s.log.Error().Err(err).Msg("cannot start app")
 		now := l.s.clk.Now()
-		c = &Child[L]{s: l.s, slot: sl.index, Gen: l.s.gen.Add(1), Started: now, cancel: func() {}}
+		c = &Child[L]{s: l.s, Slot: sl.index, Gen: l.s.gen.Add(1), Started: now, cancel: func() {}}
 		c.exited, c.exitedAt, c.treeGone, c.stopping = true, now, true, true
 		c.final = &Exit{At: now, Reason: ReasonCrashed, Detail: err.Error()}
 		sl.cur = c
@@ -169,7 +173,7 @@ func (sl *slot[L]) start() {
 	}
 	sl.cur = c
 	sl.state, sl.msg = Starting, ""
-	l.emit(Event[L]{Kind: EventStarted, Proc: c})
+	l.emit(Event[L]{Kind: EventStarted, Slot: sl.index, Proc: c})
 	l.watch(c)
 }
 
@@ -205,7 +209,7 @@ func (sl *slot[L]) event(e event[L]) {
 			return
 		}
 		sl.state, sl.msg = Running, ""
-		l.emit(Event[L]{Kind: EventReady, Proc: c})
+		l.emit(Event[L]{Kind: EventReady, Slot: sl.index, Proc: c})
 		sl.settle()
 	case evRestart:
 		if r, _ := c.requested(); r != "" || c.stopping {
@@ -248,6 +252,7 @@ func (sl *slot[L]) finish(c *Child[L]) {
 	}
 	l := sl.l
 	ex := *c.final
+	ex.Slot = sl.index
 	l.record(ex)
 	if c != sl.cur {
 		sl.side = deleteChild(sl.side, c)
@@ -255,7 +260,7 @@ func (sl *slot[L]) finish(c *Child[L]) {
 		return
 	}
 	sl.cur = nil
-	l.emit(Event[L]{Kind: EventGone, Proc: c, Reason: ex.Reason})
+	l.emit(Event[L]{Kind: EventGone, Slot: sl.index, Proc: c, Reason: ex.Reason})
 	sl.ended(c, ex)
 	sl.next(c, ex)
 }
@@ -269,6 +274,10 @@ func (sl *slot[L]) next(c *Child[L], ex Exit) {
 		sl.setState(Stopped, "")
 		return
 	}
+	if sl.removing {
+		sl.setState(Stopped, "scaled down")
+		return
+	}
 	switch sl.after {
 	case afterStay:
 		sl.setState(Stopped, "stopped by request")
@@ -279,7 +288,7 @@ func (sl *slot[L]) next(c *Child[L], ex Exit) {
 		if c.ready {
 			readyFor = c.exitedAt.Sub(c.readySince)
 		}
-		cfg := l.s.Config()
+		cfg := l.s.Config(sl.index)
 		sl.track.Policy = cfg.Policy
 		d := sl.track.Decide(ex, readyFor, l.s.clk.Now())
 		switch {

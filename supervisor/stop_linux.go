@@ -18,7 +18,7 @@ const killRounds = 5
 // gated stop of a process still running), the stop waits first for the
 // answer to EventStopping and runs its drain.
 func (s *Supervisor[L]) goStopTree(c *Child[L]) {
-	cfg := s.Config()
+	cfg := s.Config(c.Slot)
 	gate := c.gate
 	go func() {
 		if gate != nil {

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -85,7 +86,22 @@ type Options[L any] struct {
 	OnTick func()
 }
 
-// Status is a snapshot of the supervisor's state.
+// SlotStatus is one slot's part of a Status.
+type SlotStatus[L any] struct {
+	Index      int
+	State      State
+	Message    string
+	PID        int // 0 when no process runs
+	Ready      bool
+	Started    time.Time
+	ReadySince time.Time
+	Restarts   int
+	Launch     L // of its current process; the zero L when none runs
+}
+
+// Status is a snapshot of the supervisor's state. With one slot its
+// top-level fields are the slot's; with more they sum the slots up as the
+// contract's "Instances" says (see snapshot).
 type Status[L any] struct {
 	State      State
 	PID        int       // 0 when no process runs
@@ -99,9 +115,10 @@ type Status[L any] struct {
 	ExitCounts map[Reason]uint64
 	Message    string // why the state is what it is, for failed and backoff
 	Launch     L      // of the current process; the zero L when none runs
-	// Live lists every process started and not yet gone, the current one
-	// first (a reload runs two).
-	Live []*Child[L]
+	// Live lists every process started and not yet gone, the current ones
+	// first (a reload runs two in its slot).
+	Live  []*Child[L]
+	Slots []SlotStatus[L]
 }
 
 // Supervisor runs the app's processes and keeps them running. Its state
@@ -113,7 +130,7 @@ type Supervisor[L any] struct {
 	*table
 
 	cfgMu sync.Mutex
-	cfg   Config[L]
+	cfgs  []Config[L] // per slot; the loop reads them at each start
 
 	reqs   chan request[L]
 	events chan event[L]
@@ -122,8 +139,15 @@ type Supervisor[L any] struct {
 	gen    atomic.Uint64
 }
 
-// New returns a supervisor for cfg. It starts nothing until Run.
+// New returns a supervisor of one slot for cfg. It starts nothing until
+// Run.
 func New[L any](cfg Config[L], opts Options[L]) *Supervisor[L] {
+	return NewSlots([]Config[L]{cfg}, opts)
+}
+
+// NewSlots returns a supervisor of one slot for each of cfgs (at least
+// one). It starts nothing until Run.
+func NewSlots[L any](cfgs []Config[L], opts Options[L]) *Supervisor[L] {
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
 	}
@@ -132,7 +156,7 @@ func New[L any](cfg Config[L], opts Options[L]) *Supervisor[L] {
 		clk:    opts.Clock,
 		opts:   opts,
 		table:  newTable(opts.Log),
-		cfg:    cfg,
+		cfgs:   slices.Clone(cfgs),
 		reqs:   make(chan request[L]),
 		events: make(chan event[L], 16),
 		done:   make(chan struct{}),
@@ -141,37 +165,64 @@ func New[L any](cfg Config[L], opts Options[L]) *Supervisor[L] {
 	return s
 }
 
-// SetConfig replaces the config; it applies from the next start of the app.
-func (s *Supervisor[L]) SetConfig(cfg Config[L]) {
+// SetConfig replaces the config of slot; it applies from the slot's next
+// start. A slot past the last is ignored (Scale adds slots).
+func (s *Supervisor[L]) SetConfig(slot int, cfg Config[L]) {
 	s.cfgMu.Lock()
-	s.cfg = cfg
+	if slot < len(s.cfgs) {
+		s.cfgs[slot] = cfg
+	}
 	s.cfgMu.Unlock()
 }
 
-// Config returns the config the next start will use.
-func (s *Supervisor[L]) Config() Config[L] {
+// Config returns the config the next start of slot will use (the last
+// slot's for one past it).
+func (s *Supervisor[L]) Config(slot int) Config[L] {
 	s.cfgMu.Lock()
 	defer s.cfgMu.Unlock()
-	return s.cfg
+	return s.cfgs[min(slot, len(s.cfgs)-1)]
+}
+
+// Slots returns how many slots the app has (or is being scaled to).
+func (s *Supervisor[L]) Slots() int {
+	s.cfgMu.Lock()
+	defer s.cfgMu.Unlock()
+	return len(s.cfgs)
 }
 
 // Status returns the latest status. It never blocks on the supervisor.
 func (s *Supervisor[L]) Status() Status[L] { return *s.status.Load() }
 
-// Restart stops the app (reason restart) and starts it again at once,
-// clearing a failed state and the backoff. It returns once the new process
-// is ready, or with an error wrapping ErrStartFailed when it ended first.
-func (s *Supervisor[L]) Restart(ctx context.Context) error {
-	return s.ask(ctx, request[L]{kind: reqRestart})
+// ErrNoSlot is returned for a slot the app does not have.
+var ErrNoSlot = errors.New("no such app process slot")
+
+// Restart stops slot's process (reason restart, gated) and starts it again
+// at once, clearing a failed state and the backoff. It returns once the new
+// process is ready, or with an error wrapping ErrStartFailed when it ended
+// first.
+func (s *Supervisor[L]) Restart(ctx context.Context, slot int) error {
+	return s.ask(ctx, request[L]{kind: reqRestart, slot: slot})
 }
 
-// Stop stops the app (reason stop) and returns once its tree is gone; it
-// stays stopped until Start or Restart.
+// Stop stops every slot's process (reason stop) and returns once their
+// trees are gone; they stay stopped until Start or Restart.
 func (s *Supervisor[L]) Stop(ctx context.Context) error { return s.ask(ctx, request[L]{kind: reqStop}) }
 
-// Start starts a stopped or failed app, or one waiting in backoff, and
-// returns once its process is ready (at once when it is), or with an error
-// wrapping ErrStartFailed when it ended first.
+// Scale makes the app's slots those of cfgs, one config each: slots past
+// the current last are added and started, slots past len(cfgs) are stopped
+// (gated) and removed, the others are not touched (their configs apply
+// from their next start). It returns once the new ones are ready and the
+// removed ones gone.
+func (s *Supervisor[L]) Scale(ctx context.Context, cfgs []Config[L]) error {
+	if len(cfgs) == 0 {
+		return errors.New("scale: at least one slot")
+	}
+	return s.ask(ctx, request[L]{kind: reqScale, cfgs: cfgs})
+}
+
+// Start starts every stopped or failed slot, or one waiting in backoff,
+// and returns once each one's process is ready (at once when it is), or
+// with an error wrapping ErrStartFailed when one ended first.
 func (s *Supervisor[L]) Start(ctx context.Context) error {
 	return s.ask(ctx, request[L]{kind: reqStart})
 }
@@ -187,14 +238,14 @@ var ErrReloadBusy = errors.New("a reload is already under way")
 // keeps serving.
 var ErrReloadFailed = errors.New("reload failed")
 
-// Reload starts a new process with cfg beside the current one. Once the
+// Reload starts a new process with cfg beside slot's current one. Once the
 // new one is ready it takes the app's place (EventSwapped) and the old one
 // is stopped, gated, with reason reload; Reload returns once the old one is
 // gone. If the new process exits, asks for a restart or is not ready within
 // timeout first, its tree is stopped, the old one keeps running, and Reload
 // returns an error wrapping ErrReloadFailed that says why.
-func (s *Supervisor[L]) Reload(ctx context.Context, cfg Config[L], timeout time.Duration) error {
-	return s.ask(ctx, request[L]{kind: reqReload, cfg: cfg, timeout: timeout})
+func (s *Supervisor[L]) Reload(ctx context.Context, slot int, cfg Config[L], timeout time.Duration) error {
+	return s.ask(ctx, request[L]{kind: reqReload, slot: slot, cfg: cfg, timeout: timeout})
 }
 
 // ask hands r to the loop and waits for its answer, which the loop gives
@@ -223,12 +274,15 @@ const (
 	reqStop
 	reqStart
 	reqReload
+	reqScale
 )
 
 type request[L any] struct {
 	kind  reqKind
 	reply chan error // buffered: the loop never waits on it
+	slot  int        // reqRestart, reqReload
 	// For reqReload:
 	cfg     Config[L]
 	timeout time.Duration
+	cfgs    []Config[L] // reqScale
 }

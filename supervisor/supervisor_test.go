@@ -127,6 +127,18 @@ func (h *harness) waitFor(what string, cond func(Status[string]) bool) Status[st
 	}
 }
 
+// sawState reports whether the app's state was ever st.
+func (h *harness) sawState(st State) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, s := range h.history {
+		if s == st {
+			return true
+		}
+	}
+	return false
+}
+
 // swaps counts the reload swaps seen.
 func (h *harness) swaps() int {
 	h.mu.Lock()
@@ -262,7 +274,7 @@ func TestCrashLoopReachesFailedAfterMaxRestarts(t *testing.T) {
 	}
 	// Restart clears the failed state, and answers with how the new
 	// process ended, which it did before it was ready.
-	err := h.s.Restart(context.Background())
+	err := h.s.Restart(context.Background(), 0)
 	if !errors.Is(err, ErrStartFailed) || !strings.Contains(err.Error(), "crashed (code 3)") {
 		t.Fatalf("restart of a crashing app: %v, want ErrStartFailed saying crashed (code 3)", err)
 	}
@@ -379,7 +391,7 @@ func TestRestartLeavesNoProcessOfOldTree(t *testing.T) {
 					t.Fatalf("pid %d not alive before restart", p)
 				}
 			}
-			if err := h.s.Restart(context.Background()); err != nil {
+			if err := h.s.Restart(context.Background(), 0); err != nil {
 				t.Fatal(err)
 			}
 			if st := h.s.Status(); st.Restarts != 1 || st.State != Running {

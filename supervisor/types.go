@@ -70,4 +70,5 @@ type Exit struct {
 	Uptime time.Duration `json:"-"`
 	Detail string        `json:"detail,omitempty"`
 	PID    int           `json:"-"`
+	Slot   int           `json:"-"` // the index of the slot it ran in
 }

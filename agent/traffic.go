@@ -61,6 +61,10 @@ func (a *Agent) metricsSnapshot() metrics.Snapshot {
 	for r, n := range st.ExitCounts {
 		snap.Exits[r] = n
 	}
+	for _, in := range s.Instances {
+		snap.Slots = append(snap.Slots, metrics.SlotSnapshot{Index: in.Index, Up: in.PID != nil, Ready: in.Ready,
+			Restarts: uint64(in.Restarts), RSSBytes: in.RSSBytes, CPUSeconds: in.CPUPercent / 100, UptimeSeconds: in.UptimeSeconds})
+	}
 	if a.proxy != nil {
 		ps := a.proxy.Stats()
 		snap.Proxy = &metrics.ProxySnapshot{InFlight: ps.InFlight, Held: ps.Held, Replayed: ps.Replayed, Failed: ps.Failed}

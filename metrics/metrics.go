@@ -43,6 +43,20 @@ type Snapshot struct {
 	LogDropped    uint64                      // log lines the agent's log sinks dropped
 
 	Proxy *ProxySnapshot // nil when the traffic front is off
+
+	// Slots are the app's processes, one a slot (app.instances), with the
+	// series labelled slot="INDEX".
+	Slots []SlotSnapshot
+}
+
+// SlotSnapshot is one app process slot's part of a Snapshot.
+type SlotSnapshot struct {
+	Index         int
+	Up, Ready     bool
+	Restarts      uint64
+	RSSBytes      uint64
+	CPUSeconds    float64 // CPU use over the last sampling second, in CPU seconds a second
+	UptimeSeconds float64
 }
 
 // ProxySnapshot is the traffic front's part of a Snapshot. Requests by
@@ -203,6 +217,20 @@ func (m *Metrics) write(e *expo, s Snapshot) {
 	e.sample("agent_app_oom_kills_total", "", "", float64(s.OOMKills))
 	e.help("agent_app_uptime_seconds", "gauge", "How long the current app process has run; 0 when none runs.")
 	e.sample("agent_app_uptime_seconds", "", "", s.UptimeSeconds)
+	if len(s.Slots) > 0 {
+		slot := func(name, typ, help string, v func(SlotSnapshot) float64) {
+			e.help(name, typ, help)
+			for _, sl := range s.Slots {
+				e.sample(name, "slot", strconv.Itoa(sl.Index), v(sl))
+			}
+		}
+		slot("agent_app_process_up", "gauge", "Whether the slot's process runs (1) or not (0).", func(sl SlotSnapshot) float64 { return b2f(sl.Up) })
+		slot("agent_app_process_ready", "gauge", "Whether the slot's process is ready (1) or not (0).", func(sl SlotSnapshot) float64 { return b2f(sl.Ready) })
+		slot("agent_app_process_restarts_total", "counter", "Restarts of the slot's process since the agent started.", func(sl SlotSnapshot) float64 { return float64(sl.Restarts) })
+		slot("agent_app_process_rss_bytes", "gauge", "Resident memory of the slot's process tree.", func(sl SlotSnapshot) float64 { return float64(sl.RSSBytes) })
+		slot("agent_app_process_cpu_usage", "gauge", "CPU use of the slot's process tree over the last second (1 = one CPU).", func(sl SlotSnapshot) float64 { return sl.CPUSeconds })
+		slot("agent_app_process_uptime_seconds", "gauge", "How long the slot's process has run; 0 when none runs.", func(sl SlotSnapshot) float64 { return sl.UptimeSeconds })
+	}
 	e.help("agent_log_dropped_lines_total", "counter", "Log lines dropped because a log sink (stderr, the log file) could not keep up.")
 	e.sample("agent_log_dropped_lines_total", "", "", float64(s.LogDropped))
 

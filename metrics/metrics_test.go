@@ -349,3 +349,33 @@ type discardResponse struct{}
 func (discardResponse) Header() http.Header         { return http.Header{} }
 func (discardResponse) Write(p []byte) (int, error) { return len(p), nil }
 func (discardResponse) WriteHeader(int)             {}
+
+func TestSlotSeries(t *testing.T) {
+	m := New(func() Snapshot {
+		return Snapshot{State: lifecycle.Degraded, Up: true, Ready: true, Slots: []SlotSnapshot{
+			{Index: 0, Up: true, Ready: true, Restarts: 2, RSSBytes: 100 << 20, CPUSeconds: 0.5, UptimeSeconds: 30},
+			{Index: 1, Up: false, Restarts: 5},
+		}}
+	})
+	fams := scrape(t, serve(t, m))
+	for _, c := range []struct {
+		name, slot string
+		want       float64
+	}{
+		{"agent_app_process_up", "0", 1},
+		{"agent_app_process_up", "1", 0},
+		{"agent_app_process_ready", "1", 0},
+		{"agent_app_process_restarts_total", "0", 2},
+		{"agent_app_process_restarts_total", "1", 5},
+		{"agent_app_process_rss_bytes", "0", 100 << 20},
+		{"agent_app_process_cpu_usage", "0", 0.5},
+		{"agent_app_process_uptime_seconds", "0", 30},
+	} {
+		if got := value(t, fams, c.name, "slot", c.slot); got != c.want {
+			t.Errorf("%s{slot=%q} = %v, want %v", c.name, c.slot, got, c.want)
+		}
+	}
+	if got := value(t, fams, "agent_app_state", "state", "degraded"); got != 1 {
+		t.Errorf("agent_app_state{state=degraded} = %v, want 1", got)
+	}
+}

@@ -25,10 +25,10 @@ import (
 //     requests and lets the process's in-flight ones finish (proxy.Gate).
 type front struct {
 	a *Agent
-	// routed is the PID of the process the proxy sends requests to, 0 when
-	// none; drains holds, by PID, the drain of each process a reload routed
-	// away from, until its gated stop takes it.
-	routed int
+	// routed is, by slot, the PID of the process the proxy sends that
+	// slot's requests to (absent: none); drains holds, by PID, the drain of
+	// each process a reload routed away from, until its gated stop takes it.
+	routed map[int]int
 	drains map[int]func(context.Context) int
 
 	draining  bool // on shutdown, for stop.drain: the health page says draining
@@ -45,7 +45,7 @@ type view struct {
 }
 
 func newFront(a *Agent) *front {
-	f := &front{a: a, drains: map[int]func(context.Context) int{}}
+	f := &front{a: a, routed: map[int]int{}, drains: map[int]func(context.Context) int{}}
 	a.view.Store(&view{changed: make(chan struct{})})
 	return f
 }
@@ -59,7 +59,7 @@ func (f *front) handle(ev appEvent) {
 	} else if ev.Gated() {
 		ev.Gate(nil)
 	}
-	serving := st.State == supervisor.Running && st.Ready
+	serving := serving(st)
 	if !f.draining {
 		f.a.health.Set(st.State, serving)
 	}
@@ -76,20 +76,24 @@ func (f *front) handle(ev appEvent) {
 	f.publish()
 }
 
-// route steers the proxy after ev; see the type's comment.
+// route steers the proxy after ev; see the type's comment. Each slot is
+// routed on its own: a slot's process joins the routing set when it is
+// ready and leaves it when it is not; requests are held only while no slot
+// is ready, and refused while the app as a whole is failed or stopped.
 func (f *front) route(ev appEvent) {
 	p := f.a.proxy
 	switch ev.Kind {
 	case supervisor.EventSwapped:
-		f.drains[ev.Old.PID] = p.Route(ev.Proc.Launch.upstream)
-		f.routed = ev.Proc.PID
+		f.drains[ev.Old.PID] = p.Route(ev.Slot, ev.Proc.Launch.upstream)
+		f.routed[ev.Slot] = ev.Proc.PID
 		return
 	case supervisor.EventStopping:
 		if ev.Gated() {
 			switch pid := ev.Proc.PID; {
-			case pid == f.routed:
-				f.routed = 0
-				ev.Gate(p.Gate)
+			case f.routed[ev.Slot] == pid:
+				delete(f.routed, ev.Slot)
+				slot := ev.Slot
+				ev.Gate(func(ctx context.Context) int { return p.Gate(ctx, slot) })
 			case f.drains[pid] != nil:
 				ev.Gate(f.drains[pid])
 				delete(f.drains, pid)
@@ -101,19 +105,31 @@ func (f *front) route(ev appEvent) {
 		delete(f.drains, ev.Proc.PID)
 	}
 	st := ev.Status
-	switch {
-	case st.State == supervisor.Running && st.Ready:
-		if f.routed != st.PID {
-			// Once per process: the proxy takes Ready as "a new process".
-			f.routed = st.PID
-			p.Ready(st.Launch.upstream)
-		}
-	case st.State == supervisor.Failed || st.State == supervisor.Stopped:
-		f.routed = 0
+	if st.State == supervisor.Failed || st.State == supervisor.Stopped {
+		clear(f.routed)
 		p.Down()
-	default:
-		f.routed = 0
-		p.NotReady()
+		return
+	}
+	for slot := range f.routed {
+		if slot >= len(st.Slots) { // scaled down
+			delete(f.routed, slot)
+			p.NotReady(slot)
+		}
+	}
+	for _, ss := range st.Slots {
+		switch {
+		case ss.State == supervisor.Running && ss.Ready:
+			if f.routed[ss.Index] != ss.PID {
+				// Once per process: the proxy takes Ready as "a new process".
+				f.routed[ss.Index] = ss.PID
+				p.Ready(ss.Index, ss.Launch.upstream)
+			}
+		default:
+			// Not serving: out of the routing set (after Down: held again,
+			// not refused); a no-op when it is out already.
+			delete(f.routed, ss.Index)
+			p.NotReady(ss.Index)
+		}
 	}
 }
 

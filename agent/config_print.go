@@ -86,8 +86,20 @@ func (c *Config) effective(k schemaKey, v reflect.Value, heapCapMB int) (value, 
 			value, note = strconv.Itoa(h.MB), "MB"
 		}
 	case "app.instances":
+		n := c.App.Instances.Count()
 		if c.App.Instances.Auto {
-			note = fmt.Sprintf("%d: the CPUs the agent may use", c.App.Instances.Count())
+			note = fmt.Sprintf("%d: the CPUs the agent may use", n)
+		}
+		if c.ProxyEnabled() {
+			first, _ := upstreamPorts(c)
+			ports := make([]string, n)
+			for i := range ports {
+				ports[i] = strconv.Itoa(first + i)
+			}
+			if note != "" {
+				note += "; "
+			}
+			note += "ports " + strings.Join(ports, ", ")
 		}
 	case "probe.http":
 		if !c.Probe.Enabled() {

@@ -239,12 +239,12 @@ func TestWriteEffectiveInstances(t *testing.T) {
 		want []string
 	}{
 		{"instances = 3\n[proxy]\nlisten = \":80\"\naffinity = \"cookie\"\n", []string{
-			"instances = 3\n",
+			"instances = 3  # ports 3000, 3001, 3002\n",
 			`spare_upstream = ""  # the port after the last process: 3003` + "\n",
 			`affinity = "cookie"` + "\n",
 		}},
 		{"instances = \"auto\"\n[proxy]\nlisten = \":80\"\nspare_upstream = \"127.0.0.1:4000\"\n", []string{
-			`instances = "auto"  # ` + strconv.Itoa(Instances{Auto: true}.Count()) + ": the CPUs the agent may use\n",
+			`instances = "auto"  # ` + strconv.Itoa(Instances{Auto: true}.Count()) + ": the CPUs the agent may use; ports 3000",
 			`spare_upstream = "127.0.0.1:4000"` + "\n",
 			`affinity = ""  # balance every request` + "\n",
 		}},

@@ -252,3 +252,28 @@ func killApp(t *testing.T, pid int) {
 		t.Fatal(err)
 	}
 }
+
+func TestInstancesChangedOnSIGHUP(t *testing.T) {
+	text, _, _ := instancesConfig(t, 2, "64")
+	r := startAgent(t, text)
+	pids := pidsOf(r.allReady(2))
+	// Only the slot that changes starts: 0 and 1 are not touched.
+	if err := os.WriteFile(r.cfg.Path, []byte(strings.Replace(strings.ReplaceAll(text, "SOCKET", r.socket), "instances = 2", "instances = 3", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.reload <- struct{}{}
+	s := r.allReady(3)
+	if got := pidsOf(s); got[0] != pids[0] || got[1] != pids[1] {
+		t.Errorf("after instances 2 → 3 on SIGHUP: pids %v, want %v kept", got, pids)
+	}
+	// A config the running agent cannot take is refused, the 3 kept.
+	bad := strings.Replace(strings.ReplaceAll(text, "SOCKET", r.socket), "instances = 2", "instances = 0", 1)
+	if err := os.WriteFile(r.cfg.Path, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.reload <- struct{}{}
+	r.reload <- struct{}{} // taken once the first is done
+	if s := r.ctlStatus(); len(s.Instances) != 3 || s.State != "running" {
+		t.Errorf("after a refused config: %+v", s.Instances)
+	}
+}

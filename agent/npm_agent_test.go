@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"agent/internal/procfs"
 	"agent/internal/testapp"
+	"agent/internal/testkit"
 )
 
 // treeComms returns the command names of the agent's descendants: the app's
@@ -168,4 +170,73 @@ func TestNextStartBehindTheProxy(t *testing.T) {
 	r.waitState("running")
 	r.ask("reload", r.client().Reload)
 	l.finish(t)
+}
+
+// TestNextStartInstancesBehindTheProxy: two processes of a real Next.js app
+// under npm start (PM2's cluster mode cannot run it): both serve, and a
+// rolling reload under load loses nothing.
+func TestNextStartInstancesBehindTheProxy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a Next.js app")
+	}
+	node := needNode(t)
+	dir := testapp.NextApp(t)
+	ports := testkit.Ports(t, 4) // the proxy, two processes, the spare
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	r := startAgent(t, fmt.Sprintf(`
+name = "web"
+[app]
+command = ["npm", "start"]
+dir = %q
+env = { PATH = "%s:/usr/bin:/bin", NEXT_TELEMETRY_DISABLED = "1" }
+instances = 2
+[node]
+max_old_space_size = 256
+[stop]
+timeout = "5s"
+[memory]
+watch_oom = false
+[health]
+listen = "127.0.0.1:0"
+[control]
+socket = "SOCKET"
+[proxy]
+listen = %q
+upstream = "127.0.0.1:%d"
+`, dir, filepath.Dir(node), addr, ports[1]))
+	s := r.allReady(2)
+	for _, in := range s.Instances {
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", *in.PID)); !strings.HasPrefix(string(comm), "next-server") {
+			t.Errorf("instance %d: pid %d is %q, want next-server", in.Index, *in.PID, comm)
+		}
+	}
+	base := "http://" + addr
+	got := map[int]bool{}
+	for range 40 {
+		resp, err := http.Get(base + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET /: %d", resp.StatusCode)
+		}
+	}
+	for _, in := range r.ctlStatus().Instances {
+		got[in.Index] = in.Ready
+	}
+	if !got[0] || !got[1] {
+		t.Errorf("instances ready after serving: %v", got)
+	}
+	l := startLoadPath(base, 4, "/")
+	s = *r.ask("reload", r.client().Reload)
+	l.finish(t)
+	for i, in := range s.Instances {
+		if old := *r.a.Status().Instances[i].PID; !in.Ready || old == 0 {
+			t.Errorf("after reload: %+v", s.Instances)
+		}
+	}
+	if len(s.Exits) != 2 || s.Exits[0].Reason != "reload" || s.Exits[1].Reason != "reload" {
+		t.Errorf("exits after the rolling reload: %+v", s.Exits)
+	}
 }

@@ -81,7 +81,7 @@ func (f *front) route(ev appEvent) {
 	p := f.a.proxy
 	switch ev.Kind {
 	case supervisor.EventSwapped:
-		f.drains[ev.Old.PID] = p.Route(ev.Proc.Launch.upstream)
+		f.drains[ev.Old.PID] = p.Route(0, ev.Proc.Launch.upstream)
 		f.routed = ev.Proc.PID
 		return
 	case supervisor.EventStopping:
@@ -89,7 +89,7 @@ func (f *front) route(ev appEvent) {
 			switch pid := ev.Proc.PID; {
 			case pid == f.routed:
 				f.routed = 0
-				ev.Gate(p.Gate)
+				ev.Gate(func(ctx context.Context) int { return p.Gate(ctx, 0) })
 			case f.drains[pid] != nil:
 				ev.Gate(f.drains[pid])
 				delete(f.drains, pid)
@@ -106,14 +106,14 @@ func (f *front) route(ev appEvent) {
 		if f.routed != st.PID {
 			// Once per process: the proxy takes Ready as "a new process".
 			f.routed = st.PID
-			p.Ready(st.Launch.upstream)
+			p.Ready(0, st.Launch.upstream)
 		}
 	case st.State == supervisor.Failed || st.State == supervisor.Stopped:
 		f.routed = 0
 		p.Down()
 	default:
 		f.routed = 0
-		p.NotReady()
+		p.NotReady(0)
 	}
 }
 

@@ -70,7 +70,7 @@ func BenchmarkForward(b *testing.B) {
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
 	b.Cleanup(func() { cancel(); <-done })
-	p.Ready(up)
+	p.Ready(0, up)
 
 	c, err := net.Dial("tcp", p.Addr().String())
 	if err != nil {

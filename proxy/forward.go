@@ -45,35 +45,45 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.cfg.Observe(code, p.clk.Now().Sub(start))
 }
 
-// forward sends r to the current app process, holding it while there is
-// none and replaying it once when that is safe. It returns the status the
+// forward sends r to a ready app process, holding it while there is none
+// and replaying it once when that is safe. It returns the status the
 // client got.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 	var (
-		deadline time.Time // end of the hold, set when first held
-		minGen   uint64    // only a pool at least this new may take the request
-		fresh    bool      // the next attempt dials a new connection
-		retried  bool      // sent again on a new connection to the same process
-		replayed bool      // sent again to a newer process
+		deadline  time.Time // end of the hold, set when first held
+		failedBuf [4]*pool
+		failed    = failedBuf[:0] // pools this request may not go to again
+		again     *pool           // the next attempt: a new connection to this pool
+		retried   bool            // sent again on a new connection to the same process
+		replayed  bool            // sent again to another process
 	)
 	// Without a body, the request can be sent again as it is. (GET, HEAD
 	// and OPTIONS come without one; one that has a body was consumed by
 	// the first attempt.)
 	replayable := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	want := -1
+	if p.cfg.Affinity {
+		want = affinitySlot(r.Header)
+	}
 	st := p.st.Load()
 	for {
-		switch {
-		case st.mode == modeDown:
+		if st.down {
 			return p.fail(w, http.StatusServiceUnavailable)
-		case st.mode == modeReady && st.gen >= minGen:
-			pl := st.pool
-			code, out, reused := p.attempt(w, r, pl, fresh)
-			fresh = false
+		}
+		pl, fresh := again, again != nil
+		again = nil
+		if pl == nil {
+			pl = st.pick(want, failed)
+		}
+		if pl != nil {
+			code, out, reused := p.attempt(w, r, pl, fresh, want)
 			switch out {
 			case answered:
 				return code
 			case notSent:
-				minGen = pl.gen + 1
+				// Refused, or the pool left the set: nothing reached the
+				// app; any other process may take it.
+				failed = append(failed, pl)
 			case noResponse:
 				switch {
 				case !replayable:
@@ -81,11 +91,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 				case reused && !retried:
 					// A kept connection the app had just closed, or a
 					// process dying: try a new connection to the same
-					// process; a refused dial then waits for the next
-					// one, and a failure there is replayed on it.
-					retried, fresh, minGen = true, true, pl.gen
+					// process; a refused dial then goes to another one,
+					// and a failure there is replayed on another.
+					retried, again = true, pl
 				case !replayed:
-					replayed, minGen = true, pl.gen+1
+					replayed = true
+					failed = append(failed, pl)
 				default:
 					return p.fail(w, http.StatusBadGateway)
 				}
@@ -95,7 +106,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 			continue
 		}
 		var err error
-		st, err = p.hold(r.Context(), &deadline, st, minGen)
+		st, err = p.hold(r.Context(), &deadline, st, failed)
 		if err != nil {
 			return statusClientGone
 		}
@@ -105,10 +116,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 	}
 }
 
-// hold waits until the proxy is down or has a ready pool of generation
-// minGen or newer, and returns that state; nil when the hold time ran out.
-// The error is the client's context ending.
-func (p *Proxy) hold(ctx context.Context, deadline *time.Time, st *state, minGen uint64) (*state, error) {
+// hold waits until the proxy is down or has a ready pool not in failed,
+// and returns that state; nil when the hold time ran out. The error is the
+// client's context ending.
+func (p *Proxy) hold(ctx context.Context, deadline *time.Time, st *state, failed []*pool) (*state, error) {
 	now := p.clk.Now()
 	if deadline.IsZero() {
 		*deadline = now.Add(p.cfg.Hold)
@@ -125,7 +136,7 @@ func (p *Proxy) hold(ctx context.Context, deadline *time.Time, st *state, minGen
 		select {
 		case <-st.changed:
 			st = p.st.Load()
-			if st.mode == modeDown || (st.mode == modeReady && st.gen >= minGen) {
+			if st.down || st.routable(failed) {
 				return st, nil
 			}
 		case <-t.C():
@@ -136,8 +147,9 @@ func (p *Proxy) hold(ctx context.Context, deadline *time.Time, st *state, minGen
 	}
 }
 
-// attempt makes one exchange with the app through pl.
-func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh bool) (code int, out outcome, reused bool) {
+// attempt makes one exchange with the app through pl. want is the slot
+// the client's affinity cookie names (-1: none).
+func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh bool, want int) (code int, out outcome, reused bool) {
 	pl.begin()
 	counted := true
 	defer func() {
@@ -145,9 +157,9 @@ func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh 
 			pl.end()
 		}
 	}()
-	if p.st.Load().pool != pl {
-		// Gated or switched between the caller's look and begin: the
-		// drain may already have seen this pool empty.
+	if pl.retired.Load() {
+		// Out of the set between the caller's pick and begin: the drain
+		// may already have seen this pool empty.
 		return 0, notSent, false
 	}
 	uc, reused, err := pl.get(fresh)
@@ -212,6 +224,9 @@ func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh 
 		return rs.code, answered, reused
 	}
 
+	if p.cfg.Affinity && pl.slot != want {
+		setAffinity(dst, pl)
+	}
 	w.WriteHeader(rs.code)
 	if rs.body != nil {
 		stream := rs.length < 0
@@ -301,6 +316,12 @@ func (p *Proxy) writeRequest(uc *upConn, r *http.Request, upgrade string) error 
 			continue
 		}
 		if len(conn) > 0 && hasToken(conn, k) {
+			continue
+		}
+		if k == "Cookie" && p.cfg.Affinity {
+			for _, v := range vv {
+				writeCookieField(bw, v)
+			}
 			continue
 		}
 		for _, v := range vv {

@@ -40,9 +40,9 @@ func (p *Proxy) reply(w http.ResponseWriter, code int) int {
 	return code
 }
 
-// serveHealth answers health.path on the traffic port: 200 while the app
-// is ready, and while a restart is under way for less than Hold since the
-// app was last ready (requests are held, not refused); 503 otherwise, and
+// serveHealth answers health.path on the traffic port: 200 while at least
+// one slot is ready, and while a restart is under way for less than Hold
+// since one last was (requests are held, not refused); 503 otherwise, and
 // 503 "draining" from Drain on (the agent is shutting down: the load
 // balancer stops sending while requests are still served).
 func (p *Proxy) serveHealth(w http.ResponseWriter, r *http.Request) {
@@ -54,16 +54,14 @@ func (p *Proxy) health() *canned.Reply {
 		return healthDraining
 	}
 	st := p.st.Load()
-	switch st.mode {
-	case modeReady:
+	switch {
+	case len(st.ready) > 0:
 		return healthReady
-	case modeDown:
+	case st.down:
 		return healthDown
-	}
-	if !st.everReady {
+	case !st.everReady:
 		return healthStarting
-	}
-	if p.clk.Now().Sub(st.unreadyAt) < p.cfg.Hold {
+	case p.clk.Now().Sub(st.unreadyAt) < p.cfg.Hold:
 		return healthRestarting
 	}
 	return healthStale

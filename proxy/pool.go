@@ -6,13 +6,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// errRetired is returned by pool.get when the pool's process is no longer
-// the current one; nothing was sent.
+// errRetired is returned by pool.get when the pool has left the routing
+// set; nothing was sent.
 var errRetired = errors.New("upstream retired")
 
 // Buffer sizes of a connection to the app.
@@ -29,19 +30,26 @@ var (
 )
 
 // pool is the set of keep-alive connections to one app process, and the
-// count of requests in flight to it.
+// count of requests in flight to it. A pool lives from the Ready (or Route)
+// that made its process part of the routing set until it left the set
+// (retire) and its last exchange ended; a slot's next process gets a new
+// pool.
 type pool struct {
 	p    *Proxy
 	addr string
-	gen  uint64
+	slot int
+	load *atomic.Int64 // the slot's in-flight count, shared by its pools
+	// cookie is the Set-Cookie value that pins a client to the slot, with
+	// Config.Affinity.
+	cookie []string
 
 	inflight atomic.Int64
+	retired  atomic.Bool // left the routing set: takes no new request
 	draining atomic.Bool
 	drained  chan struct{} // gets a token when inflight reaches 0 while draining
 
-	mu      sync.Mutex
-	idle    []*upConn // most recently used last
-	retired bool
+	mu   sync.Mutex
+	idle []*upConn // most recently used last
 }
 
 // upConn is one connection to the app.
@@ -54,8 +62,12 @@ type upConn struct {
 	scratch [24]byte
 }
 
-func newPool(p *Proxy, addr string, gen uint64) *pool {
-	return &pool{p: p, addr: addr, gen: gen, drained: make(chan struct{}, 1)}
+func newPool(p *Proxy, slot int, addr string, load *atomic.Int64) *pool {
+	pl := &pool{p: p, addr: addr, slot: slot, load: load, drained: make(chan struct{}, 1)}
+	if p.cfg.Affinity {
+		pl.cookie = []string{affinityCookie + "=" + strconv.Itoa(slot) + "; Path=/; HttpOnly; SameSite=Lax"}
+	}
+	return pl
 }
 
 // get returns an idle connection (reused = true) unless fresh is set or
@@ -65,7 +77,7 @@ func (pl *pool) get(fresh bool) (uc *upConn, reused bool, err error) {
 		now := pl.p.clk.Now()
 		var stale []*upConn
 		pl.mu.Lock()
-		if pl.retired {
+		if pl.retired.Load() {
 			pl.mu.Unlock()
 			return nil, false, errRetired
 		}
@@ -102,7 +114,7 @@ func (pl *pool) get(fresh bool) (uc *upConn, reused bool, err error) {
 func (pl *pool) put(uc *upConn) {
 	uc.idleAt = pl.p.clk.Now()
 	pl.mu.Lock()
-	if pl.retired {
+	if pl.retired.Load() {
 		pl.mu.Unlock()
 		uc.close()
 		return
@@ -134,11 +146,12 @@ func (pl *pool) reap() {
 	}
 }
 
-// retire closes the idle connections and makes the pool refuse new
-// requests; exchanges under way finish and then close their connection.
+// retire is the pool leaving the routing set: it refuses new requests and
+// closes its idle connections; exchanges under way finish and then close
+// their connection. Calling it again is a no-op.
 func (pl *pool) retire() {
+	pl.retired.Store(true)
 	pl.mu.Lock()
-	pl.retired = true
 	idle := pl.idle
 	pl.idle = nil
 	pl.mu.Unlock()
@@ -150,12 +163,12 @@ func (pl *pool) retire() {
 // begin counts a request in flight to the pool.
 func (pl *pool) begin() {
 	pl.inflight.Add(1)
-	pl.p.inFlight.Add(1)
+	pl.load.Add(1)
 }
 
 // end undoes begin.
 func (pl *pool) end() {
-	pl.p.inFlight.Add(-1)
+	pl.load.Add(-1)
 	if pl.inflight.Add(-1) == 0 && pl.draining.Load() {
 		select {
 		case pl.drained <- struct{}{}:

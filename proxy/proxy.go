@@ -50,31 +50,43 @@ type Config struct {
 	// MaxConns caps the client connections; when it is reached the longest
 	// idle keep-alive connections are closed first (default 2048).
 	MaxConns int
+	// Affinity (proxy.affinity = "cookie") keeps a client on one slot
+	// while that slot is ready, by a cookie the proxy sets (affinityCookie).
+	Affinity bool
 	// Observe, if set, is called once per forwarded request with the status
 	// code the client got (499 when the client left first) and the time taken.
 	Observe func(code int, d time.Duration)
 }
 
-// mode is what the proxy does with a new request.
-type mode uint8
-
-const (
-	modeHold  mode = iota // the app is starting or restarting: hold the request
-	modeReady             // forward to pool
-	modeDown              // failed or stopped: 503 at once
-)
-
-// state is one immutable snapshot of where requests go. A change publishes
-// a new snapshot and closes the old one's changed channel, which wakes the
-// held requests.
+// state is one immutable snapshot of where requests go: the routing set.
+// A change publishes a new snapshot and closes the old one's changed
+// channel, which wakes the held requests.
 type state struct {
-	mode      mode
-	pool      *pool  // the current upstream; nil unless modeReady
-	last      *pool  // unless modeReady: the pool that was current when the app stopped being ready, for Gate to drain
-	gen       uint64 // generation of the newest pool ever made ready
+	down  bool        // failed or stopped: 503 at once
+	slots []slotState // by slot index
+	// ready is the pools of the ready slots, in slot order: the ones a
+	// request may go to. Empty: requests are held (unless down).
+	ready     []*pool
 	everReady bool
-	unreadyAt time.Time // when the app last stopped being ready
+	unreadyAt time.Time // when the last ready slot left the set
 	changed   chan struct{}
+}
+
+// slotState is one slot of the routing set.
+type slotState struct {
+	pool *pool // the slot's ready process; nil while it is not ready
+	// last is, while the slot is not ready, the pool it had when it left
+	// the set, for a Gate that comes right after to drain.
+	last *pool
+	load *atomic.Int64 // requests in flight to the slot's processes, old ones included
+}
+
+// slot returns the ready pool of slot i, or nil.
+func (st *state) slot(i int) *pool {
+	if i < 0 || i >= len(st.slots) {
+		return nil
+	}
+	return st.slots[i].pool
 }
 
 // Stats are the proxy's counters. Failed counts the responses the proxy
@@ -85,7 +97,7 @@ type Stats struct {
 }
 
 // Proxy is the traffic front. Create it with New, bind with Listen, serve
-// with Run, and steer it with Ready, NotReady, Down, Gate and Switch from
+// with Run, and steer it with Ready, NotReady, Down, Gate and Route from
 // any goroutine.
 type Proxy struct {
 	draining atomic.Bool // the health page says draining (shutdown)
@@ -100,7 +112,6 @@ type Proxy struct {
 	ln   *connlimit.Listener
 	port string // the bound port, for X-Forwarded-Port
 
-	inFlight atomic.Int64
 	held     atomic.Int64
 	requests atomic.Uint64
 	replayed atomic.Uint64
@@ -129,7 +140,7 @@ func New(cfg Config, log zerolog.Logger, clk clock.Clock) *Proxy {
 		clk:    clk,
 		dialer: net.Dialer{Timeout: dialTimeout},
 	}
-	p.st.Store(&state{mode: modeHold, changed: make(chan struct{})})
+	p.st.Store(&state{changed: make(chan struct{})})
 	return p
 }
 
@@ -246,7 +257,7 @@ func (p *Proxy) reapLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C():
-			if pl := p.st.Load().pool; pl != nil {
+			for _, pl := range p.st.Load().ready {
 				pl.reap()
 			}
 			now := p.clk.Now()
@@ -254,144 +265,11 @@ func (p *Proxy) reapLoop(ctx context.Context) {
 				lastRequests, quietSince, released = n, now, false
 				continue
 			}
-			if !released && p.inFlight.Load() == 0 && now.Sub(quietSince) > p.cfg.UpstreamIdle+every {
+			if !released && p.inFlight() == 0 && now.Sub(quietSince) > p.cfg.UpstreamIdle+every {
 				debug.FreeOSMemory()
 				released = true
 			}
 		}
-	}
-}
-
-// publish makes next the current state and wakes everyone waiting on the
-// previous one. The caller holds p.mu.
-func (p *Proxy) publish(next *state) {
-	next.changed = make(chan struct{})
-	prev := p.st.Swap(next)
-	close(prev.changed)
-}
-
-// Ready tells the proxy that the process listening on upstream (host:port)
-// is ready: held requests and new ones go there. Each call means a new
-// process: the connections kept to the previous one are closed once idle.
-func (p *Proxy) Ready(upstream string) {
-	p.mu.Lock()
-	cur := p.st.Load()
-	np := newPool(p, upstream, cur.gen+1)
-	p.publish(&state{mode: modeReady, pool: np, gen: np.gen, everReady: true})
-	p.mu.Unlock()
-	p.log.Debug().Str("upstream", upstream).Uint64("gen", np.gen).Msg("upstream ready")
-	if cur.pool != nil {
-		cur.pool.retire()
-	}
-}
-
-// NotReady tells the proxy the app is (re)starting or backing off: new
-// requests are held, up to Hold, until the next Ready.
-func (p *Proxy) NotReady() {
-	p.mu.Lock()
-	cur := p.st.Load()
-	if cur.mode == modeHold {
-		p.mu.Unlock()
-		return
-	}
-	p.publish(p.unready(cur, modeHold))
-	p.mu.Unlock()
-	if cur.pool != nil {
-		cur.pool.retire()
-	}
-}
-
-// Down tells the proxy the app is failed or stopped: requests get 503 at
-// once, the held ones too.
-func (p *Proxy) Down() {
-	p.mu.Lock()
-	cur := p.st.Load()
-	if cur.mode == modeDown {
-		p.mu.Unlock()
-		return
-	}
-	p.publish(p.unready(cur, modeDown))
-	p.mu.Unlock()
-	if cur.pool != nil {
-		cur.pool.retire()
-	}
-}
-
-// unready is the state after cur when the app stops serving.
-func (p *Proxy) unready(cur *state, m mode) *state {
-	next := &state{mode: m, gen: cur.gen, everReady: cur.everReady, unreadyAt: cur.unreadyAt, last: cur.last}
-	if cur.mode == modeReady {
-		next.unreadyAt = p.clk.Now()
-		next.last = cur.pool
-	}
-	return next
-}
-
-// Gate prepares a restart: new requests are held, the requests in flight
-// to the current upstream may finish (until ctx ends: the caller passes
-// stop.timeout), then the idle connections to it are closed. It returns
-// the number still in flight when it gave up (0 = drained). Requests stay
-// held until the next Ready. Upgraded (WebSocket) connections are not
-// waited for: they end with the process.
-func (p *Proxy) Gate(ctx context.Context) int {
-	p.mu.Lock()
-	cur := p.st.Load()
-	if cur.mode == modeReady {
-		p.publish(p.unready(cur, modeHold))
-	}
-	p.mu.Unlock()
-	// The app may have been reported not ready (NotReady) a moment before
-	// the gate: its requests in flight are still to be waited for.
-	pl := cur.pool
-	if pl == nil {
-		pl = cur.last
-	}
-	if pl == nil {
-		return 0
-	}
-	n := pl.drain(ctx)
-	pl.retire()
-	return n
-}
-
-// Switch routes new requests to newUpstream at once, then waits (until ctx
-// ends) for the requests in flight to the old upstream to finish and closes
-// its idle connections. It returns the number still in flight when it gave
-// up (0 = drained).
-func (p *Proxy) Switch(ctx context.Context, newUpstream string) int {
-	return p.Route(newUpstream)(ctx)
-}
-
-// Route routes new requests to newUpstream at once and returns the drain
-// of the old upstream: it waits (until its ctx ends) for the requests in
-// flight there to finish, closes its idle connections, and returns the
-// number still in flight when it gave up (0 = drained).
-func (p *Proxy) Route(newUpstream string) (drain func(context.Context) int) {
-	p.mu.Lock()
-	cur := p.st.Load()
-	np := newPool(p, newUpstream, cur.gen+1)
-	p.publish(&state{mode: modeReady, pool: np, gen: np.gen, everReady: true})
-	p.mu.Unlock()
-	p.log.Debug().Str("upstream", newUpstream).Uint64("gen", np.gen).Msg("upstream switched")
-	old := cur.pool
-	return func(ctx context.Context) int {
-		if old == nil {
-			return 0
-		}
-		n := old.drain(ctx)
-		old.retire()
-		return n
-	}
-}
-
-// Stats returns the current counters.
-func (p *Proxy) Stats() Stats {
-	return Stats{
-		InFlight: p.inFlight.Load(),
-		Held:     p.held.Load(),
-		Requests: p.requests.Load(),
-		Replayed: p.replayed.Load(),
-		Failed:   p.failed.Load(),
 	}
 }
 

@@ -203,7 +203,7 @@ func TestForwardsAndCounts(t *testing.T) {
 			observed.Add(1)
 		}
 	}}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	c := newClient()
 	for i := 0; i < 20; i++ {
 		code, body, _ := get(t, c, url+"/")
@@ -230,7 +230,7 @@ func TestHoldReleasedByReady(t *testing.T) {
 	c := newClient()
 	ch := getAsync(c, url+"/")
 	testkit.Eventually(t, waitLong, "a held request", func() bool { return p.Stats().Held == 1 })
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	r := await(t, ch)
 	if r.code != 200 || !strings.HasPrefix(r.body, "hello") {
 		t.Fatalf("held request got %d %q", r.code, r.body)
@@ -307,17 +307,17 @@ func TestHealthPath(t *testing.T) {
 		}
 	}
 	check("GET", 503, "starting\n")
-	p.Ready("127.0.0.1:1") // nobody there: the health answer never asks the app
+	p.Ready(0, "127.0.0.1:1") // nobody there: the health answer never asks the app
 	check("GET", 200, "ready\n")
 	check("HEAD", 200, "")
 	check("POST", 405, "method not allowed\n")
-	p.NotReady()
+	p.NotReady(0)
 	check("GET", 200, "restarting\n")
 	clk.Advance(29 * time.Second)
 	check("GET", 200, "restarting\n")
 	clk.Advance(time.Second)
 	check("GET", 503, "restarting\n")
-	p.Ready("127.0.0.1:1")
+	p.Ready(0, "127.0.0.1:1")
 	check("GET", 200, "ready\n")
 	p.Down()
 	check("GET", 503, "down\n")
@@ -329,7 +329,7 @@ func TestHealthPath(t *testing.T) {
 func TestSSEStreamedEventByEvent(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	c := newClient()
 	resp, err := c.Get(url + "/sse")
 	if err != nil {
@@ -377,7 +377,7 @@ func TestSSEStreamedEventByEvent(t *testing.T) {
 func TestWebSocketUpgradeEcho(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -413,7 +413,7 @@ func TestWebSocketUpgradeEcho(t *testing.T) {
 	// An upgraded connection does not hold up a drain.
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if n := p.Gate(ctx); n != 0 {
+	if n := p.Gate(ctx, 0); n != 0 {
 		t.Fatalf("Gate left %d in flight with only a WebSocket open", n)
 	}
 }
@@ -422,7 +422,7 @@ func TestPOSTNotReplayedAfterCrash(t *testing.T) {
 	seen := filepath.Join(t.TempDir(), "seen")
 	app := startNode(t, "SEEN_FILE="+seen)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	c := newClient()
 	resp, err := c.Post(url+"/crash", "text/plain", strings.NewReader("payload"))
 	if err != nil {
@@ -434,9 +434,9 @@ func TestPOSTNotReplayedAfterCrash(t *testing.T) {
 		t.Fatalf("got %d %q, want 502", resp.StatusCode, b)
 	}
 	<-app.done
-	p.NotReady()
+	p.NotReady(0)
 	next := startNode(t, "SEEN_FILE="+seen)
-	p.Ready(next.addr)
+	p.Ready(0, next.addr)
 	if code, _, _ := get(t, c, url+"/"); code != 200 {
 		t.Fatalf("next process answered %d", code)
 	}
@@ -452,17 +452,17 @@ func TestPOSTNotReplayedAfterCrash(t *testing.T) {
 func TestGETReplayedAfterSIGKILL(t *testing.T) {
 	app := startNode(t, "HANG=1")
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	c := newClient()
 	ch := getAsync(c, url+"/hang")
 	if l := app.line(t); l != "hang" {
 		t.Fatalf("app said %q", l)
 	}
 	app.stop(t, syscall.SIGKILL)
-	p.NotReady()
+	p.NotReady(0)
 	testkit.Eventually(t, waitLong, "the replay to be held", func() bool { return p.Stats().Held == 1 })
 	next := startNode(t)
-	p.Ready(next.addr)
+	p.Ready(0, next.addr)
 	r := await(t, ch)
 	if r.code != 200 || r.body != "answered "+next.pid()+"\n" {
 		t.Fatalf("replayed GET got %d %q", r.code, r.body)
@@ -517,7 +517,7 @@ func loop(t *testing.T, url string, workers int, stop <-chan struct{}, ok *atomi
 func TestGateDrainsBeforeStop(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	stop := make(chan struct{})
 	var ok atomic.Int64
 	wait := loop(t, url+"/slow?ms=30", 8, stop, &ok)
@@ -525,7 +525,7 @@ func TestGateDrainsBeforeStop(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if n := p.Gate(ctx); n != 0 {
+	if n := p.Gate(ctx, 0); n != 0 {
 		t.Fatalf("Gate gave up with %d in flight", n)
 	}
 	if s := p.Stats(); s.InFlight != 0 {
@@ -534,7 +534,7 @@ func TestGateDrainsBeforeStop(t *testing.T) {
 	app.stop(t, syscall.SIGTERM) // the app dies at once on SIGTERM
 	testkit.Eventually(t, waitLong, "held requests", func() bool { return p.Stats().Held > 0 })
 	next := startNode(t)
-	p.Ready(next.addr)
+	p.Ready(0, next.addr)
 	before := ok.Load()
 	testkit.Eventually(t, waitLong, "traffic to the new process", func() bool { return ok.Load() >= before+50 })
 	close(stop)
@@ -550,7 +550,7 @@ func TestSwitchLosesNothing(t *testing.T) {
 	a := startNode(t)
 	b := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(a.addr)
+	p.Ready(0, a.addr)
 	stop := make(chan struct{})
 	var ok atomic.Int64
 	wait := loop(t, url+"/slow?ms=20", 8, stop, &ok)
@@ -558,7 +558,7 @@ func TestSwitchLosesNothing(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 	defer cancel()
-	if n := p.Switch(ctx, b.addr); n != 0 {
+	if n := p.Switch(ctx, 0, b.addr); n != 0 {
 		t.Fatalf("Switch gave up with %d in flight", n)
 	}
 	a.stop(t, syscall.SIGTERM)
@@ -580,7 +580,7 @@ func TestSwitchLosesNothing(t *testing.T) {
 func TestForwardedHeaders(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	_, port, _ := net.SplitHostPort(p.Addr().String())
 
 	send := func(extra string) map[string]string {
@@ -633,7 +633,7 @@ func TestForwardedHeaders(t *testing.T) {
 func TestLargeUploadStreamed(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	data := make([]byte, 10<<20)
 	rand.Read(data)
 	sum := sha256.Sum256(data)
@@ -683,7 +683,7 @@ func TestIdleKeepAliveOutlivesNode(t *testing.T) {
 	}
 	app := startNode(t, "LOG_CONNS=1")
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -720,7 +720,7 @@ func TestIdleKeepAliveOutlivesNode(t *testing.T) {
 func TestIdleClientsClosedFirstAtCap(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{MaxConns: 4}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	addr := strings.TrimPrefix(url, "http://")
 	var idle []net.Conn
 	for i := 0; i < 4; i++ {
@@ -755,14 +755,14 @@ func TestIdleClientsClosedFirstAtCap(t *testing.T) {
 func TestGateGivesUpOnStuckRequests(t *testing.T) {
 	app := startNode(t, "HANG=1")
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	go newClient().Get(url + "/hang")
 	if l := app.line(t); l != "hang" {
 		t.Fatalf("app said %q", l)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if n := p.Gate(ctx); n != 1 {
+	if n := p.Gate(ctx, 0); n != 1 {
 		t.Fatalf("Gate returned %d, want 1 request still in flight", n)
 	}
 	app.stop(t, syscall.SIGKILL) // the stuck request is then held, and ends with the proxy
@@ -771,7 +771,7 @@ func TestGateGivesUpOnStuckRequests(t *testing.T) {
 func TestResponseCutAbortsClient(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	// The client must not take the response as complete: it fails either
 	// before the headers (they were still buffered) or while reading the body.
 	resp, err := newClient().Get(url + "/cut")
@@ -789,7 +789,7 @@ func TestResponseCutAbortsClient(t *testing.T) {
 
 func TestOversizedHeadersRefused(t *testing.T) {
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready("127.0.0.1:1")
+	p.Ready(0, "127.0.0.1:1")
 	req, _ := http.NewRequest("GET", url+"/", nil)
 	req.Header.Set("X-Big", strings.Repeat("a", 200<<10))
 	resp, err := newClient().Do(req)
@@ -806,7 +806,7 @@ func TestUnreachableUpstreamHeldThen503(t *testing.T) {
 	// Ready for an address where nothing listens: the refused request is
 	// not lost but waits for the next process, and past the hold gets 503.
 	p, url := startProxy(t, Config{Hold: 300 * time.Millisecond}, clock.Real{})
-	p.Ready("127.0.0.1:1")
+	p.Ready(0, "127.0.0.1:1")
 	code, body, hdr := get(t, newClient(), url+"/")
 	if code != 503 || hdr.Get("Retry-After") == "" || strings.Contains(body, "127.0.0.1") {
 		t.Fatalf("got %d %q", code, body)
@@ -816,7 +816,7 @@ func TestUnreachableUpstreamHeldThen503(t *testing.T) {
 func TestSilentClientsDoNotLockOutFreshOnes(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{MaxConns: 4}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	addr := strings.TrimPrefix(url, "http://")
 	for i := 0; i < 8; i++ { // connections that never send a request
 		conn, err := net.Dial("tcp", addr)
@@ -860,7 +860,7 @@ func TestClientLeavingAbortsAppExchange(t *testing.T) {
 		codes = append(codes, code)
 		mu.Unlock()
 	}}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", url+"/hang", nil)
 	errc := make(chan error, 1)
@@ -898,7 +898,7 @@ func TestClientLeavingAbortsAppExchange(t *testing.T) {
 func TestHeadExpectContinueAndHTTP10(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 
 	c := newClient()
 	resp, err := c.Head(url + "/")
@@ -986,7 +986,7 @@ func dyingApp(t *testing.T) (addr string, requests *atomic.Int64) {
 func TestGETReplayedPastADyingProcess(t *testing.T) {
 	addr, seen := dyingApp(t)
 	p, url := startProxy(t, Config{}, clock.Real{})
-	p.Ready(addr)
+	p.Ready(0, addr)
 	c := newClient()
 	if code, _, _ := get(t, c, url+"/"); code != 200 { // leaves a kept connection
 		t.Fatalf("first GET: %d", code)
@@ -994,7 +994,7 @@ func TestGETReplayedPastADyingProcess(t *testing.T) {
 	ch := getAsync(c, url+"/")
 	testkit.Eventually(t, waitLong, "the retries on the dying process", func() bool { return seen.Load() >= 3 && p.Stats().Held == 1 })
 	next := startNode(t)
-	p.Ready(next.addr)
+	p.Ready(0, next.addr)
 	if r := await(t, ch); r.code != 200 || r.body != "hello "+next.pid()+"\n" {
 		t.Fatalf("GET past a dying process got %d %q, want the next process's answer", r.code, r.body)
 	}
@@ -1008,7 +1008,7 @@ func TestGETReplayedPastADyingProcess(t *testing.T) {
 func TestDrainHealthWhileServing(t *testing.T) {
 	app := startNode(t)
 	p, url := startProxy(t, Config{HealthPath: "/health.html"}, clock.Real{})
-	p.Ready(app.addr)
+	p.Ready(0, app.addr)
 	c := newClient()
 	if code, body, _ := get(t, c, url+"/health.html"); code != 200 || body != "ready\n" {
 		t.Fatalf("health before the drain: %d %q", code, body)

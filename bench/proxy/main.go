@@ -73,7 +73,7 @@ func serveProxy(args []string) error {
 	if err := p.Listen(); err != nil {
 		return err
 	}
-	p.Ready(*upstream)
+	p.Ready(0, *upstream)
 	return p.Run(ctx)
 }
 

@@ -286,9 +286,8 @@ func TestRequestsSpreadOverSlots(t *testing.T) {
 
 // TestStalledSlotKeepsFewRequests: one of two processes stops (SIGSTOP:
 // the kernel still accepts its connections, so a TCP probe would say it is
-// fine) for 3 s under 100 req/s on 20 kept connections. Round robin leaves
-// about a third of those requests waiting the 3 s; least in flight leaves a
-// handful.
+// fine) for 3 s under 100 req/s on 20 kept connections: only a handful of
+// requests wait for it longer than a second.
 func TestStalledSlotKeepsFewRequests(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs 3 s of load")
@@ -303,6 +302,8 @@ func TestStalledSlotKeepsFewRequests(t *testing.T) {
 	<-time.After(3 * time.Second) // the stall
 	stuck := p.SlotInFlight(1)
 	apps[1].cmd.Process.Signal(syscall.SIGCONT)
+	// Not a bound: it is the other process's highest count in flight
+	// during the stall, which the machine's hiccups set.
 	t.Logf("stalled %v; %d requests in flight to it at the end", time.Since(stalled).Round(time.Millisecond), stuck)
 	l.waitDone(t, 100, "traffic after the stall")
 	l.end()
@@ -313,11 +314,13 @@ func TestStalledSlotKeepsFewRequests(t *testing.T) {
 	if len(l.failed) > 0 {
 		t.Fatalf("%d failed, first: %s", len(l.failed), l.failed[0])
 	}
-	if l.slow > 5 {
-		t.Fatalf("%d requests waited more than %v for the stalled process, want at most 5", l.slow, slowAfter)
-	}
-	if stuck > 5 {
-		t.Fatalf("%d requests were sent to the stalled process", stuck)
+	// Round robin would leave half of the requests of the 3 s (about 150)
+	// to wait, and soon every connection blocked on one of them. Least in
+	// flight sends the stalled process a request only when the other has
+	// as many in flight; what waits longer than a second is what it got
+	// in the stall's first two seconds.
+	if l.slow > 10 {
+		t.Fatalf("%d requests waited more than %v for the stalled process, want a handful", l.slow, slowAfter)
 	}
 }
 
@@ -351,6 +354,9 @@ func TestKilledSlotReplayedToTheOther(t *testing.T) {
 		l.ok, per[0], per[1], per[2], l.slowest.Round(time.Millisecond), s.Replayed)
 	if len(l.failed) > 0 {
 		t.Fatalf("%d failed, first: %s", len(l.failed), l.failed[0])
+	}
+	if l.slow > 0 {
+		t.Fatalf("%d requests waited more than %v: held, with slot 0 ready", l.slow, slowAfter)
 	}
 	if s.Failed != 0 {
 		t.Fatalf("stats %+v", s)

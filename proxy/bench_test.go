@@ -60,8 +60,13 @@ func skipHead(br *bufio.Reader) error {
 
 // BenchmarkForward is one keep-alive client doing GETs through the proxy to
 // a minimal upstream: the proxy's CPU and allocations per request.
-func BenchmarkForward(b *testing.B) {
-	up := rawUpstream(b)
+func BenchmarkForward(b *testing.B) { benchForward(b, 1) }
+
+// BenchmarkForwardThreeSlots is BenchmarkForward balanced over three
+// upstreams.
+func BenchmarkForwardThreeSlots(b *testing.B) { benchForward(b, 3) }
+
+func benchForward(b *testing.B, slots int) {
 	p := New(Config{Listen: "127.0.0.1:0"}, zerolog.Nop(), clock.Real{})
 	if err := p.Listen(); err != nil {
 		b.Fatal(err)
@@ -70,7 +75,9 @@ func BenchmarkForward(b *testing.B) {
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
 	b.Cleanup(func() { cancel(); <-done })
-	p.Ready(0, up)
+	for i := range slots {
+		p.Ready(i, rawUpstream(b))
+	}
 
 	c, err := net.Dial("tcp", p.Addr().String())
 	if err != nil {
@@ -106,5 +113,18 @@ func BenchmarkForward(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		exchange()
+	}
+}
+
+// BenchmarkPick is the balancer's choice among three ready pools.
+func BenchmarkPick(b *testing.B) {
+	p := New(Config{}, zerolog.Nop(), clock.Real{})
+	for i := range 3 {
+		p.Ready(i, "127.0.0.1:1")
+	}
+	st := p.st.Load()
+	b.ReportAllocs()
+	for b.Loop() {
+		st.pick(-1, nil)
 	}
 }

@@ -51,7 +51,12 @@ type Config struct {
 	// idle keep-alive connections are closed first (default 2048).
 	MaxConns int
 	// Affinity (proxy.affinity = "cookie") keeps a client on one slot
-	// while that slot is ready, by a cookie the proxy sets (affinityCookie).
+	// while that slot is ready: the proxy sets a cookie naming the slot
+	// that answered (agent_slot=N; Path=/; HttpOnly; SameSite=Lax) when
+	// the client's names another slot or none, and removes it from the
+	// Cookie field the app gets. A client whose slot is not ready is
+	// balanced and moved. (A protocol switch's 101 carries no cookie: the
+	// tunnel stays on its process anyway.)
 	Affinity bool
 	// Observe, if set, is called once per forwarded request with the status
 	// code the client got (499 when the client left first) and the time taken.

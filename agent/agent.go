@@ -110,6 +110,7 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 			HealthPath:  cfg.Health.Path,
 			Hold:        cfg.Proxy.Hold.D(),
 			IdleTimeout: cfg.Proxy.IdleTimeout.D(),
+			Affinity:    cfg.Proxy.Affinity == "cookie",
 			Observe:     a.metrics.ObserveRequest,
 		}, log.With().Str("component", "proxy").Logger(), clk)
 	}

@@ -277,3 +277,42 @@ func TestInstancesChangedOnSIGHUP(t *testing.T) {
 		t.Errorf("after a refused config: %+v", s.Instances)
 	}
 }
+
+func TestInstancesMaxRSSRestartsOnlyItsProcess(t *testing.T) {
+	node := needNode(t)
+	ports := testkit.Ports(t, 4)
+	r := startAgent(t, fmt.Sprintf(`
+[app]
+command = [%q, %q]
+env = { MAX_MB = "160", STEP_MB = "16", GROW_INSTANCE = "1" }
+instances = 2
+[node]
+max_old_space_size = 0
+[memory]
+max_rss = "100MB"
+rss_grace = "1s"
+watch_oom = false
+[restart]
+delay = "1s"
+[health]
+listen = "127.0.0.1:0"
+[control]
+socket = "SOCKET"
+[proxy]
+listen = "127.0.0.1:%d"
+upstream = "127.0.0.1:%d"
+`, node, appPath(t, "rss.js"), ports[0], ports[1]))
+	first := pidsOf(r.allReady(2))
+	s := r.waitStatus("an rss-limit restart", func(s Status) bool { return s.Restarts >= 1 })
+	if e := s.Exits[len(s.Exits)-1]; e.Reason != "rss-limit" || e.Instance != 1 {
+		t.Fatalf("first exit %+v, want rss-limit of instance 1", e)
+	}
+	if s.Instances[0].PID == nil || *s.Instances[0].PID != first[0] || s.Instances[0].Restarts != 0 {
+		t.Errorf("instance 0 %+v: its tree stayed small, it must not be restarted", s.Instances[0])
+	}
+	for _, e := range s.Exits {
+		if e.Instance != 1 {
+			t.Errorf("exit %+v of instance 0", e)
+		}
+	}
+}

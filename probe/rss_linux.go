@@ -11,7 +11,7 @@ import (
 type TreeSample struct {
 	RSS  uint64        // bytes, summed over PIDs
 	CPU  time.Duration // user and system time so far, summed over PIDs
-	PIDs []int  // the roots still alive first (each with its descendants, breadth first)
+	PIDs []int         // the roots still alive first (each with its descendants, breadth first)
 }
 
 // SampleTree measures the given processes and all their descendants

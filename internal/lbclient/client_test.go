@@ -70,69 +70,53 @@ func answer(resp string) func(*net.TCPConn, *bufio.Reader) {
 // refusedAddr is a loopback address nothing listens on.
 func refusedAddr(t *testing.T) string { return fmt.Sprintf("127.0.0.1:%d", testkit.Port(t)) }
 
-// misbehaving are servers that fail a request in each way a load balancer
-// tells apart, with the kind each must be counted as.
-func misbehaving(t *testing.T) []struct {
+// How a server ends a connection after its one answer.
+const (
+	closeIt = iota // close (a FIN)
+	resetIt        // close with a RST
+	stallIt        // say nothing more until the client gives up
+)
+
+// answerOnce is a server that reads a request, writes resp (nothing, part
+// of an answer, or garbage) and ends the connection as end says.
+func answerOnce(t *testing.T, resp string, end int) func() string {
+	return func() string {
+		return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
+			readRequest(br)
+			c.Write([]byte(resp))
+			switch end {
+			case resetIt:
+				c.SetLinger(0)
+			case stallIt:
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				br.ReadByte()
+			}
+		})
+	}
+}
+
+// failingServer fails a request in one way, counted as want.
+type failingServer struct {
 	name string
 	addr func() string
 	want string
-} {
-	return []struct {
-		name string
-		addr func() string
-		want string
-	}{
+}
+
+// misbehaving are servers that fail a request in each way a load balancer
+// tells apart.
+func misbehaving(t *testing.T) []failingServer {
+	const begun = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"
+	return []failingServer{
 		{"refused", func() string { return refusedAddr(t) }, KindRefused},
 		{"connect error", func() string { return "127.0.0.1:70000" }, KindDial},
-		{"closed before answering", func() string {
-			return tcpServer(t, func(_ *net.TCPConn, br *bufio.Reader) { readRequest(br) })
-		}, KindClosed},
-		{"reset before answering", func() string {
-			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-				readRequest(br)
-				c.SetLinger(0) // close sends RST
-			})
-		}, KindReset},
-		{"cut mid-body", func() string {
-			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-				readRequest(br)
-				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"))
-			})
-		}, KindCut},
-		{"cut mid-chunk", func() string {
-			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-				readRequest(br)
-				c.Write([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"))
-			})
-		}, KindCut},
-		{"cut in the header", func() string {
-			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-				readRequest(br)
-				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Le"))
-			})
-		}, KindCut},
-		{"reset mid-body", func() string {
-			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-				readRequest(br)
-				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"))
-				c.SetLinger(0)
-			})
-		}, KindCut},
-		{"stalls past the timeout", func() string {
-			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-				readRequest(br)
-				c.SetReadDeadline(time.Now().Add(10 * time.Second))
-				br.ReadByte() // until the client gives up
-			})
-		}, KindTimeout},
-		{"stalls mid-body", func() string {
-			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-				readRequest(br)
-				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"))
-				c.SetReadDeadline(time.Now().Add(10 * time.Second))
-				br.ReadByte()
-			})
-		}, KindTimeout},
+		{"closed before answering", answerOnce(t, "", closeIt), KindClosed},
+		{"reset before answering", answerOnce(t, "", resetIt), KindReset},
+		{"cut mid-body", answerOnce(t, begun, closeIt), KindCut},
+		{"reset mid-body", answerOnce(t, begun, resetIt), KindCut},
+		{"cut mid-chunk", answerOnce(t, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", closeIt), KindCut},
+		{"cut in the header", answerOnce(t, "HTTP/1.1 200 OK\r\nContent-Le", closeIt), KindCut},
+		{"stalls past the timeout", answerOnce(t, "", stallIt), KindTimeout},
+		{"stalls mid-body", answerOnce(t, begun, stallIt), KindTimeout},
 		{"garbage", func() string { return tcpServer(t, answer("SSH-2.0-OpenSSH\r\n\r\n")) }, KindBad},
 		{"503", func() string {
 			return tcpServer(t, answer("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"))
@@ -286,12 +270,7 @@ func TestDoDoesNotRetryAGETOnAClosedKeptConnection(t *testing.T) {
 }
 
 func TestDoEndsWithItsContext(t *testing.T) {
-	addr := tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
-		readRequest(br)
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		br.ReadByte()
-	})
-	c := &Client{Addr: addr}
+	c := &Client{Addr: answerOnce(t, "", stallIt)()}
 	defer c.Close()
 
 	ctx, cancel := context.WithCancel(context.Background())

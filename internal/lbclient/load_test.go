@@ -16,11 +16,9 @@ import (
 )
 
 func TestLoadCountsEveryFailure(t *testing.T) {
-	cases := append(misbehaving(t), struct {
-		name string
-		addr func() string
-		want string
-	}{"ok", func() string { return tcpServer(t, answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")) }, ""})
+	cases := append(misbehaving(t), failingServer{"ok", func() string {
+		return tcpServer(t, answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"))
+	}, ""})
 	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -128,7 +128,11 @@ func TestDoCountsEachFailureByItsKind(t *testing.T) {
 	for _, tt := range misbehaving(t) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c := &Client{Addr: tt.addr(), Timeout: 300 * time.Millisecond}
+			timeout := 5 * time.Second // only a stall may take it
+			if tt.want == KindTimeout {
+				timeout = 300 * time.Millisecond
+			}
+			c := &Client{Addr: tt.addr(), Timeout: timeout}
 			defer c.Close()
 			resp, err := c.Do(context.Background(), Request{})
 			if got := Kind(resp, err); got != tt.want {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"agent/internal/lbclient"
 	"agent/internal/testkit"
 )
 
@@ -37,22 +38,22 @@ func (r *agentRun) recovered(old int, from time.Time) time.Duration {
 
 // lostFigure is the table's "requests lost" for an app fault. Behind the
 // proxy none may be lost: the test fails on any.
-func (r *agentRun) lostFigure(res loadResult, fault string) string {
+func (r *agentRun) lostFigure(res lbclient.Report, fault string) string {
 	r.t.Helper()
-	if res.sent == 0 {
+	if res.Sent == 0 {
 		r.t.Errorf("no request sent across the %s", fault)
 	}
 	if r.proxy == 0 {
 		return res.String()
 	}
-	if res.failed > 0 {
-		r.t.Errorf("%s of the requests through the proxy lost across the %s (%s); want none", res, fault, res.Kinds())
+	if res.Failed > 0 {
+		r.t.Errorf("%s of the requests through the proxy lost across the %s (%s); want none", res, fault, lbclient.FormatKinds(res.Kinds))
 	}
 	replayed := "?"
 	if st, err := r.status(); err == nil && st.Proxy != nil {
 		replayed = fmt.Sprint(st.Proxy.Replayed)
 	}
-	return fmt.Sprintf("%s (slowest answer %s, %s replayed by the proxy)", res, ms(res.slowest), replayed)
+	return fmt.Sprintf("%s (slowest answer %s, %s replayed by the proxy)", res, ms(res.Max), replayed)
 }
 
 // The app faults run twice: the app owning its port (the requests lost are
@@ -71,13 +72,13 @@ func appSIGKILL(t *testing.T, proxy bool) {
 	pid := r.appPID()
 
 	load := startLoad(t, r.trafficAddr(), 50)
-	testkit.Eventually(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
+	testkit.Eventually(t, 10*time.Second, "load flowing", func() bool { return load.Sent() >= 10 })
 	at := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	took := r.recovered(pid, at)
-	lost := r.lostFigure(load.end(), "SIGKILL")
+	lost := r.lostFigure(load.Stop(), "SIGKILL")
 	st := r.mustStatus()
 	if st.LastExit == nil || st.LastExit.Reason != "signaled" || st.LastExit.Signal == nil || *st.LastExit.Signal != "SIGKILL" {
 		t.Errorf("last exit %+v, want signaled by SIGKILL", st.LastExit)
@@ -100,14 +101,14 @@ failure_threshold = 3`})
 	pid := r.appPID()
 
 	load := startLoad(t, r.trafficAddr(), 50)
-	testkit.Eventually(t, 10*time.Second, "load flowing", func() bool { return load.sent.Load() >= 10 })
+	testkit.Eventually(t, 10*time.Second, "load flowing", func() bool { return load.Sent() >= 10 })
 	at := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
 	took := r.recovered(pid, at)
-	lost := r.lostFigure(load.end(), "SIGSTOP")
+	lost := r.lostFigure(load.Stop(), "SIGSTOP")
 	st := r.mustStatus()
 	if st.LastExit == nil || st.LastExit.Reason != "liveness" {
 		t.Errorf("last exit %+v, want liveness", st.LastExit)

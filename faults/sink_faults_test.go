@@ -55,7 +55,7 @@ func TestLogSinkGone(t *testing.T) {
 	at = time.Now()
 	syscall.Kill(pid, syscall.SIGKILL)
 	rec := r.recovered(pid, at)
-	lost := load.end()
+	lost := load.Stop()
 	row.set(fmt.Sprintf("agent alive, same app process answered %d logged requests in %s; then app SIGKILLed and restarted; status and health 200", n-failed, ms(took)), ms(rec)+" (after the SIGKILL)", fmt.Sprintf("%d of %d, then %s across the SIGKILL", failed, n, lost))
 }
 
@@ -97,7 +97,7 @@ func TestLogSinkStuck(t *testing.T) {
 		return err == nil && st.PID != nil && *st.PID != pid && st.Healthy
 	})
 	took := time.Since(at)
-	lost := load.end()
+	lost := load.Stop()
 	healthCode, _, _, _ := r.healthCheck()
 	_, serr := r.status()
 	row.set(happened+fmt.Sprintf("; app SIGKILLed then restarted; health %d, status %s", healthCode, errOr(serr, "answers")), ms(took), lost.String())

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"agent/bench/internal/benchkit"
+	"agent/internal/lbclient"
 	"agent/internal/procfs"
 	"agent/internal/testapp"
 )
@@ -234,8 +235,8 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *benc
 			continue
 		}
 		b.logf("run %d %s %-5s %-7s: %d of %d failed [%s], %d/%d events (took %s), p99 %.1f ms, max %.0f ms, %d connections opened%s",
-			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, r.want, durList(r.took),
-			percentile(r.load.latencies, 0.99), percentile(r.load.latencies, 1), r.load.conns, errNote(r.errs))
+			run, app, side, action, r.load.Failed, r.load.Sent, lbclient.FormatKinds(r.load.Kinds), r.events, r.want, durList(r.took),
+			latencyMS(r.load, r.load.P99), latencyMS(r.load, r.load.Max), r.load.Conns, errNote(r.errs))
 	}
 }
 
@@ -277,16 +278,18 @@ func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string)
 	if err := waitServing(ctx, t.Addr(), 60*time.Second); err != nil {
 		return cellRun{err: fmt.Sprintf("not serving before the load: %v", err)}
 	}
-	lctx, stop := context.WithCancel(ctx)
-	defer stop()
-	g := newLoadGen(loadConfig{addr: t.Addr(), paths: spec.paths, rate: spec.rate, timeout: b.c.timeout})
-	resc := make(chan loadResult, 1)
-	go func() { resc <- g.run(lctx) }()
-
 	r := cellRun{want: b.c.k}
 	if action == "none" {
 		r.want = 0
 	}
+	// The load ends when the events are over; its own bound is far past
+	// that (an event waits 30 s at most for its new process).
+	bound := b.c.window + b.c.tail + time.Duration(r.want)*2*time.Minute
+	load, err := trafficLoad(t.Addr(), spec.paths, spec.rate, b.c.timeout, bound).Start(ctx)
+	if err != nil {
+		return cellRun{err: err.Error()}
+	}
+	defer load.Stop()
 	t0 := time.Now()
 	interval := b.c.window / time.Duration(b.c.k)
 	lastDone := t0
@@ -313,8 +316,7 @@ func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string)
 		end = e
 	}
 	benchkit.SleepUntil(ctx, end)
-	stop()
-	r.load = <-resc
+	r.load = load.Stop()
 	if ctx.Err() != nil {
 		r.err = "interrupted"
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"agent/bench/internal/benchkit"
+	"agent/internal/lbclient"
 )
 
 func main() { benchkit.Main("traffic", run) }
@@ -141,12 +142,36 @@ func pick(flagName, list string, known []string) ([]string, error) {
 	return out, nil
 }
 
+// trafficLoad is the load of a cell: rate GETs a second to addr, open loop,
+// cycling through paths, over keep-alive connections (an idle one
+// whenever there is one, up to 64 kept), never retried, each given timeout
+// to complete; it ends at bound unless stopped before.
+func trafficLoad(addr string, paths []string, rate int, timeout, bound time.Duration) lbclient.Load {
+	reqs := make([]lbclient.Request, len(paths))
+	for i, p := range paths {
+		reqs[i] = lbclient.Request{Path: p}
+	}
+	return lbclient.Load{
+		Addr: addr, Requests: reqs, Rate: rate, MaxIdle: 64, Timeout: timeout,
+		Duration: bound, UserAgent: "bench-traffic",
+	}
+}
+
+// latencyMS is d in milliseconds, NaN when no request succeeded (the
+// medians leave it out).
+func latencyMS(r lbclient.Report, d time.Duration) float64 {
+	if r.OK == 0 {
+		return math.NaN()
+	}
+	return float64(d) / float64(time.Millisecond)
+}
+
 // cellKey names one cell: an app, a supervisor and the events.
 type cellKey struct{ app, side, action string }
 
 // cellRun is one run of a cell.
 type cellRun struct {
-	load   loadResult
+	load   lbclient.Report
 	want   int             // events asked for
 	events int             // events that took effect
 	errs   []string        // why the others did not
@@ -214,13 +239,13 @@ func summarize(c config, runs []cellRun) summary {
 			continue
 		}
 		s.good = append(s.good, r)
-		failed = append(failed, r.load.failed)
-		total = append(total, r.load.total)
-		for k, v := range r.load.kinds {
+		failed = append(failed, r.load.Failed)
+		total = append(total, r.load.Sent)
+		for k, v := range r.load.Kinds {
 			s.kinds[k] += v
 		}
-		p99 = append(p99, percentile(r.load.latencies, 0.99))
-		mx = append(mx, percentile(r.load.latencies, 1))
+		p99 = append(p99, latencyMS(r.load, r.load.P99))
+		mx = append(mx, latencyMS(r.load, r.load.Max))
 	}
 	if len(s.good) > 0 {
 		s.failed, s.total = medianInt(failed), medianInt(total)
@@ -298,7 +323,7 @@ func printTables(w io.Writer, c config, res results) {
 				if len(s.kinds) == 0 {
 					return "—"
 				}
-				return kindsString(s.kinds)
+				return lbclient.FormatKinds(s.kinds)
 			})
 		}
 	}

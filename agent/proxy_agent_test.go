@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,12 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"agent/internal/clock"
+	"agent/internal/lbclient"
 	"agent/internal/testkit"
 )
 
@@ -54,69 +54,49 @@ hold = "30s"
 	return text, proxyAddr
 }
 
-// load sends requests through the proxy from a few keep-alive clients
-// until stopped, and counts the ones that did not get the app's answer.
+// load sends requests through the proxy from a few kept connections,
+// back to back, until stopped, and counts the ones that did not get the
+// app's answer as a load balancer would: never retried (internal/lbclient).
 type load struct {
-	ok, failed atomic.Int64
-	mu         sync.Mutex
-	errs       []string
-	stop       chan struct{}
-	wg         sync.WaitGroup
+	run *lbclient.Running
 }
 
 func startLoad(base string, workers int) *load { return startLoadPath(base, workers, "") }
 
-// startLoadPath is startLoad on one path; "" alternates / and /slow, and
-// any answer 200 counts unless the path is "".
+// startLoadPath is startLoad on one path; "" alternates / and /slow, whose
+// answers must be the app's ("ok …", "slow …"); on any other path any 2xx
+// counts.
 func startLoadPath(base string, workers int, only string) *load {
-	l := &load{stop: make(chan struct{})}
-	for i := range workers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			c := &http.Client{Timeout: 30 * time.Second}
-			path := "/"
-			if i%2 == 1 {
-				path = "/slow"
-			}
-			if only != "" {
-				path = only
-			}
-			for {
-				select {
-				case <-l.stop:
-					return
-				default:
-				}
-				resp, err := c.Get(base + path)
-				if err == nil {
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode == 200 && (only != "" || strings.HasPrefix(string(b), "ok ") || strings.HasPrefix(string(b), "slow ")) {
-						l.ok.Add(1)
-						continue
-					}
-					err = fmt.Errorf("%d %q", resp.StatusCode, b)
-				}
-				l.failed.Add(1)
-				l.mu.Lock()
-				if len(l.errs) < 10 {
-					l.errs = append(l.errs, err.Error())
-				}
-				l.mu.Unlock()
-			}
-		}()
+	reqs := []lbclient.Request{{Path: "/"}, {Path: "/slow"}}
+	check := func(b []byte) error {
+		if bytes.HasPrefix(b, []byte("ok ")) || bytes.HasPrefix(b, []byte("slow ")) {
+			return nil
+		}
+		return fmt.Errorf("not the app's answer: %q", b)
 	}
-	return l
+	if only != "" {
+		reqs, check = []lbclient.Request{{Path: only}}, nil
+	}
+	run, err := lbclient.Load{
+		Addr:     strings.TrimPrefix(base, "http://"),
+		Requests: reqs,
+		Conns:    workers,
+		Timeout:  30 * time.Second,
+		Duration: 5 * time.Minute, // a bound; finish stops it first
+		Check:    check,
+	}.Start(context.Background())
+	if err != nil {
+		panic(err) // a bad Load: the test's own mistake
+	}
+	return &load{run: run}
 }
 
 func (l *load) finish(t *testing.T) {
 	t.Helper()
-	close(l.stop)
-	l.wg.Wait()
-	t.Logf("requests: %d answered by the app, %d failed", l.ok.Load(), l.failed.Load())
-	if l.failed.Load() != 0 || l.ok.Load() == 0 {
-		t.Errorf("%d requests failed (%d ok): %v", l.failed.Load(), l.ok.Load(), l.errs)
+	rep := l.run.Stop()
+	t.Logf("requests: %d answered by the app, %d failed", rep.OK, rep.Failed)
+	if rep.Failed != 0 || rep.OK == 0 {
+		t.Errorf("%s requests failed (%d ok): %s; %q", rep, rep.OK, lbclient.FormatKinds(rep.Kinds), rep.Errors)
 	}
 }
 

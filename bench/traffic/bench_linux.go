@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -234,8 +233,8 @@ func (b *bench) supervisorCells(ctx context.Context, run int, rd string, d *benc
 			continue
 		}
 		b.logf("run %d %s %-5s %-7s: %d of %d failed [%s], %d/%d events (took %s), p99 %.1f ms, max %.0f ms, %d connections opened%s",
-			run, app, side, action, r.load.failed, r.load.total, kindsString(r.load.kinds), r.events, r.want, durList(r.took),
-			percentile(r.load.latencies, 0.99), percentile(r.load.latencies, 1), r.load.conns, errNote(r.errs))
+			run, app, side, action, r.load.Failed, r.load.Total, benchkit.KindsString(r.load.Kinds), r.events, r.want, durList(r.took),
+			benchkit.Percentile(r.load.Latencies, 0.99), benchkit.Percentile(r.load.Latencies, 1), r.load.Conns, errNote(r.errs))
 	}
 }
 
@@ -274,14 +273,14 @@ func errNote(errs []string) string {
 // cell runs the load for the window and the k events spread over it, the
 // i-th at (i+½)·window/k.
 func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string) cellRun {
-	if err := waitServing(ctx, t.Addr(), 60*time.Second); err != nil {
+	if err := benchkit.WaitServing(ctx, t.Addr(), 60*time.Second); err != nil {
 		return cellRun{err: fmt.Sprintf("not serving before the load: %v", err)}
 	}
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
-	g := newLoadGen(loadConfig{addr: t.Addr(), paths: spec.paths, rate: spec.rate, timeout: b.c.timeout})
-	resc := make(chan loadResult, 1)
-	go func() { resc <- g.run(lctx) }()
+	g := benchkit.NewLoadGen(benchkit.LoadConfig{Addr: t.Addr(), Paths: spec.paths, Rate: spec.rate, Timeout: b.c.timeout})
+	resc := make(chan benchkit.LoadResult, 1)
+	go func() { resc <- g.Run(lctx) }()
 
 	r := cellRun{want: b.c.k}
 	if action == "none" {
@@ -400,27 +399,6 @@ func (b *bench) stopAgents() {
 		}
 		procfs.CloseAll(hs)
 	}
-}
-
-// waitServing waits until GET / through addr answers 200.
-func waitServing(ctx context.Context, addr string, timeout time.Duration) error {
-	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	var last error
-	err := benchkit.Poll(ctx, timeout, 50*time.Millisecond, func() (bool, error) {
-		resp, err := c.Get("http://" + addr + "/")
-		if err != nil {
-			last = err
-			return false, nil
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		last = fmt.Errorf("%s", resp.Status)
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
-		return fmt.Errorf("%w (last: %v)", err, last)
-	}
-	return nil
 }
 
 // writeApps writes the embedded Node apps into dir.

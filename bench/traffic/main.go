@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -146,7 +145,7 @@ type cellKey struct{ app, side, action string }
 
 // cellRun is one run of a cell.
 type cellRun struct {
-	load   loadResult
+	load   benchkit.LoadResult
 	want   int             // events asked for
 	events int             // events that took effect
 	errs   []string        // why the others did not
@@ -160,31 +159,6 @@ type results map[cellKey][]cellRun
 // ok reports whether the run measured what it should: the load ran and
 // every event took effect.
 func (r cellRun) ok() bool { return r.err == "" && r.events == r.want }
-
-// medianInt returns the median of v (the mean of the middle two for an
-// even count, rounded).
-func medianInt(v []int) int {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return int(math.Round(float64(s[n/2-1]+s[n/2]) / 2))
-}
-
-func medianFloat(v []float64) float64 {
-	s := slices.DeleteFunc(slices.Clone(v), math.IsNaN)
-	if len(s) == 0 {
-		return math.NaN()
-	}
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
 
 // summary is a cell over its runs.
 type summary struct {
@@ -214,18 +188,18 @@ func summarize(c config, runs []cellRun) summary {
 			continue
 		}
 		s.good = append(s.good, r)
-		failed = append(failed, r.load.failed)
-		total = append(total, r.load.total)
-		for k, v := range r.load.kinds {
+		failed = append(failed, r.load.Failed)
+		total = append(total, r.load.Total)
+		for k, v := range r.load.Kinds {
 			s.kinds[k] += v
 		}
-		p99 = append(p99, percentile(r.load.latencies, 0.99))
-		mx = append(mx, percentile(r.load.latencies, 1))
+		p99 = append(p99, benchkit.Percentile(r.load.Latencies, 0.99))
+		mx = append(mx, benchkit.Percentile(r.load.Latencies, 1))
 	}
 	if len(s.good) > 0 {
-		s.failed, s.total = medianInt(failed), medianInt(total)
+		s.failed, s.total = benchkit.MedianInt(failed), benchkit.MedianInt(total)
 		s.min, s.max = slices.Min(failed), slices.Max(failed)
-		s.p99, s.maxLatency = medianFloat(p99), medianFloat(mx)
+		s.p99, s.maxLatency = benchkit.Median(p99), benchkit.Median(mx)
 	}
 	s.note = strings.Join(notes, "; ")
 	return s
@@ -298,7 +272,7 @@ func printTables(w io.Writer, c config, res results) {
 				if len(s.kinds) == 0 {
 					return "—"
 				}
-				return kindsString(s.kinds)
+				return benchkit.KindsString(s.kinds)
 			})
 		}
 	}

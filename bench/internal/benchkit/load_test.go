@@ -1,4 +1,4 @@
-package main
+package benchkit
 
 import (
 	"bufio"
@@ -62,58 +62,58 @@ func TestLoadClassifiesFailures(t *testing.T) {
 	}{
 		{"ok", func() string { return tcpServer(t, answer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi\n")) }, "", true},
 		{"502", func() string { return tcpServer(t, answer("HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")) }, "HTTP 502", true},
-		{"refused", refused, kindRefused, false},
+		{"refused", refused, KindRefused, false},
 		{"closed", func() string {
 			return tcpServer(t, func(_ *net.TCPConn, br *bufio.Reader) { readRequest(br) })
-		}, kindClosed, false},
+		}, KindClosed, false},
 		{"reset", func() string {
 			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
 				readRequest(br)
 				c.SetLinger(0) // close sends RST
 			})
-		}, kindReset, false},
+		}, KindReset, false},
 		{"cut", func() string {
 			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
 				readRequest(br)
 				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"))
 			})
-		}, kindCut, false},
+		}, KindCut, false},
 		{"headers cut", func() string {
 			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
 				readRequest(br)
 				c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Le"))
 			})
-		}, kindCut, false},
+		}, KindCut, false},
 		{"timeout", func() string {
 			return tcpServer(t, func(c *net.TCPConn, br *bufio.Reader) {
 				readRequest(br)
 				c.SetReadDeadline(time.Now().Add(10 * time.Second))
 				br.ReadByte() // until the client gives up
 			})
-		}, kindTimeout, false},
-		{"not http", func() string { return tcpServer(t, answer("SSH-2.0-OpenSSH\r\n\r\n")) }, kindBad, false},
+		}, KindTimeout, false},
+		{"not http", func() string { return tcpServer(t, answer("SSH-2.0-OpenSSH\r\n\r\n")) }, KindBad, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := newLoadGen(loadConfig{addr: tt.addr(), paths: []string{"/", "/slow"}, rate: 100, timeout: 300 * time.Millisecond})
+			g := NewLoadGen(LoadConfig{Addr: tt.addr(), Paths: []string{"/", "/slow"}, Rate: 100, Timeout: 300 * time.Millisecond})
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
-			r := g.run(ctx)
-			if r.total < 5 {
-				t.Fatalf("only %d requests sent", r.total)
+			r := g.Run(ctx)
+			if r.Total < 5 {
+				t.Fatalf("only %d requests sent", r.Total)
 			}
 			if tt.want == "" {
-				if r.failed != 0 {
-					t.Fatalf("%d of %d failed: %s", r.failed, r.total, kindsString(r.kinds))
+				if r.Failed != 0 {
+					t.Fatalf("%d of %d failed: %s", r.Failed, r.Total, KindsString(r.Kinds))
 				}
-				if len(r.latencies) != r.total {
-					t.Fatalf("%d latencies for %d requests", len(r.latencies), r.total)
+				if len(r.Latencies) != r.Total {
+					t.Fatalf("%d latencies for %d requests", len(r.Latencies), r.Total)
 				}
-			} else if r.failed != r.total || r.kinds[tt.want] != r.total {
-				t.Fatalf("want all %d failed as %q, got %d failed: %s", r.total, tt.want, r.failed, kindsString(r.kinds))
+			} else if r.Failed != r.Total || r.Kinds[tt.want] != r.Total {
+				t.Fatalf("want all %d failed as %q, got %d failed: %s", r.Total, tt.want, r.Failed, KindsString(r.Kinds))
 			}
-			if tt.reused && r.conns >= r.total {
-				t.Fatalf("%d connections for %d requests: keep-alive not used", r.conns, r.total)
+			if tt.reused && r.Conns >= r.Total {
+				t.Fatalf("%d connections for %d requests: keep-alive not used", r.Conns, r.Total)
 			}
 		})
 	}
@@ -132,27 +132,27 @@ func TestLoadKeepsItsRateWhileTheServerStalls(t *testing.T) {
 		}
 	})
 	time.AfterFunc(300*time.Millisecond, func() { close(release) })
-	g := newLoadGen(loadConfig{addr: addr, paths: []string{"/"}, rate: 100, timeout: 5 * time.Second})
+	g := NewLoadGen(LoadConfig{Addr: addr, Paths: []string{"/"}, Rate: 100, Timeout: 5 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	r := g.run(ctx)
-	if r.failed != 0 {
-		t.Fatalf("%d failed: %s", r.failed, kindsString(r.kinds))
+	r := g.Run(ctx)
+	if r.Failed != 0 {
+		t.Fatalf("%d failed: %s", r.Failed, KindsString(r.Kinds))
 	}
 	// 50 ticks in 500 ms; the ones held by the stall each needed a
 	// connection of their own.
-	if r.total < 40 || r.conns < 20 {
-		t.Fatalf("%d requests on %d connections: the load waited for the stalled server", r.total, r.conns)
+	if r.Total < 40 || r.Conns < 20 {
+		t.Fatalf("%d requests on %d connections: the load waited for the stalled server", r.Total, r.Conns)
 	}
 }
 
 func TestKindsString(t *testing.T) {
-	got := kindsString(map[string]int{"reset": 2, "connection refused": 40, "HTTP 502": 2})
+	got := KindsString(map[string]int{"reset": 2, "connection refused": 40, "HTTP 502": 2})
 	want := "connection refused 40, HTTP 502 2, reset 2"
 	if got != want {
 		t.Fatalf("got %q, want %q", got, want)
 	}
-	if s := fmt.Sprint(kindsString(nil)); s != "" {
+	if s := fmt.Sprint(KindsString(nil)); s != "" {
 		t.Fatalf("no kinds: got %q", s)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package benchkit
 
 import (
 	"bufio"
@@ -21,50 +21,50 @@ import (
 // Failure kinds, as a load balancer in front would see them. Every one of
 // them is a 502 (or the status itself) at an ALB.
 const (
-	kindRefused = "connection refused"  // dial refused: nothing listens
-	kindDial    = "connect error"       // dial failed otherwise (timeout, ...)
-	kindReset   = "reset"               // ECONNRESET/EPIPE before any response byte
-	kindClosed  = "closed, no response" // EOF before any response byte
-	kindCut     = "response cut"        // the response began, then the connection failed
-	kindTimeout = "timeout"             // no complete response within the timeout
-	kindBad     = "malformed response"  // bytes came that are not HTTP
+	KindRefused = "connection refused"  // dial refused: nothing listens
+	KindDial    = "connect error"       // dial failed otherwise (timeout, ...)
+	KindReset   = "reset"               // ECONNRESET/EPIPE before any response byte
+	KindClosed  = "closed, no response" // EOF before any response byte
+	KindCut     = "response cut"        // the response began, then the connection failed
+	KindTimeout = "timeout"             // no complete response within the timeout
+	KindBad     = "malformed response"  // bytes came that are not HTTP
 )
 
-// loadConfig is a fixed-rate load: rate requests a second to addr, cycling
-// through paths, each given timeout to complete.
-type loadConfig struct {
-	addr    string // host:port
-	paths   []string
-	rate    int
-	timeout time.Duration
-	maxIdle int // keep-alive connections kept for reuse
+// LoadConfig is a fixed-rate load: Rate requests a second to Addr, cycling
+// through Paths, each given Timeout to complete.
+type LoadConfig struct {
+	Addr    string // host:port
+	Paths   []string
+	Rate    int
+	Timeout time.Duration
+	MaxIdle int // keep-alive connections kept for reuse (0: 64)
 }
 
-// loadResult is what a load saw.
-type loadResult struct {
-	total     int
-	failed    int
-	kinds     map[string]int // failure kind -> count
-	latencies []float64      // ms, of the successful requests
-	conns     int            // connections opened
+// LoadResult is what a load saw.
+type LoadResult struct {
+	Total     int
+	Failed    int
+	Kinds     map[string]int // failure kind -> count
+	Latencies []float64      // ms, of the successful requests
+	Conns     int            // connections opened
 }
 
-// merge adds o into r.
-func (r *loadResult) merge(o loadResult) {
-	r.total += o.total
-	r.failed += o.failed
-	r.conns += o.conns
-	if r.kinds == nil {
-		r.kinds = map[string]int{}
+// Merge adds o into r.
+func (r *LoadResult) Merge(o LoadResult) {
+	r.Total += o.Total
+	r.Failed += o.Failed
+	r.Conns += o.Conns
+	if r.Kinds == nil {
+		r.Kinds = map[string]int{}
 	}
-	for k, v := range o.kinds {
-		r.kinds[k] += v
+	for k, v := range o.Kinds {
+		r.Kinds[k] += v
 	}
-	r.latencies = append(r.latencies, o.latencies...)
+	r.Latencies = append(r.Latencies, o.Latencies...)
 }
 
-// kindsString lists the failure kinds, most frequent first.
-func kindsString(kinds map[string]int) string {
+// KindsString lists the failure kinds, most frequent first.
+func KindsString(kinds map[string]int) string {
 	type kv struct {
 		k string
 		v int
@@ -86,19 +86,19 @@ func kindsString(kinds map[string]int) string {
 	return strings.Join(out, ", ")
 }
 
-// loadGen sends requests at a fixed rate, open loop: a request goes out on
+// LoadGen sends requests at a fixed rate, open loop: a request goes out on
 // its tick whether or not the earlier ones came back, so a stall cannot slow
 // the load down and hide itself. Requests go over a pool of keep-alive
 // connections, as a load balancer's do: a request takes an idle connection
 // when there is one and dials a new one otherwise; a connection goes back
 // to the pool after a complete response. Nothing is ever retried: every
 // failure counts, with its kind.
-type loadGen struct {
-	c    loadConfig
+type LoadGen struct {
+	c    LoadConfig
 	idle chan *loadConn
 
 	mu  sync.Mutex
-	res loadResult
+	res LoadResult
 }
 
 type loadConn struct {
@@ -128,18 +128,18 @@ func newLoadConn(c net.Conn) *loadConn {
 	return &loadConn{c: c, rr: rr, br: bufio.NewReader(rr)}
 }
 
-func newLoadGen(c loadConfig) *loadGen {
-	if c.maxIdle <= 0 {
-		c.maxIdle = 64
+func NewLoadGen(c LoadConfig) *LoadGen {
+	if c.MaxIdle <= 0 {
+		c.MaxIdle = 64
 	}
-	return &loadGen{c: c, idle: make(chan *loadConn, c.maxIdle), res: loadResult{kinds: map[string]int{}}}
+	return &LoadGen{c: c, idle: make(chan *loadConn, c.MaxIdle), res: LoadResult{Kinds: map[string]int{}}}
 }
 
-// run sends the load until ctx ends, then waits for the requests in flight
+// Run sends the load until ctx ends, then waits for the requests in flight
 // and returns what it saw.
-func (g *loadGen) run(ctx context.Context) loadResult {
+func (g *LoadGen) Run(ctx context.Context) LoadResult {
 	var wg sync.WaitGroup
-	interval := time.Second / time.Duration(g.c.rate)
+	interval := time.Second / time.Duration(g.c.Rate)
 	start := time.Now()
 	for i := 0; ; i++ {
 		// The i-th request's tick, measured from the start, so timer
@@ -158,12 +158,12 @@ func (g *loadGen) run(ctx context.Context) loadResult {
 			wg.Wait()
 			return g.finish()
 		}
-		path := g.c.paths[i%len(g.c.paths)]
+		path := g.c.Paths[i%len(g.c.Paths)]
 		wg.Go(func() { g.one(path) })
 	}
 }
 
-func (g *loadGen) finish() loadResult {
+func (g *LoadGen) finish() LoadResult {
 	for {
 		select {
 		case lc := <-g.idle:
@@ -177,45 +177,45 @@ func (g *loadGen) finish() loadResult {
 }
 
 // one sends one request and records its outcome.
-func (g *loadGen) one(path string) {
+func (g *LoadGen) one(path string) {
 	t0 := time.Now()
-	kind := g.exchange(path, t0.Add(g.c.timeout))
+	kind := g.exchange(path, t0.Add(g.c.Timeout))
 	ms := float64(time.Since(t0)) / float64(time.Millisecond)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.res.total++
+	g.res.Total++
 	if kind != "" {
-		g.res.failed++
-		g.res.kinds[kind]++
+		g.res.Failed++
+		g.res.Kinds[kind]++
 		return
 	}
-	g.res.latencies = append(g.res.latencies, ms)
+	g.res.Latencies = append(g.res.Latencies, ms)
 }
 
 // exchange sends GET path and reads the whole response; it returns the
 // failure kind, or "" for a 200.
-func (g *loadGen) exchange(path string, deadline time.Time) string {
+func (g *LoadGen) exchange(path string, deadline time.Time) string {
 	var lc *loadConn
 	select {
 	case lc = <-g.idle:
 	default:
 		d := net.Dialer{Deadline: deadline}
-		c, err := d.Dial("tcp", g.c.addr)
+		c, err := d.Dial("tcp", g.c.Addr)
 		if err != nil {
 			if errors.Is(err, syscall.ECONNREFUSED) {
-				return kindRefused
+				return KindRefused
 			}
 			if isTimeout(err) {
-				return kindTimeout
+				return KindTimeout
 			}
-			return kindDial
+			return KindDial
 		}
 		g.mu.Lock()
-		g.res.conns++
+		g.res.Conns++
 		g.mu.Unlock()
 		lc = newLoadConn(c)
 	}
-	kind, reuse := exchangeOn(lc, g.c.addr, path, deadline)
+	kind, reuse := exchangeOn(lc, g.c.Addr, path, deadline)
 	if !reuse {
 		lc.c.Close()
 		return kind
@@ -232,7 +232,7 @@ func (g *loadGen) exchange(path string, deadline time.Time) string {
 // 200) and whether the connection can carry another request.
 func exchangeOn(lc *loadConn, host, path string, deadline time.Time) (kind string, reuse bool) {
 	lc.c.SetDeadline(deadline)
-	if _, err := fmt.Fprintf(lc.c, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: bench-traffic\r\n\r\n", path, host); err != nil {
+	if _, err := fmt.Fprintf(lc.c, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: bench-load\r\n\r\n", path, host); err != nil {
 		return classify(err, false), false
 	}
 	// Whether any response byte came decides between "no response" (the
@@ -245,7 +245,7 @@ func exchangeOn(lc *loadConn, host, path string, deadline time.Time) (kind strin
 		if lc.rr.err != nil {
 			return classify(lc.rr.err, true), false
 		}
-		return kindBad, false
+		return KindBad, false
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
@@ -263,13 +263,13 @@ func exchangeOn(lc *loadConn, host, path string, deadline time.Time) (kind strin
 func classify(err error, began bool) string {
 	switch {
 	case isTimeout(err):
-		return kindTimeout
+		return KindTimeout
 	case began:
-		return kindCut
+		return KindCut
 	case isReset(err):
-		return kindReset
+		return KindReset
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-		return kindClosed
+		return KindClosed
 	}
 	return "error: " + err.Error()
 }
@@ -283,8 +283,8 @@ func isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }
 
-// percentile returns the q-quantile of v (nearest rank); NaN for none.
-func percentile(v []float64, q float64) float64 {
+// Percentile returns the q-quantile of v (nearest rank); NaN for none.
+func Percentile(v []float64, q float64) float64 {
 	if len(v) == 0 {
 		return math.NaN()
 	}
@@ -292,4 +292,31 @@ func percentile(v []float64, q float64) float64 {
 	slices.Sort(s)
 	i := int(math.Ceil(q*float64(len(s)))) - 1
 	return s[max(i, 0)]
+}
+
+// MedianInt returns the median of v (the mean of the middle two for an
+// even count, rounded).
+func MedianInt(v []int) int {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return int(math.Round(float64(s[n/2-1]+s[n/2]) / 2))
+}
+
+// Median returns the median of v leaving out NaNs (the mean of the middle
+// two for an even count); NaN for none.
+func Median(v []float64) float64 {
+	s := slices.DeleteFunc(slices.Clone(v), math.IsNaN)
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
 }

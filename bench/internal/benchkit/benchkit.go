@@ -3,7 +3,8 @@
 // talking to its control socket, installing PM2 from npm into a directory
 // of its own and driving its daemon, free loopback ports, polling, a
 // fixed-rate load that counts failures as a load balancer would, medians
-// and percentiles, and the machine banner printed above the results.
+// and percentiles, nginx configs, wrk runs, resident memory samples, and
+// the machine banner printed above the results.
 package benchkit
 
 import (

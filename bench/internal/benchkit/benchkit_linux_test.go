@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -97,5 +98,19 @@ func TestMachineLine(t *testing.T) {
 	}
 	if !strings.Contains(with, " GiB memory, kernel ") {
 		t.Fatalf("MachineLine(true) = %q", with)
+	}
+}
+
+func TestRSS(t *testing.T) {
+	if RSS(os.Getpid()) == 0 {
+		t.Fatal("RSS of this process is 0")
+	}
+	stop := PeakRSS(os.Getpid(), time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
+	if peak := stop(); peak == 0 {
+		t.Fatal("peak RSS of this process is 0")
+	}
+	if RSS(-1) != 0 {
+		t.Fatal("RSS of no process is not 0")
 	}
 }

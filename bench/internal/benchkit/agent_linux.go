@@ -41,9 +41,12 @@ type AgentConfig struct {
 	Command []string // app.command
 	Dir     string   // app.dir
 	Env     map[string]string
-	Memory  string // the [memory] section's lines
-	Health  string // health.listen
-	Extra   string // more sections, each starting with an empty line
+	// Instances is app.instances: how many processes of the app (more
+	// than 1 needs [proxy] in Extra); 0 leaves the key out (1 process).
+	Instances int
+	Memory    string // the [memory] section's lines
+	Health    string // health.listen
+	Extra     string // more sections, each starting with an empty line
 }
 
 // TOML returns the config's text, control.socket set to socket.
@@ -52,13 +55,17 @@ func (c AgentConfig) TOML(socket string) string {
 	for k, v := range c.Env {
 		env = append(env, fmt.Sprintf("%s = %q", k, v))
 	}
+	instances := ""
+	if c.Instances > 0 {
+		instances = fmt.Sprintf("instances = %d\n", c.Instances)
+	}
 	return fmt.Sprintf(`name = %q
 
 [app]
 command = %s
 dir = %q
 env = { %s }
-
+%s
 [restart]
 delay = "0s"
 max_delay = "0s"
@@ -74,7 +81,7 @@ socket = %q
 %s
 [log]
 level = "warn"
-`, c.Name, TOMLList(c.Command), c.Dir, strings.Join(env, ", "), c.Memory, c.Health, socket, c.Extra)
+`, c.Name, TOMLList(c.Command), c.Dir, strings.Join(env, ", "), instances, c.Memory, c.Health, socket, c.Extra)
 }
 
 // StartAgent writes cfg to dir/agent.toml, its control socket

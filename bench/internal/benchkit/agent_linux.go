@@ -27,10 +27,19 @@ type Agent struct {
 
 // AgentStatus is the part of the agent's status the harnesses read.
 type AgentStatus struct {
-	State string          `json:"state"`
-	PID   *int            `json:"pid"`
-	Ready bool            `json:"ready"`
-	Proxy json.RawMessage `json:"proxy"`
+	State     string           `json:"state"`
+	PID       *int             `json:"pid"`
+	Ready     bool             `json:"ready"`
+	Instances []InstanceStatus `json:"instances"`
+	Proxy     json.RawMessage  `json:"proxy"`
+}
+
+// InstanceStatus is one process of the app (app.instances) in the status.
+type InstanceStatus struct {
+	Index int  `json:"index"`
+	PID   *int `json:"pid"` // nil while none runs
+	Port  int  `json:"port"`
+	Ready bool `json:"ready"`
 }
 
 // AgentConfig is an agent config as the harnesses write it: restart

@@ -28,6 +28,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"agent/bench/internal/benchkit"
 	"agent/internal/clock"
 	"agent/internal/testkit"
 	"agent/proxy"
@@ -79,33 +80,6 @@ func serveProxy(args []string) error {
 
 const helloApp = `require('http').createServer((req, res) => res.end('hello world\n'))
   .listen(Number(process.env.PORT), '127.0.0.1', () => console.log('ready'));
-`
-
-const nginxConf = `worker_processes auto;
-user root;
-daemon off;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  upstream app { server %[2]s; keepalive 128; }
-  server {
-    listen %[3]s;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }
-  }
-}
 `
 
 type target struct {
@@ -173,7 +147,8 @@ func run() error {
 	}
 
 	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConf, dir, appAddr, nginxAddr)), 0o644); err != nil {
+	nginx := benchkit.NginxConfig{Dir: dir, Listen: nginxAddr, Servers: []string{appAddr}, Keepalive: 128}
+	if err := os.WriteFile(conf, []byte(nginx.Text()), 0o644); err != nil {
 		return err
 	}
 	if err := start(exec.Command("nginx", "-c", conf, "-p", dir), nginxAddr); err != nil {
@@ -219,15 +194,13 @@ func run() error {
 			if t.cpu != nil {
 				s.cpuPerReq = float64((t.cpu() - cpu0).Microseconds()) / (rps * dur.Seconds())
 			}
-			stopRSS := make(chan float64)
-			quit := make(chan struct{})
+			var peak func() uint64
 			if t.pid != 0 {
-				go peakRSS(t.pid, quit, stopRSS)
+				peak = benchkit.PeakRSS(t.pid, 100*time.Millisecond)
 			}
 			s.p50, s.p99, err = hey(t.url, *dur)
-			close(quit)
-			if t.pid != 0 {
-				s.rssLoad = <-stopRSS
+			if peak != nil {
+				s.rssLoad = float64(peak()) / 1e6
 			}
 			if err != nil {
 				return err
@@ -277,26 +250,20 @@ func run() error {
 }
 
 var (
-	wrkRPS  = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
-	wrkErrs = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)|Socket errors: .*`)
-	heyPct  = regexp.MustCompile(`(?m)^\s+(50|99)% in ([0-9.]+) secs`)
-	heyErr  = regexp.MustCompile(`(?m)^Error distribution:`)
+	heyPct = regexp.MustCompile(`(?m)^\s+(50|99)% in ([0-9.]+) secs`)
+	heyErr = regexp.MustCompile(`(?m)^Error distribution:`)
 )
 
 // wrk runs wrk -t2 -c64 for d and returns requests per second.
 func wrk(url string, d time.Duration) (float64, error) {
-	out, err := exec.Command("wrk", "-t2", "-c64", "-d"+d.String(), url).CombinedOutput()
+	r, err := benchkit.Wrk(context.Background(), url, 2, 64, d)
 	if err != nil {
-		return 0, fmt.Errorf("wrk %s: %w\n%s", url, err, out)
+		return 0, err
 	}
-	if e := wrkErrs.Find(out); e != nil {
-		return 0, fmt.Errorf("wrk %s: errors: %s", url, e)
+	if r.Errors != "" {
+		return 0, fmt.Errorf("wrk %s: errors: %s", url, r.Errors)
 	}
-	m := wrkRPS.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("wrk %s: no Requests/sec in:\n%s", url, out)
-	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	return r.RPS, nil
 }
 
 // hey runs 10 workers at 100 req/s each for d and returns p50 and p99 in ms.
@@ -357,38 +324,8 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
-// peakRSS samples pid's RSS every 100 ms until quit and sends the peak.
-func peakRSS(pid int, quit <-chan struct{}, out chan<- float64) {
-	peak := 0.0
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-quit:
-			out <- peak
-			return
-		case <-t.C:
-			if v := rssMB(pid); v > peak {
-				peak = v
-			}
-		}
-	}
-}
-
 // rssMB is pid's VmRSS in MB (10^6 bytes), 0 if unknown.
-func rssMB(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb * 1024 / 1e6
-		}
-	}
-	return 0
-}
+func rssMB(pid int) float64 { return float64(benchkit.RSS(pid)) / 1e6 }
 
 func median(ss []sample, f func(sample) float64) float64 {
 	v := make([]float64, len(ss))

@@ -27,10 +27,19 @@ type Agent struct {
 
 // AgentStatus is the part of the agent's status the harnesses read.
 type AgentStatus struct {
-	State string          `json:"state"`
-	PID   *int            `json:"pid"`
-	Ready bool            `json:"ready"`
-	Proxy json.RawMessage `json:"proxy"`
+	State     string           `json:"state"`
+	PID       *int             `json:"pid"`
+	Ready     bool             `json:"ready"`
+	Instances []InstanceStatus `json:"instances"`
+	Proxy     json.RawMessage  `json:"proxy"`
+}
+
+// InstanceStatus is one process of the app (app.instances) in the status.
+type InstanceStatus struct {
+	Index int  `json:"index"`
+	PID   *int `json:"pid"` // nil while none runs
+	Port  int  `json:"port"`
+	Ready bool `json:"ready"`
 }
 
 // AgentConfig is an agent config as the harnesses write it: restart
@@ -41,9 +50,12 @@ type AgentConfig struct {
 	Command []string // app.command
 	Dir     string   // app.dir
 	Env     map[string]string
-	Memory  string // the [memory] section's lines
-	Health  string // health.listen
-	Extra   string // more sections, each starting with an empty line
+	// Instances is app.instances: how many processes of the app (more
+	// than 1 needs [proxy] in Extra); 0 leaves the key out (1 process).
+	Instances int
+	Memory    string // the [memory] section's lines
+	Health    string // health.listen
+	Extra     string // more sections, each starting with an empty line
 }
 
 // TOML returns the config's text, control.socket set to socket.
@@ -52,13 +64,17 @@ func (c AgentConfig) TOML(socket string) string {
 	for k, v := range c.Env {
 		env = append(env, fmt.Sprintf("%s = %q", k, v))
 	}
+	instances := ""
+	if c.Instances > 0 {
+		instances = fmt.Sprintf("instances = %d\n", c.Instances)
+	}
 	return fmt.Sprintf(`name = %q
 
 [app]
 command = %s
 dir = %q
 env = { %s }
-
+%s
 [restart]
 delay = "0s"
 max_delay = "0s"
@@ -74,7 +90,7 @@ socket = %q
 %s
 [log]
 level = "warn"
-`, c.Name, TOMLList(c.Command), c.Dir, strings.Join(env, ", "), c.Memory, c.Health, socket, c.Extra)
+`, c.Name, TOMLList(c.Command), c.Dir, strings.Join(env, ", "), instances, c.Memory, c.Health, socket, c.Extra)
 }
 
 // StartAgent writes cfg to dir/agent.toml, its control socket

@@ -1,15 +1,19 @@
 // Package benchkit holds what the benchmark harnesses under bench/ share:
 // building the agent from this module, starting an agent on a config and
 // talking to its control socket, installing PM2 from npm into a directory
-// of its own and driving its daemon, free loopback ports, polling, and the
-// machine banner printed above the results.
+// of its own and driving its daemon, free loopback ports, polling, a
+// fixed-rate load that counts failures as a load balancer would, medians
+// and percentiles, nginx configs, wrk runs, resident memory samples, and
+// the machine banner printed above the results.
 package benchkit
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,4 +170,25 @@ func MachineLine(memory bool) string {
 	return fmt.Sprintf("Machine: %s, %d cores (%s), %skernel %s\n",
 		field("/etc/os-release", "PRETTY_NAME"), runtime.NumCPU(), field("/proc/cpuinfo", "model name"),
 		mem, strings.TrimSpace(string(kernel)))
+}
+
+// WaitServing waits until GET / through addr answers 200.
+func WaitServing(ctx context.Context, addr string, timeout time.Duration) error {
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	var last error
+	err := Poll(ctx, timeout, 50*time.Millisecond, func() (bool, error) {
+		resp, err := c.Get("http://" + addr + "/")
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		last = fmt.Errorf("%s", resp.Status)
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w (last: %v)", err, last)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -56,20 +57,22 @@ func TestFreePorts(t *testing.T) {
 // asked for in it.
 func TestAgentConfig(t *testing.T) {
 	c := AgentConfig{
-		Name:    "web",
-		Command: []string{"node", `say "hi".js`},
-		Dir:     "/srv/app",
-		Env:     map[string]string{"A": "1", "B": `x"y`},
-		Memory:  "watch_oom = false\n",
-		Health:  "127.0.0.1:8081",
-		Extra:   "\n[proxy]\nlisten = \"127.0.0.1:80\"\n",
+		Name:      "web",
+		Command:   []string{"node", `say "hi".js`},
+		Dir:       "/srv/app",
+		Env:       map[string]string{"A": "1", "B": `x"y`},
+		Instances: 2,
+		Memory:    "watch_oom = false\n",
+		Health:    "127.0.0.1:8081",
+		Extra:     "\n[proxy]\nlisten = \"127.0.0.1:80\"\n",
 	}
 	var got struct {
 		Name string
 		App  struct {
-			Command []string
-			Dir     string
-			Env     map[string]string
+			Command   []string
+			Dir       string
+			Env       map[string]string
+			Instances int
 		}
 		Memory struct {
 			WatchOOM bool `toml:"watch_oom"`
@@ -84,7 +87,7 @@ func TestAgentConfig(t *testing.T) {
 		t.Fatalf("%v\n%s", err, text)
 	}
 	if got.Name != "web" || strings.Join(got.App.Command, "|") != `node|say "hi".js` || got.App.Dir != "/srv/app" ||
-		got.App.Env["B"] != `x"y` || got.Health.Listen != c.Health || got.Control.Socket != "/run/a.sock" ||
+		got.App.Env["B"] != `x"y` || got.App.Instances != 2 || got.Health.Listen != c.Health || got.Control.Socket != "/run/a.sock" ||
 		got.Proxy.Listen != "127.0.0.1:80" || got.Log.Level != "warn" {
 		t.Fatalf("decoded %+v from\n%s", got, text)
 	}
@@ -97,5 +100,19 @@ func TestMachineLine(t *testing.T) {
 	}
 	if !strings.Contains(with, " GiB memory, kernel ") {
 		t.Fatalf("MachineLine(true) = %q", with)
+	}
+}
+
+func TestRSS(t *testing.T) {
+	if RSS(os.Getpid()) == 0 {
+		t.Fatal("RSS of this process is 0")
+	}
+	stop := PeakRSS(os.Getpid(), time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
+	if peak := stop(); peak == 0 {
+		t.Fatal("peak RSS of this process is 0")
+	}
+	if RSS(-1) != 0 {
+		t.Fatal("RSS of no process is not 0")
 	}
 }

@@ -119,7 +119,11 @@ func (a *Agent) rollout(ctx context.Context) (release func(), err error) {
 // Restart restarts the app's processes one at a time, each gated (its
 // requests in flight finish, new ones go to the others), and returns once
 // the last one serves again, or with the error that stopped the rollout.
-func (a *Agent) Restart(ctx context.Context) error {
+func (a *Agent) Restart(ctx context.Context) error { return a.roll(ctx, a.sup.Restart) }
+
+// roll runs step on each slot in turn, under the rollout, and stops at the
+// first that fails.
+func (a *Agent) roll(ctx context.Context, step func(ctx context.Context, slot int) error) error {
 	release, err := a.rollout(ctx)
 	if err != nil {
 		return err
@@ -127,7 +131,7 @@ func (a *Agent) Restart(ctx context.Context) error {
 	defer release()
 	n := a.sup.Slots()
 	for i := range n {
-		if err := a.sup.Restart(ctx, i); err != nil {
+		if err := step(ctx, i); err != nil {
 			return rolloutError(i, n, err)
 		}
 	}
@@ -149,20 +153,7 @@ func rolloutError(i, n int, err error) error {
 // once the last new process serves and the old ones are gone, or with an
 // error wrapping ErrReloadFailed when a new one failed: that slot's old
 // process and those not yet replaced keep serving the old release.
-func (a *Agent) Reload(ctx context.Context) error {
-	release, err := a.rollout(ctx)
-	if err != nil {
-		return err
-	}
-	defer release()
-	n := a.sup.Slots()
-	for i := range n {
-		if err := a.reloadSlot(ctx, i); err != nil {
-			return rolloutError(i, n, err)
-		}
-	}
-	return nil
-}
+func (a *Agent) Reload(ctx context.Context) error { return a.roll(ctx, a.reloadSlot) }
 
 func (a *Agent) reloadSlot(ctx context.Context, i int) error {
 	g := a.gen.Load()

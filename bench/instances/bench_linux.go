@@ -120,6 +120,12 @@ func (b *bench) round(ctx context.Context, i int) {
 	d := &benchkit.PM2{Bin: b.pm2Bin, Home: filepath.Join(rd, "pm2home")}
 	sides := map[string]side{}
 	samples := map[string]*sample{}
+	var releases []func() // the sides' ports, given back once they are stopped
+	defer func() {
+		for _, r := range releases {
+			r()
+		}
+	}()
 	defer func() {
 		for _, name := range b.c.sides {
 			if s, ok := sides[name]; ok {
@@ -137,12 +143,6 @@ func (b *bench) round(ctx context.Context, i int) {
 			}
 		}
 		benchkit.KillUnder(rd)
-	}()
-	var releases []func()
-	defer func() {
-		for _, r := range releases {
-			r()
-		}
 	}()
 	for _, name := range b.c.sides {
 		sm := newSample()
@@ -201,7 +201,7 @@ func (b *bench) round(ctx context.Context, i int) {
 			if warm {
 				continue
 			}
-			samples[name].rps, samples[name].wrkErr = r.RPS, r.Errors
+			samples[name].rps = r.RPS
 			if r.Errors != "" {
 				b.res.note(fmt.Sprintf("%s, wrk: %s", sideLabel[name], r.Errors))
 			}
@@ -333,7 +333,6 @@ func (b *bench) latency(ctx context.Context, round int, name string, s side, sm 
 	if ctx.Err() != nil {
 		return
 	}
-	sm.latOK = true
 	sm.p50, sm.p99 = benchkit.Percentile(sm.fast.Latencies, 0.5), benchkit.Percentile(sm.fast.Latencies, 0.99)
 	rss := ""
 	if peak != nil {

@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.runs, "runs", 5, "rounds; the tables show medians")
 	fs.BoolVar(&c.quick, "quick", false, "one round (same as -runs 1)")
 	fs.DurationVar(&c.dur, "d", 10*time.Second, "duration of each wrk run and each latency run")
-	fs.DurationVar(&c.warm, "warm", 2*time.Second, "wrk warm-up per side before each round's throughput runs")
+	fs.DurationVar(&c.warm, "warm", time.Second, "wrk warm-up per side before each round's throughput runs")
 	fs.IntVar(&c.wrkThreads, "wrk-threads", 2, "wrk -t")
 	fs.IntVar(&c.wrkConns, "wrk-conns", 16, "wrk -c")
 	fs.IntVar(&c.fastRate, "fast-rate", 400, "latency run: requests per second to / (1 ms each), fixed")
@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&c.idle, "idle", 10*time.Second, "idle time before each memory reading")
 	fs.IntVar(&c.reloads, "reloads", 5, "rolling reloads per side per round")
 	fs.IntVar(&c.reloadRate, "reload-rate", 200, "requests per second to / during the reloads, fixed")
-	fs.DurationVar(&c.reloadWindow, "reload-window", 20*time.Second, "load duration for the reloads, which are spread evenly over it")
+	fs.DurationVar(&c.reloadWindow, "reload-window", 15*time.Second, "load duration for the reloads, which are spread evenly over it")
 	fs.IntVar(&c.nginxWorkers, "nginx-workers", 1, "nginx worker_processes (more than 1: least_conn counts in a shared zone)")
 	fs.StringVar(&sides, "sides", strings.Join(allSides, ","), "sides to run: "+strings.Join(allSides, ", "))
 	fs.StringVar(&c.readme, "readme", "bench/instances/README.md", `write the tables into this README between its result markers ("" = don't)`)
@@ -158,10 +158,8 @@ func (c config) commandLine() string {
 // sample is what one round measured on one side; NaN (or ok false) where
 // it did not.
 type sample struct {
-	rps    float64 // wrk, requests per second
-	wrkErr string  // wrk's socket errors and non-2xx lines
+	rps float64 // wrk, requests per second
 
-	latOK        bool
 	p50, p99     float64 // ms, of the fast requests
 	fast, slow   benchkit.LoadResult
 	rssPeak      float64 // MB: the agent's peak during the latency run

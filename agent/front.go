@@ -46,7 +46,9 @@ type view struct {
 
 func newFront(a *Agent) *front {
 	f := &front{a: a, routed: map[int]int{}, drains: map[int]func(context.Context) int{}}
-	a.view.Store(&view{changed: make(chan struct{})})
+	// The first view stays until the first publish replaces it (closing its
+	// changed channel): a WaitFor that began before Run must be woken.
+	a.view.CompareAndSwap(nil, &view{changed: make(chan struct{})})
 	return f
 }
 

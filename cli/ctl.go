@@ -30,7 +30,7 @@ const (
 	CtlUsage       = 2
 )
 
-const ctlUsage = `usage: agentctl [--socket PATH] [--config PATH] <command>
+const ctlUsage = `usage: agentctl [--socket PATH] [--config PATH] [--timeout D] <command>
 
 commands:
   status [--json]     the app's state (a table, or the JSON object)
@@ -52,6 +52,7 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, ctlUsage) }
 	socket := fs.String("socket", "", "control socket `path`")
+	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for an action to be done")
 	config := fs.String("config", "", "config `path` to find the socket in")
 	if err := fs.Parse(args); err != nil {
 		return CtlUsage
@@ -82,6 +83,9 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	case "restart", "stop", "start", "reload":
+		actx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		ctx := actx
 		var s *agent.Status
 		switch cmd {
 		case "reload":
@@ -103,7 +107,9 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return CtlUsage
 		}
 		var s *agent.Status
-		if s, err = c.Scale(ctx, n); err == nil {
+		sctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		if s, err = c.Scale(sctx, n); err == nil {
 			fmt.Fprintf(stdout, "scale: %s, %d processes\n", s.State, len(s.Instances))
 		}
 	case "logs":
@@ -121,6 +127,11 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "agentctl: unknown command %q\n", cmd)
 		fs.Usage()
 		return CtlUsage
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// The agent goes on with it; agentctl only stops waiting.
+		fmt.Fprintf(stderr, "agentctl: %s: still under way after %s (see agentctl status)\n", cmd, *timeout)
+		return CtlAgentError
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "agentctl:", err)

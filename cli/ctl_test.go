@@ -42,6 +42,13 @@ const waitTime = 60 * time.Second
 // returns its control socket.
 func startAgent(t *testing.T) string {
 	t.Helper()
+	return startAgentWith(t, "", "running")
+}
+
+// startAgentWith is startAgent with extra config text, returning once the
+// app is in state.
+func startAgentWith(t *testing.T, extra, state string) string {
+	t.Helper()
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "agent.sock")
 	exe, err := os.Executable()
@@ -61,7 +68,7 @@ watch_oom = false
 listen = %q
 [control]
 socket = %q
-`, exe, health, socket)
+%s`, exe, health, socket, extra)
 	path := filepath.Join(dir, "agent.toml")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -82,9 +89,9 @@ socket = %q
 			t.Error("agent did not stop")
 		}
 	})
-	testkit.EventuallyMsg(t, waitTime, "the app running", func() (bool, string) {
+	testkit.EventuallyMsg(t, waitTime, "the app "+state, func() (bool, string) {
 		st := a.Status()
-		return st.State == "running", fmt.Sprintf("%+v", st)
+		return st.State == state, fmt.Sprintf("%+v", st)
 	})
 	return socket
 }
@@ -177,5 +184,14 @@ func TestHumanDuration(t *testing.T) {
 		if got := humanDuration(d); got != want {
 			t.Errorf("humanDuration(%v) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+func TestAgentctlTimeoutSaysStillUnderWay(t *testing.T) {
+	// Never ready: the probe's port is never listened on.
+	socket := startAgentWith(t, fmt.Sprintf("[probe]\ntcp = \"127.0.0.1:%d\"\n", testkit.Port(t)), "starting")
+	code, _, errs := ctl(t, socket, "--timeout", "300ms", "restart")
+	if code != CtlAgentError || !strings.Contains(errs, "restart: still under way after 300ms") {
+		t.Fatalf("restart of an app that never gets ready: exit %d, %q", code, errs)
 	}
 }

@@ -29,6 +29,7 @@ type bench struct {
 	agentBin string
 	pm2Bin   string
 	res      *results
+	roots    []int // the round's processes outside this one's tree (PM2's daemon)
 }
 
 func (b *bench) logf(format string, args ...any) { benchkit.Logf(b.log, format, args...) }
@@ -155,6 +156,10 @@ func (b *bench) round(ctx context.Context, i int) {
 		releases = append(releases, release)
 		sides[name] = s
 	}
+	b.roots = nil
+	if p, ok := sides["pm2"].(*pm2Side); ok {
+		b.roots = append(b.roots, p.god)
+	}
 	for _, name := range b.c.sides {
 		s, ok := sides[name]
 		if !ok {
@@ -193,6 +198,7 @@ func (b *bench) round(ctx context.Context, i int) {
 					continue
 				}
 			}
+			other := startOtherWork(b.roots...)
 			r, err := benchkit.Wrk(ctx, "http://"+s.Addr()+"/", b.c.wrkThreads, b.c.wrkConns, d)
 			if err != nil {
 				b.fail(i, "%s: %v", sideLabel[name], err)
@@ -201,11 +207,11 @@ func (b *bench) round(ctx context.Context, i int) {
 			if warm {
 				continue
 			}
-			samples[name].rps = r.RPS
+			samples[name].rps, samples[name].wrkOther = r.RPS, other.cores()
 			if r.Errors != "" {
 				b.res.note(fmt.Sprintf("%s, wrk: %s", sideLabel[name], r.Errors))
 			}
-			b.logf("round %d %-6s wrk: %.0f req/s %s", i, name, r.RPS, r.Errors)
+			b.logf("round %d %-6s wrk: %.0f req/s, other work %.2f cores %s", i, name, r.RPS, samples[name].wrkOther, r.Errors)
 		}
 	}
 
@@ -248,15 +254,6 @@ func (b *bench) start(ctx context.Context, name, rd, appDir string, d *benchkit.
 		return startNginx(ctx, dir, appDir, 2, b.c.nginxWorkers)
 	}
 	return nil, nil, fmt.Errorf("unknown side %q", name)
-}
-
-// rotate returns s turned left by k.
-func rotate(s []string, k int) []string {
-	if len(s) == 0 {
-		return nil
-	}
-	k %= len(s)
-	return append(slices.Clone(s[k:]), s[:k]...)
 }
 
 // readRSS reads the agents' memory into their samples.
@@ -317,6 +314,7 @@ func (b *bench) latency(ctx context.Context, round int, name string, s side, sm 
 	}
 	lctx, cancel := context.WithTimeout(ctx, b.c.dur)
 	defer cancel()
+	other := startOtherWork(b.roots...)
 	fast := b.load(s, "/", b.c.fastRate)
 	slowc := make(chan benchkit.LoadResult, 1)
 	if b.c.slowRate > 0 {
@@ -327,6 +325,7 @@ func (b *bench) latency(ctx context.Context, round int, name string, s side, sm 
 	}
 	sm.fast = fast.Run(lctx)
 	sm.slow = <-slowc
+	sm.latOther = other.cores()
 	if peak != nil {
 		sm.rssPeak = mib(peak())
 	}
@@ -338,9 +337,9 @@ func (b *bench) latency(ctx context.Context, round int, name string, s side, sm 
 	if peak != nil {
 		rss = fmt.Sprintf("; agent RSS peak %.1f MB", sm.rssPeak)
 	}
-	b.logf("round %d %-6s fast p50 %.2f ms p99 %.1f ms max %.0f ms, %d of %d failed %s; slow %d of %d failed %s; %d+%d connections opened%s",
+	b.logf("round %d %-6s fast p50 %.2f ms p99 %.1f ms max %.0f ms, %d of %d failed %s; slow %d of %d failed %s; %d+%d connections opened; other work %.2f cores%s",
 		round, name, sm.p50, sm.p99, benchkit.Percentile(sm.fast.Latencies, 1), sm.fast.Failed, sm.fast.Total, benchkit.KindsString(sm.fast.Kinds),
-		sm.slow.Failed, sm.slow.Total, benchkit.KindsString(sm.slow.Kinds), sm.fast.Conns, sm.slow.Conns, rss)
+		sm.slow.Failed, sm.slow.Total, benchkit.KindsString(sm.slow.Kinds), sm.fast.Conns, sm.slow.Conns, sm.latOther, rss)
 }
 
 // reloads runs c.reloads rolling reloads of s under the steady load, the

@@ -158,10 +158,12 @@ func (c config) commandLine() string {
 // sample is what one round measured on one side; NaN (or ok false) where
 // it did not.
 type sample struct {
-	rps float64 // wrk, requests per second
+	rps      float64 // wrk, requests per second
+	wrkOther float64 // cores of other work on the machine meanwhile
 
 	p50, p99     float64 // ms, of the fast requests
 	fast, slow   benchkit.LoadResult
+	latOther     float64 // cores of other work on the machine meanwhile
 	rssPeak      float64 // MB: the agent's peak during the latency run
 	rssIdle      float64 // MB: the agent's, idle, c.idle after start
 	rssAfterLoad float64 // MB: the agent's, idle, c.idle after the latency runs
@@ -177,7 +179,7 @@ type sample struct {
 
 func newSample() sample {
 	nan := math.NaN()
-	return sample{rps: nan, p50: nan, p99: nan, rssPeak: nan, rssIdle: nan, rssAfterLoad: nan}
+	return sample{rps: nan, wrkOther: nan, p50: nan, p99: nan, latOther: nan, rssPeak: nan, rssIdle: nan, rssAfterLoad: nan}
 }
 
 // results holds every round's samples, by side.
@@ -241,6 +243,15 @@ func (r *results) ratio(num, den string, f func(sample) float64) stat {
 	return statOf(v)
 }
 
+// rotate returns s turned left by k.
+func rotate(s []string, k int) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	k %= len(s)
+	return append(slices.Clone(s[k:]), s[:k]...)
+}
+
 func (c config) has(side string) bool { return slices.Contains(c.sides, side) }
 
 // picked returns the sides of a measure that this run has.
@@ -261,20 +272,21 @@ func printTables(w io.Writer, c config, r *results) {
 
 	if sides := c.picked(wrkSides); len(sides) > 0 {
 		fmt.Fprintf(w, "**Throughput at saturation**, `wrk -t%d -c%d -d%s` on `/` (1 ms of CPU each):\n\n", c.wrkThreads, c.wrkConns, c.dur)
-		fmt.Fprint(w, "| side | req/s | × agent instances = 1 | processes that answered |\n|---|---|---|---|\n")
+		fmt.Fprint(w, "| side | req/s | × agent instances = 1 | processes that answered | other work, cores |\n|---|---|---|---|---|\n")
 		for _, side := range sides {
 			vs := "—"
 			if side != "agent1" && c.has("agent1") {
 				vs = r.ratio(side, "agent1", rps).format("%.2f")
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", sideLabel[side], r.of(side, rps).format("%.0f"), vs, answered(r.by[side]))
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", sideLabel[side], r.of(side, rps).format("%.0f"), vs, answered(r.by[side]),
+				r.of(side, func(s sample) float64 { return s.wrkOther }).format("%.2f"))
 		}
 		fmt.Fprintln(w)
 	}
 	if sides := c.picked(latSides); len(sides) > 0 {
 		fmt.Fprintf(w, "**Latency of fast requests with slow ones mixed in**: %d req/s to `/` (1 ms) and, from a second client, %d req/s to `/slow` (1 in 20 of them 50 ms), fixed rates, open loop, %d kept connections each, never retried, %s per round. Latency of the fast requests:\n\n",
 			c.fastRate, c.slowRate, c.conns, c.dur)
-		fmt.Fprint(w, "| side | p50 | p99 | failed (fast + slow, all rounds) |\n|---|---|---|---|\n")
+		fmt.Fprint(w, "| side | p50 | p99 | failed (fast + slow, all rounds) | other work, cores |\n|---|---|---|---|---|\n")
 		for _, side := range sides {
 			failed, total := 0, 0
 			kinds := map[string]int{}
@@ -291,7 +303,8 @@ func printTables(w io.Writer, c config, r *results) {
 			if failed > 0 {
 				f += ": " + benchkit.KindsString(kinds)
 			}
-			fmt.Fprintf(w, "| %s | %s ms | %s ms | %s |\n", sideLabel[side], r.of(side, p50).format("%.2f"), r.of(side, p99).format("%.1f"), f)
+			fmt.Fprintf(w, "| %s | %s ms | %s ms | %s | %s |\n", sideLabel[side], r.of(side, p50).format("%.2f"), r.of(side, p99).format("%.1f"), f,
+				r.of(side, func(s sample) float64 { return s.latOther }).format("%.2f"))
 		}
 		fmt.Fprintln(w)
 	}

@@ -346,12 +346,45 @@ func printTables(w io.Writer, c config, r *results) {
 		fmt.Fprintln(w)
 	}
 	printGoals(w, c, r)
+	if r.rounds > 1 {
+		printRounds(w, c, r)
+	}
 	if len(r.notes) > 0 {
 		fmt.Fprintf(w, "\nNot measured or failed in some rounds:\n\n")
 		for _, n := range r.notes {
 			fmt.Fprintf(w, "- %s\n", n)
 		}
 	}
+}
+
+// printRounds writes each round's throughput and fast p99 beside the other
+// work on the machine meanwhile, which explains most of the spread.
+func printRounds(w io.Writer, c config, r *results) {
+	table := func(title string, sides []string, cell func(sample) string) {
+		if len(sides) == 0 {
+			return
+		}
+		fmt.Fprintf(w, "\n%s\n\n| side |", title)
+		for i := range r.rounds {
+			fmt.Fprintf(w, " round %d |", i+1)
+		}
+		fmt.Fprint(w, "\n|---|"+strings.Repeat("---|", r.rounds)+"\n")
+		for _, side := range sides {
+			fmt.Fprintf(w, "| %s |", sideLabel[side])
+			for i, s := range r.by[side] {
+				if i < r.rounds {
+					fmt.Fprintf(w, " %s |", cell(s))
+				}
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	table("Each round: req/s at saturation / other work on the machine meanwhile, cores.", c.picked(wrkSides), func(s sample) string {
+		return fmt.Sprintf("%.0f / %.2f", s.rps, s.wrkOther)
+	})
+	table("Each round: fast p99, ms / other work on the machine meanwhile, cores.", c.picked(latSides), func(s sample) string {
+		return fmt.Sprintf("%.1f / %.2f", s.p99, s.latOther)
+	})
 }
 
 // answered lists how many processes answered, over the rounds.

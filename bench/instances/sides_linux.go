@@ -7,7 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,7 +37,8 @@ type agentSide struct {
 // its [proxy], its files in dir. Restart delays are 0 and restarts
 // unlimited (benchkit's config); no [probe], so a process is ready once its
 // port accepts; with n > 1 spare_upstream is left unset (the port after
-// the last process's).
+// the last process's). The agent runs in a session of its own (see
+// benchkit.AgentConfig.Setsid).
 func startAgent(ctx context.Context, bin, dir, appDir string, n int) (*agentSide, func(), error) {
 	// health, listen, then n + 1 consecutive upstream ports.
 	ports, release, err := benchkit.FreePorts(n + 3)
@@ -58,6 +59,7 @@ func startAgent(ctx context.Context, bin, dir, appDir string, n int) (*agentSide
 		Command:   []string{"node", "server.js"},
 		Dir:       appDir,
 		Instances: n,
+		Setsid:    true,
 		Memory:    "watch_oom = false\n",
 		Health:    fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		Extra: fmt.Sprintf(`
@@ -171,73 +173,69 @@ func (p *pm2Side) Close(ctx context.Context) error {
 	return err
 }
 
-// nginxSide is n plain `node server.js` on ports of their own behind nginx.
+// nginxSide is n plain `node server.js` on ports of their own behind
+// nginx, all started by one shell in a session of its own.
 type nginxSide struct {
-	nginx *exec.Cmd
-	nodes []*exec.Cmd
-	addr  string
+	sh   *exec.Cmd
+	addr string
 }
 
 // startNginx starts n Node processes of the app in appDir and nginx in
 // front of them (least_conn, upstream keepalive 64 closed after 4 s idle,
-// before Node's 5 s), its files in dir.
+// before Node's 5 s), its files in dir. A shell starts them all in one
+// session of their own, as a service runs them (see AgentConfig.Setsid).
 func startNginx(ctx context.Context, dir, appDir string, n, workers int) (*nginxSide, func(), error) {
 	ports, release, err := benchkit.FreePorts(n + 1)
 	if err != nil {
 		return nil, nil, err
 	}
-	s := &nginxSide{addr: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-	fail := func(err error) (*nginxSide, func(), error) {
-		s.Close(ctx)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		release()
 		return nil, nil, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fail(err)
-	}
+	var script strings.Builder
 	var servers []string
 	for i, p := range ports[1:] {
-		addr := fmt.Sprintf("127.0.0.1:%d", p)
-		servers = append(servers, addr)
-		logf, err := os.Create(filepath.Join(dir, fmt.Sprintf("node%d.log", i)))
-		if err != nil {
-			return fail(err)
-		}
-		cmd := exec.Command("node", "server.js")
-		cmd.Dir = appDir
-		cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", p), fmt.Sprintf("NODE_APP_INSTANCE=%d", i))
-		cmd.Stdout, cmd.Stderr = logf, logf
-		err = cmd.Start()
-		logf.Close()
-		if err != nil {
-			return fail(fmt.Errorf("start node: %w", err))
-		}
-		s.nodes = append(s.nodes, cmd)
+		servers = append(servers, fmt.Sprintf("127.0.0.1:%d", p))
+		fmt.Fprintf(&script, "PORT=%d NODE_APP_INSTANCE=%d node server.js >%s 2>&1 &\n", p, i, shellQuote(filepath.Join(dir, fmt.Sprintf("node%d.log", i))))
 	}
-	conf := benchkit.NginxConfig{Dir: dir, Listen: s.addr, Servers: servers, Workers: workers,
+	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	conf := benchkit.NginxConfig{Dir: dir, Listen: addr, Servers: servers, Workers: workers,
 		Balance: "least_conn", Keepalive: 64, KeepaliveTimeout: "4s"}
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf.Text()), 0o644); err != nil {
-		return fail(err)
+		release()
+		return nil, nil, err
 	}
-	s.nginx = exec.Command("nginx", "-c", path, "-p", dir)
-	if out, err := os.Create(filepath.Join(dir, "nginx.out")); err == nil {
-		s.nginx.Stdout, s.nginx.Stderr = out, out
-		defer out.Close()
+	// nginx a second later: a server it finds not listening yet is left
+	// out for fail_timeout (10 s).
+	fmt.Fprintf(&script, "sleep 1\nnginx -c %s -p %s >%s 2>&1 &\nwait\n", shellQuote(path), shellQuote(dir), shellQuote(filepath.Join(dir, "nginx.out")))
+	sh := exec.Command("sh", "-c", script.String())
+	sh.Dir = appDir
+	sh.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := sh.Start(); err != nil {
+		release()
+		return nil, nil, fmt.Errorf("start nginx and node: %w", err)
 	}
-	if err := s.nginx.Start(); err != nil {
-		s.nginx = nil
-		return fail(fmt.Errorf("start nginx: %w", err))
-	}
-	return s, release, nil
+	return &nginxSide{sh: sh, addr: addr}, release, nil
 }
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func (s *nginxSide) Addr() string { return s.addr }
 
+// PIDs returns the shell's Node children.
 func (s *nginxSide) PIDs(context.Context) ([]int, error) {
+	kids, err := procfs.Children(s.sh.Process.Pid)
+	if err != nil {
+		return nil, err
+	}
 	var pids []int
-	for _, c := range s.nodes {
-		pids = append(pids, c.Process.Pid)
+	for _, k := range kids {
+		if k.Comm == "node" && !k.Zombie() {
+			pids = append(pids, k.PID)
+		}
 	}
 	return pids, nil
 }
@@ -246,24 +244,24 @@ func (s *nginxSide) Reload(context.Context) error {
 	return errors.New("two plain processes: no rolling reload")
 }
 
-// Close stops nginx and the Node processes: SIGTERM, SIGKILL after 10 s.
+// Close stops nginx and the Node processes: SIGTERM to the session's
+// process group, SIGKILL after 10 s.
 func (s *nginxSide) Close(context.Context) error {
-	var errs []error
-	for _, c := range append(slices.Clone(s.nodes), s.nginx) {
-		if c == nil {
-			continue
-		}
-		c.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- c.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			c.Process.Kill()
-			<-done
-			errs = append(errs, fmt.Errorf("%s did not stop within 10s of SIGTERM", c.Path))
-		}
+	if s.sh == nil {
+		return nil
 	}
-	s.nodes, s.nginx = nil, nil
-	return errors.Join(errs...)
+	pgid := s.sh.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- s.sh.Wait() }()
+	var err error
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-done
+		err = errors.New("nginx and node did not stop within 10s of SIGTERM")
+	}
+	s.sh = nil
+	return err
 }

@@ -56,6 +56,12 @@ type AgentConfig struct {
 	Memory    string // the [memory] section's lines
 	Health    string // health.listen
 	Extra     string // more sections, each starting with an empty line
+	// Setsid starts the agent in a session of its own, as systemd starts
+	// a service and as PM2's daemon runs. With the kernel's autogroups on
+	// (/proc/sys/kernel/sched_autogroup_enabled), a session is a group
+	// the scheduler shares the CPUs among: a side in a session of its own
+	// competes with the machine's other work on the same terms as PM2.
+	Setsid bool
 }
 
 // TOML returns the config's text, control.socket set to socket.
@@ -108,6 +114,7 @@ func StartAgent(ctx context.Context, bin, dir string, cfg AgentConfig) (*Agent, 
 	}
 	cmd := exec.Command(bin, "run", "--config", path)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: cfg.Setsid}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start agent: %w", err)

@@ -198,8 +198,9 @@ func (b *bench) round(ctx context.Context, i int) {
 					continue
 				}
 			}
-			other := startOtherWork(b.roots...)
+			other, front0 := startOtherWork(b.roots...), s.FrontCPU()
 			r, err := benchkit.Wrk(ctx, "http://"+s.Addr()+"/", b.c.wrkThreads, b.c.wrkConns, d)
+			front := s.FrontCPU() - front0
 			if err != nil {
 				b.fail(i, "%s: %v", sideLabel[name], err)
 				continue
@@ -207,11 +208,15 @@ func (b *bench) round(ctx context.Context, i int) {
 			if warm {
 				continue
 			}
-			samples[name].rps, samples[name].wrkOther = r.RPS, other.cores()
+			sm := samples[name]
+			sm.rps, sm.wrkOther = r.RPS, other.cores()
+			if reqs := r.RPS * d.Seconds(); reqs > 0 {
+				sm.frontUS = float64(front.Microseconds()) / reqs
+			}
 			if r.Errors != "" {
 				b.res.note(fmt.Sprintf("%s, wrk: %s", sideLabel[name], r.Errors))
 			}
-			b.logf("round %d %-6s wrk: %.0f req/s, other work %.2f cores %s", i, name, r.RPS, samples[name].wrkOther, r.Errors)
+			b.logf("round %d %-6s wrk: %.0f req/s, front %.1f µs CPU per request, other work %.2f cores %s", i, name, r.RPS, sm.frontUS, sm.wrkOther, r.Errors)
 		}
 	}
 

@@ -25,6 +25,20 @@ type side interface {
 	Reload(ctx context.Context) error
 	// Close stops the app's processes and whatever runs them.
 	Close(ctx context.Context) error
+	// FrontCPU is the CPU time used so far by what stands between the
+	// clients and the app's processes: the agent (its proxy), nginx's
+	// master and workers, PM2's daemon (in cluster mode the cluster
+	// master, which accepts the connections and hands them over).
+	FrontCPU() time.Duration
+}
+
+// cpuOf is the CPU time of pid so far, 0 if it cannot be read.
+func cpuOf(pid int) time.Duration {
+	p, err := procfs.Stat(pid)
+	if err != nil {
+		return 0
+	}
+	return p.CPU
 }
 
 // agentSide is `agent run` with app.instances = n behind its proxy.
@@ -98,6 +112,9 @@ func (a *agentSide) PIDs(ctx context.Context) ([]int, error) {
 
 func (a *agentSide) Reload(ctx context.Context) error { return a.Ctl(ctx, "reload") }
 
+// FrontCPU is the agent's own CPU time, its app's not included.
+func (a *agentSide) FrontCPU() time.Duration { return cpuOf(a.PID()) }
+
 // Close stops the agent (SIGTERM), which stops the app, then SIGKILLs
 // whatever is left of the app's tree.
 func (a *agentSide) Close(context.Context) error {
@@ -162,6 +179,8 @@ func (p *pm2Side) PIDs(context.Context) ([]int, error) {
 	}
 	return pids, nil
 }
+
+func (p *pm2Side) FrontCPU() time.Duration { return cpuOf(p.god) }
 
 func (p *pm2Side) Reload(ctx context.Context) error {
 	_, err := p.d.Run(ctx, "reload", p.name)
@@ -238,6 +257,18 @@ func (s *nginxSide) PIDs(context.Context) ([]int, error) {
 		}
 	}
 	return pids, nil
+}
+
+// FrontCPU is the CPU time of nginx's master and workers.
+func (s *nginxSide) FrontCPU() time.Duration {
+	procs, _ := procfs.Tree(s.sh.Process.Pid)
+	var total time.Duration
+	for _, p := range procs {
+		if p.Comm == "nginx" {
+			total += p.CPU
+		}
+	}
+	return total
 }
 
 func (s *nginxSide) Reload(context.Context) error {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"agent/bench/internal/benchkit"
+	"agent/internal/lbclient"
 )
 
 // The app (apps/burn/server.js).
@@ -281,33 +282,33 @@ func mib(bytes uint64) float64 {
 	return float64(bytes) / (1 << 20)
 }
 
-// answering sends n requests one after the other, each on a new
-// connection, and returns how many processes answered (X-Pid).
+// answering sends n requests one after the other, each on a connection
+// of its own (Connection: close), and returns how many processes answered.
 func answering(ctx context.Context, addr string, n int) int {
-	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	pids := map[string]bool{}
-	for range n {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
-		if err != nil {
-			break
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			continue
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if p := resp.Header.Get("X-Pid"); p != "" {
-			pids[p] = true
-		}
+	r, err := lbclient.Load{
+		Addr:      addr,
+		Requests:  []lbclient.Request{{Header: http.Header{"Connection": {"close"}}}},
+		Count:     n,
+		Key:       lbclient.Word(1),
+		UserAgent: userAgent,
+	}.Run(ctx)
+	if err != nil {
+		return 0
 	}
-	return len(pids)
+	return len(r.Answers)
 }
 
-// load is a fixed-rate, never-retrying load on one path of s, over at
-// most c.conns kept connections, each request given 10 s.
-func (b *bench) load(s side, path string, rate int) *benchkit.LoadGen {
-	return benchkit.NewLoadGen(benchkit.LoadConfig{Addr: s.Addr(), Paths: []string{path}, Rate: rate, Timeout: 10 * time.Second, MaxIdle: b.c.conns})
+// userAgent is the harness's requests' User-Agent.
+const userAgent = "bench-instances"
+
+// load is a fixed-rate, open-loop, never-retrying load on one path of s
+// for d, spread over c.conns kept connections, each request given 10 s;
+// the answers are tallied by the process that gave them.
+func (b *bench) load(s side, path string, rate int, d time.Duration) lbclient.Load {
+	return lbclient.Load{
+		Addr: s.Addr(), Requests: []lbclient.Request{{Path: path}}, Rate: rate, Conns: b.c.conns,
+		Timeout: 10 * time.Second, Duration: d, Key: lbclient.Word(1), UserAgent: userAgent,
+	}
 }
 
 // latency runs the fast and the slow load together on s for c.dur and
@@ -317,45 +318,64 @@ func (b *bench) latency(ctx context.Context, round int, name string, s side, sm 
 	if a, ok := s.(*agentSide); ok {
 		peak = benchkit.PeakRSS(a.PID(), 100*time.Millisecond)
 	}
-	lctx, cancel := context.WithTimeout(ctx, b.c.dur)
-	defer cancel()
 	other := startOtherWork(b.roots...)
-	fast := b.load(s, "/", b.c.fastRate)
-	slowc := make(chan benchkit.LoadResult, 1)
-	if b.c.slowRate > 0 {
-		slow := b.load(s, "/slow", b.c.slowRate)
-		go func() { slowc <- slow.Run(lctx) }()
-	} else {
-		slowc <- benchkit.LoadResult{}
+	fast, err := b.load(s, "/", b.c.fastRate, b.c.dur).Start(ctx)
+	if err != nil {
+		b.fail(round, "%s: latency: %v", sideLabel[name], err)
+		return
 	}
-	sm.fast = fast.Run(lctx)
-	sm.slow = <-slowc
+	if b.c.slowRate > 0 {
+		if sm.slow, err = b.load(s, "/slow", b.c.slowRate, b.c.dur).Run(ctx); err != nil {
+			b.fail(round, "%s: latency: %v", sideLabel[name], err)
+		}
+	}
+	sm.fast = fast.Wait()
 	sm.latOther = other.cores()
 	if peak != nil {
 		sm.rssPeak = mib(peak())
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || sm.fast.OK == 0 {
 		return
 	}
-	sm.p50, sm.p99 = benchkit.Percentile(sm.fast.Latencies, 0.5), benchkit.Percentile(sm.fast.Latencies, 0.99)
+	sm.p50, sm.p99 = ms(sm.fast.P50), ms(sm.fast.P99)
 	rss := ""
 	if peak != nil {
 		rss = fmt.Sprintf("; agent RSS peak %.1f MB", sm.rssPeak)
 	}
-	b.logf("round %d %-6s fast p50 %.2f ms p99 %.1f ms max %.0f ms, %d of %d failed %s; slow %d of %d failed %s; %d+%d connections opened; other work %.2f cores%s",
-		round, name, sm.p50, sm.p99, benchkit.Percentile(sm.fast.Latencies, 1), sm.fast.Failed, sm.fast.Total, benchkit.KindsString(sm.fast.Kinds),
-		sm.slow.Failed, sm.slow.Total, benchkit.KindsString(sm.slow.Kinds), sm.fast.Conns, sm.slow.Conns, sm.latOther, rss)
+	b.logf("round %d %-6s fast p50 %.2f ms p99 %.1f ms max %.0f ms, %s failed %s, by process %s; slow %s failed %s; %d+%d connections opened; other work %.2f cores%s",
+		round, name, sm.p50, sm.p99, ms(sm.fast.Max), sm.fast, lbclient.FormatKinds(sm.fast.Kinds), shares(sm.fast),
+		sm.slow, lbclient.FormatKinds(sm.slow.Kinds), sm.fast.Conns, sm.slow.Conns, sm.latOther, rss)
+}
+
+// ms is d in milliseconds.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// shares lists the part of the ok answers each process gave, largest
+// first: "52/48 %".
+func shares(r lbclient.Report) string {
+	var v []int
+	for _, n := range r.Answers {
+		v = append(v, n)
+	}
+	slices.Sort(v)
+	slices.Reverse(v)
+	parts := make([]string, len(v))
+	for i, n := range v {
+		parts[i] = fmt.Sprintf("%.0f", 100*float64(n)/float64(max(r.OK, 1)))
+	}
+	return strings.Join(parts, "/") + " %"
 }
 
 // reloads runs c.reloads rolling reloads of s under the steady load, the
 // k-th at (k+½)·window/reloads, each done once every process is a new one;
 // the load runs for the window, and at least 2 s after the last reload.
 func (b *bench) reloads(ctx context.Context, round int, name string, s side, sm *sample) {
-	lctx, stop := context.WithCancel(ctx)
-	defer stop()
-	g := b.load(s, "/", b.c.reloadRate)
-	resc := make(chan benchkit.LoadResult, 1)
-	go func() { resc <- g.Run(lctx) }()
+	// Bounded far beyond the window: stopped once the reloads are over.
+	load, err := b.load(s, "/", b.c.reloadRate, b.c.reloadWindow+time.Duration(b.c.reloads)*time.Minute).Start(ctx)
+	if err != nil {
+		b.fail(round, "%s: reloads: %v", sideLabel[name], err)
+		return
+	}
 	t0 := time.Now()
 	every := b.c.reloadWindow / time.Duration(b.c.reloads)
 	end := t0.Add(b.c.reloadWindow)
@@ -377,8 +397,7 @@ func (b *bench) reloads(ctx context.Context, round int, name string, s side, sm 
 		end = later(end, time.Now().Add(2*time.Second))
 	}
 	benchkit.SleepUntil(ctx, end)
-	stop()
-	sm.reload = <-resc
+	sm.reload = load.Stop()
 	if ctx.Err() != nil {
 		return
 	}
@@ -390,9 +409,17 @@ func (b *bench) reloads(ctx context.Context, round int, name string, s side, sm 
 	for _, d := range sm.took {
 		took = append(took, fmt.Sprintf("%.2fs", d.Seconds()))
 	}
-	b.logf("round %d %-6s %d reloads (took %s): %d of %d failed %s, %d connections, p99 %.1f ms, max %.0f ms",
-		round, name, sm.reloaded, strings.Join(took, " "), sm.reload.Failed, sm.reload.Total, benchkit.KindsString(sm.reload.Kinds),
-		sm.reload.Conns, benchkit.Percentile(sm.reload.Latencies, 0.99), benchkit.Percentile(sm.reload.Latencies, 1))
+	b.logf("round %d %-6s %d reloads (took %s): %s failed %s, %d connections, p99 %.1f ms, max %.0f ms%s",
+		round, name, sm.reloaded, strings.Join(took, " "), sm.reload, lbclient.FormatKinds(sm.reload.Kinds),
+		sm.reload.Conns, ms(sm.reload.P99), ms(sm.reload.Max), errorsNote(sm.reload.Errors))
+}
+
+// errorsNote lists a load's first failure texts, "" for none.
+func errorsNote(errs []string) string {
+	if len(errs) == 0 {
+		return ""
+	}
+	return "; first failures: " + strings.Join(errs, "; ")
 }
 
 func later(a, b time.Time) time.Time {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"agent/bench/internal/benchkit"
+	"agent/internal/lbclient"
 )
 
 func main() { benchkit.Main("instances", run) }
@@ -163,14 +164,14 @@ type sample struct {
 	frontUS  float64 // µs of CPU per request in front of the app (side.FrontCPU)
 
 	p50, p99     float64 // ms, of the fast requests
-	fast, slow   benchkit.LoadResult
+	fast, slow   lbclient.Report
 	latOther     float64 // cores of other work on the machine meanwhile
 	rssPeak      float64 // MB: the agent's peak during the latency run
 	rssIdle      float64 // MB: the agent's, idle, c.idle after start
 	rssAfterLoad float64 // MB: the agent's, idle, c.idle after the latency runs
 
 	reloadOK bool
-	reload   benchkit.LoadResult
+	reload   lbclient.Report
 	reloaded int             // reloads that replaced every process
 	took     []time.Duration // how long each reload took, until every process was new
 	errs     []string        // why the others did not
@@ -293,9 +294,9 @@ func printTables(w io.Writer, c config, r *results) {
 			failed, total := 0, 0
 			kinds := map[string]int{}
 			for _, s := range r.by[side] {
-				for _, l := range []benchkit.LoadResult{s.fast, s.slow} {
+				for _, l := range []lbclient.Report{s.fast, s.slow} {
 					failed += l.Failed
-					total += l.Total
+					total += l.Sent
 					for k, v := range l.Kinds {
 						kinds[k] += v
 					}
@@ -303,7 +304,7 @@ func printTables(w io.Writer, c config, r *results) {
 			}
 			f := fmt.Sprintf("%d of %d", failed, total)
 			if failed > 0 {
-				f += ": " + benchkit.KindsString(kinds)
+				f += ": " + lbclient.FormatKinds(kinds)
 			}
 			fmt.Fprintf(w, "| %s | %s ms | %s ms | %s | %s |\n", sideLabel[side], r.of(side, p50).format("%.2f"), r.of(side, p99).format("%.1f"), f,
 				r.of(side, func(s sample) float64 { return s.latOther }).format("%.2f"))
@@ -322,7 +323,7 @@ func printTables(w io.Writer, c config, r *results) {
 					continue
 				}
 				failed = append(failed, float64(s.reload.Failed))
-				sent = append(sent, float64(s.reload.Total))
+				sent = append(sent, float64(s.reload.Sent))
 				for k, v := range s.reload.Kinds {
 					kinds[k] += v
 				}
@@ -330,7 +331,7 @@ func printTables(w io.Writer, c config, r *results) {
 					took = append(took, d.Seconds())
 				}
 			}
-			k := benchkit.KindsString(kinds)
+			k := lbclient.FormatKinds(kinds)
 			if k == "" {
 				k = "—"
 			}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -275,7 +274,7 @@ func errNote(errs []string) string {
 // cell runs the load for the window and the k events spread over it, the
 // i-th at (i+½)·window/k.
 func (b *bench) cell(ctx context.Context, t target, spec appSpec, action string) cellRun {
-	if err := waitServing(ctx, t.Addr(), 60*time.Second); err != nil {
+	if err := benchkit.WaitServing(ctx, t.Addr(), 60*time.Second); err != nil {
 		return cellRun{err: fmt.Sprintf("not serving before the load: %v", err)}
 	}
 	r := cellRun{want: b.c.k}
@@ -402,27 +401,6 @@ func (b *bench) stopAgents() {
 		}
 		procfs.CloseAll(hs)
 	}
-}
-
-// waitServing waits until GET / through addr answers 200.
-func waitServing(ctx context.Context, addr string, timeout time.Duration) error {
-	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
-	var last error
-	err := benchkit.Poll(ctx, timeout, 50*time.Millisecond, func() (bool, error) {
-		resp, err := c.Get("http://" + addr + "/")
-		if err != nil {
-			last = err
-			return false, nil
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		last = fmt.Errorf("%s", resp.Status)
-		return resp.StatusCode == http.StatusOK, nil
-	})
-	if err != nil {
-		return fmt.Errorf("%w (last: %v)", err, last)
-	}
-	return nil
 }
 
 // writeApps writes the embedded Node apps into dir.

@@ -186,31 +186,6 @@ type results map[cellKey][]cellRun
 // every event took effect.
 func (r cellRun) ok() bool { return r.err == "" && r.events == r.want }
 
-// medianInt returns the median of v (the mean of the middle two for an
-// even count, rounded).
-func medianInt(v []int) int {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return int(math.Round(float64(s[n/2-1]+s[n/2]) / 2))
-}
-
-func medianFloat(v []float64) float64 {
-	s := slices.DeleteFunc(slices.Clone(v), math.IsNaN)
-	if len(s) == 0 {
-		return math.NaN()
-	}
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
 // summary is a cell over its runs.
 type summary struct {
 	good            []cellRun // the runs that measured
@@ -248,9 +223,9 @@ func summarize(c config, runs []cellRun) summary {
 		mx = append(mx, latencyMS(r.load, r.load.Max))
 	}
 	if len(s.good) > 0 {
-		s.failed, s.total = medianInt(failed), medianInt(total)
+		s.failed, s.total = benchkit.MedianInt(failed), benchkit.MedianInt(total)
 		s.min, s.max = slices.Min(failed), slices.Max(failed)
-		s.p99, s.maxLatency = medianFloat(p99), medianFloat(mx)
+		s.p99, s.maxLatency = benchkit.Median(p99), benchkit.Median(mx)
 	}
 	s.note = strings.Join(notes, "; ")
 	return s

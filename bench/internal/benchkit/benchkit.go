@@ -1,10 +1,10 @@
 // Package benchkit holds what the benchmark harnesses under bench/ share:
 // building the agent from this module, starting an agent on a config and
 // talking to its control socket, installing PM2 from npm into a directory
-// of its own and driving its daemon, free loopback ports, polling, a
-// fixed-rate load that counts failures as a load balancer would, medians
-// and percentiles, nginx configs, wrk runs, resident memory samples, and
-// the machine banner printed above the results.
+// of its own and driving its daemon, free loopback ports, polling, waiting
+// for a side to serve, medians, nginx configs, wrk runs, resident memory
+// samples, and the machine banner printed above the results. The load
+// that counts failures as a load balancer would is internal/lbclient.
 package benchkit
 
 import (

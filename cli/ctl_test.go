@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,8 +90,13 @@ socket = %q
 			t.Error("agent did not stop")
 		}
 	})
-	testkit.EventuallyMsg(t, waitTime, "the app "+state, func() (bool, string) {
+	testkit.EventuallyMsg(t, waitTime, "the app "+state+" and the control socket up", func() (bool, string) {
 		st := a.Status()
+		c, err := net.Dial("unix", socket)
+		if err != nil {
+			return false, err.Error()
+		}
+		c.Close()
 		return st.State == state, fmt.Sprintf("%+v", st)
 	})
 	return socket

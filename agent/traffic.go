@@ -15,15 +15,6 @@ import (
 // in flight are done; otherwise, or when memory is short for one more
 // process, the slot is restarted, gated.
 
-// upstream is where the first process of g listens: proxy.upstream, or ""
-// without the proxy.
-func (g *generation) upstream() string {
-	if !g.cfg.ProxyEnabled() {
-		return ""
-	}
-	return g.cfg.Proxy.Upstream
-}
-
 // ErrReloadFailed wraps the reason a reload's new process failed; the old
 // one keeps serving.
 var ErrReloadFailed = supervisor.ErrReloadFailed

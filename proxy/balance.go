@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"math/rand/v2"
-	"net/http"
 	"slices"
 	"strings"
 )
@@ -73,9 +72,10 @@ const maxSlotDigits = 4
 // affinitySlot returns the slot named by the affinity cookie in the
 // request's Cookie fields, or -1 when there is none or it is not a slot
 // index.
-func affinitySlot(h http.Header) int {
-	for _, v := range h["Cookie"] {
-		if !strings.Contains(v, affinityCookie) {
+func affinitySlot(fields []field) int {
+	for _, f := range fields {
+		v := f.v
+		if !strings.EqualFold(f.k, "Cookie") || !strings.Contains(v, affinityCookie) {
 			continue
 		}
 		for v != "" {
@@ -135,15 +135,4 @@ func writeCookieField(bw *bufio.Writer, v string) {
 	if !first {
 		bw.WriteString("\r\n")
 	}
-}
-
-// setAffinity adds the Set-Cookie that pins the client to pl's slot to the
-// response header h, after the app's own.
-func setAffinity(h http.Header, pl *pool) {
-	prev, ok := h["Set-Cookie"]
-	if !ok {
-		h["Set-Cookie"] = pl.cookie // shared, read-only: its capacity is 1
-		return
-	}
-	h["Set-Cookie"] = append(prev[:len(prev):len(prev)], pl.cookie[0])
 }

@@ -768,11 +768,11 @@ func TestAffinitySlotParse(t *testing.T) {
 		{[]string{"agent_slot=99999"}, -1},
 	}
 	for _, tt := range tests {
-		h := http.Header{}
-		if tt.cookies != nil {
-			h["Cookie"] = tt.cookies
+		var fields []field
+		for _, v := range tt.cookies {
+			fields = append(fields, field{"cookie", v})
 		}
-		if got := affinitySlot(h); got != tt.want {
+		if got := affinitySlot(fields); got != tt.want {
 			t.Errorf("%q: slot %d, want %d", tt.cookies, got, tt.want)
 		}
 	}

@@ -2,12 +2,10 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +16,7 @@ type outcome uint8
 
 const (
 	answered   outcome = iota // the client got a response (or the exchange is over)
+	tunneled                  // a protocol switch: the tunnel took the connection over
 	notSent                   // nothing reached the app: safe to send anywhere
 	noResponse                // sent, but the connection failed before any response byte
 )
@@ -29,26 +28,10 @@ const statusClientGone = 499
 // aLongTimeAgo is a deadline in the past, to abort blocked I/O at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// ServeHTTP answers the health path itself and forwards everything else.
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if p.cfg.HealthPath != "" && r.URL.Path == p.cfg.HealthPath {
-		p.serveHealth(w, r)
-		return
-	}
-	p.requests.Add(1)
-	if p.cfg.Observe == nil {
-		p.forward(w, r)
-		return
-	}
-	start := p.clk.Now()
-	code := p.forward(w, r)
-	p.cfg.Observe(code, p.clk.Now().Sub(start))
-}
-
-// forward sends r to a ready app process, holding it while there is none
-// and replaying it once when that is safe. It returns the status the
-// client got.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
+// forward sends the request to a ready app process, holding it while there
+// is none and replaying it once when that is safe. It returns the status the
+// client got, and whether a tunnel took the connection over.
+func (p *Proxy) forward(c *clientConn) (int, bool) {
 	var (
 		deadline  time.Time // end of the hold, set when first held
 		failedBuf [4]*pool
@@ -57,18 +40,18 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 		retried   bool            // sent again on a new connection to the same process
 		replayed  bool            // sent again to another process
 	)
-	// Without a body, the request can be sent again as it is. (GET, HEAD
-	// and OPTIONS come without one; one that has a body was consumed by
-	// the first attempt.)
-	replayable := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	defer c.w.stop()
+	// Without a body, the request can be sent again as it is. (One that
+	// has a body was consumed by the first attempt.)
+	replayable := !c.rq.hasBody()
 	want := -1
-	if p.cfg.Affinity {
-		want = affinitySlot(r.Header)
+	if p.cfg.Affinity && c.rq.cookie {
+		want = affinitySlot(c.rq.fields)
 	}
 	st := p.st.Load()
 	for {
 		if st.down {
-			return p.fail(w, http.StatusServiceUnavailable)
+			return p.fail(c, http.StatusServiceUnavailable), false
 		}
 		pl, fresh := again, again != nil
 		again = nil
@@ -76,10 +59,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 			pl = st.pick(want, failed)
 		}
 		if pl != nil {
-			code, out, reused := p.attempt(w, r, pl, fresh, want)
+			code, out, reused := p.attempt(c, pl, fresh, want)
 			switch out {
 			case answered:
-				return code
+				return code, false
+			case tunneled:
+				return code, true
 			case notSent:
 				// Refused, or the pool left the set: nothing reached the
 				// app; any other process may take it.
@@ -87,7 +72,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 			case noResponse:
 				switch {
 				case !replayable:
-					return p.fail(w, http.StatusBadGateway)
+					return p.fail(c, http.StatusBadGateway), false
 				case reused && !retried:
 					// A kept connection the app had just closed, or a
 					// process dying: try a new connection to the same
@@ -98,38 +83,40 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) int {
 					replayed = true
 					failed = append(failed, pl)
 				default:
-					return p.fail(w, http.StatusBadGateway)
+					return p.fail(c, http.StatusBadGateway), false
 				}
 				p.replayed.Add(1)
 			}
 			st = p.st.Load()
 			continue
 		}
-		var err error
-		st, err = p.hold(r.Context(), &deadline, st, failed)
-		if err != nil {
-			return statusClientGone
+		var gone bool
+		st, gone = p.hold(c, &deadline, st, failed)
+		if gone {
+			c.closeNow = true
+			return statusClientGone, false
 		}
 		if st == nil {
-			return p.fail(w, http.StatusServiceUnavailable)
+			return p.fail(c, http.StatusServiceUnavailable), false
 		}
 	}
 }
 
 // hold waits until the proxy is down or has a ready pool not in failed,
-// and returns that state; nil when the hold time ran out. The error is the
-// client's context ending.
-func (p *Proxy) hold(ctx context.Context, deadline *time.Time, st *state, failed []*pool) (*state, error) {
+// and returns that state; nil when the hold time ran out. gone reports
+// that the client left meanwhile.
+func (p *Proxy) hold(c *clientConn, deadline *time.Time, st *state, failed []*pool) (_ *state, gone bool) {
 	now := p.clk.Now()
 	if deadline.IsZero() {
 		*deadline = now.Add(p.cfg.Hold)
 	}
 	d := deadline.Sub(now)
 	if d <= 0 {
-		return nil, nil
+		return nil, false
 	}
 	p.held.Add(1)
 	defer p.held.Add(-1)
+	c.w.now()
 	t := p.clk.NewTimer(d)
 	defer t.Stop()
 	for {
@@ -137,19 +124,19 @@ func (p *Proxy) hold(ctx context.Context, deadline *time.Time, st *state, failed
 		case <-st.changed:
 			st = p.st.Load()
 			if st.down || st.routable(failed) {
-				return st, nil
+				return st, false
 			}
 		case <-t.C():
-			return nil, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false
+		case <-c.gone:
+			return nil, true
 		}
 	}
 }
 
 // attempt makes one exchange with the app through pl. want is the slot
 // the client's affinity cookie names (-1: none).
-func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh bool, want int) (code int, out outcome, reused bool) {
+func (p *Proxy) attempt(c *clientConn, pl *pool, fresh bool, want int) (code int, out outcome, reused bool) {
 	pl.begin()
 	counted := true
 	defer func() {
@@ -169,125 +156,94 @@ func (p *Proxy) attempt(w http.ResponseWriter, r *http.Request, pl *pool, fresh 
 		}
 		return 0, notSent, false
 	}
-	// A client that goes away aborts the exchange with the app.
-	nc := uc.nc
-	stop := context.AfterFunc(r.Context(), func() { nc.SetDeadline(aLongTimeAgo) })
 	keep := false
 	defer func() {
-		stop()
 		if !keep {
 			uc.close()
 		}
 	}()
 
-	upgrade := upgradeType(r.Header)
-	if err := p.writeRequest(uc, r, upgrade); err != nil {
+	rq := &c.rq
+	if err := p.writeRequest(c, uc); err != nil {
 		var be bodyReadError
 		if errors.As(err, &be) {
 			// The client's upload broke off or was malformed.
 			p.log.Debug().Err(err).Msg("client request body")
-			return p.reply(w, http.StatusBadRequest), answered, reused
+			c.bodyLeft = true
+			var re *reqError
+			if !errors.As(err, &re) {
+				return statusClientGone, answered, reused
+			}
+			return p.reply(c, http.StatusBadRequest), answered, reused
 		}
 		p.log.Debug().Err(err).Str("upstream", pl.addr).Msg("send to upstream")
 		return 0, noResponse, reused
 	}
+	// The request is all read: a client that leaves from now on aborts
+	// the exchange with the app.
+	c.setUp(uc.nc)
+	c.w.soon()
+	defer c.setUp(nil)
 
 	if _, err := uc.br.Peek(1); err != nil {
-		if r.Context().Err() != nil {
+		if c.left() {
+			c.closeNow = true
 			return statusClientGone, answered, reused
 		}
 		p.log.Debug().Err(err).Str("upstream", pl.addr).Msg("no response from upstream")
 		return 0, noResponse, reused
 	}
-	dst := w.Header()
-	rs, err := readResponse(uc, r, dst)
+	rs, err := readResponse(uc, rq, c.fields[:0])
 	if err != nil {
-		if r.Context().Err() != nil {
+		if c.left() {
+			c.closeNow = true
 			return statusClientGone, answered, reused
 		}
 		p.log.Debug().Err(err).Str("upstream", pl.addr).Msg("bad response from upstream")
-		return p.fail(w, http.StatusBadGateway), answered, reused
+		return p.fail(c, http.StatusBadGateway), answered, reused
 	}
+	c.fields = rs.fields[:0]
 
 	if rs.code == http.StatusSwitchingProtocols {
-		if upgrade == "" || !strings.EqualFold(dstUpgrade(rs.head), upgrade) {
+		if rq.upgrade == "" || !strings.EqualFold(rs.upgrade, rq.upgrade) {
 			p.log.Debug().Str("upstream", pl.addr).Msg("unrequested protocol switch from upstream")
-			return p.fail(w, http.StatusBadGateway), answered, reused
+			return p.fail(c, http.StatusBadGateway), answered, reused
 		}
-		stop()
+		c.setUp(nil)
+		c.w.stop()
 		// An upgraded connection lives as long as its client and process
 		// do; it does not hold up a drain.
 		pl.end()
 		counted = false
 		keep = true
-		p.tunnel(w, rs.head, uc)
-		return rs.code, answered, reused
+		p.tunnel(c, rs.head, uc)
+		return rs.code, tunneled, reused
 	}
 
+	var cookie string
 	if p.cfg.Affinity && pl.slot != want {
-		setAffinity(dst, pl)
+		cookie = pl.cookie[0]
 	}
-	w.WriteHeader(rs.code)
-	if rs.body != nil {
-		stream := rs.length < 0
-		var rc *http.ResponseController
-		if stream {
-			rc = http.NewResponseController(w)
-			rc.Flush() // headers now: an event stream may wait long for its first event
-		}
-		bp := bufPool.Get().(*[]byte)
-		buf := *bp
-		var rerr error
-		for {
-			n, err := rs.body.Read(buf)
-			if n > 0 {
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					bufPool.Put(bp)
-					return rs.code, answered, reused // the client went away
-				}
-				if stream {
-					rc.Flush()
-				}
-			}
-			if err != nil {
-				if err != io.EOF {
-					rerr = err
-				} else if rs.limited && uc.lr.N > 0 {
-					rerr = io.ErrUnexpectedEOF
-				}
-				break
-			}
-		}
-		bufPool.Put(bp)
-		if rerr == nil && rs.chunked && !readTrailer(uc.br, dst) {
-			rerr = io.ErrUnexpectedEOF
-		}
-		if rerr != nil {
-			// Cut after the first byte: nothing can save this response;
-			// abort the client's connection so it does not take it as
-			// complete. (The deferred calls close the app's connection.)
-			p.log.Debug().Err(rerr).Str("upstream", pl.addr).Msg("response cut by upstream")
-			panic(http.ErrAbortHandler)
-		}
+	if !c.writeHead(&rs, cookie) {
+		return rs.code, answered, reused
 	}
-	for k, vv := range rs.trailer {
-		dst[http.TrailerPrefix+k] = vv
+	if rerr := c.copyBody(uc, &rs); rerr != nil {
+		if c.left() || errors.Is(rerr, errClientWrite) {
+			c.closeNow = true
+			return rs.code, answered, reused
+		}
+		// Cut after the first byte: nothing can save this response;
+		// abort the client's connection so it does not take it as
+		// complete. (The deferred calls close the app's connection.)
+		p.log.Debug().Err(rerr).Str("upstream", pl.addr).Msg("response cut by upstream")
+		c.abort()
+		return rs.code, answered, reused
 	}
-	if !rs.close && stop() {
+	if !rs.close && uc.br.Buffered() == 0 && c.setUp(nil) {
 		keep = true
 		pl.put(uc)
 	}
 	return rs.code, answered, reused
-}
-
-// dstUpgrade is the Upgrade field of a raw response head.
-func dstUpgrade(head string) string {
-	for _, line := range strings.Split(head, "\r\n")[1:] {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(strings.TrimSpace(k), "Upgrade") {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
 }
 
 // bodyReadError is a failure to read the client's request body.
@@ -296,130 +252,184 @@ type bodyReadError struct{ err error }
 func (e bodyReadError) Error() string { return "read request body: " + e.err.Error() }
 func (e bodyReadError) Unwrap() error { return e.err }
 
-// writeRequest writes r to the app: request line, end-to-end headers,
-// X-Forwarded-*, then the body, streamed.
-func (p *Proxy) writeRequest(uc *upConn, r *http.Request, upgrade string) error {
+// writeRequest writes the request to the app: request line, end-to-end
+// fields, X-Forwarded-*, then the body, streamed.
+func (p *Proxy) writeRequest(c *clientConn, uc *upConn) error {
+	rq := &c.rq
 	bw := uc.bw
-	uri := r.RequestURI
-	if uri == "" || (uri[0] != '/' && uri != "*") {
-		uri = r.URL.RequestURI()
-	}
-	bw.WriteString(r.Method)
+	bw.WriteString(rq.method)
 	bw.WriteByte(' ')
-	bw.WriteString(uri)
+	bw.WriteString(rq.target)
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(r.Host)
+	bw.WriteString(rq.host)
 	bw.WriteString("\r\n")
-	conn := r.Header["Connection"]
-	for k, vv := range r.Header {
-		if isHopHeader(k) || k == "X-Forwarded-For" || k == "Expect" || k == "Content-Length" {
+	var xff []string
+	var xffBuf [2]string
+	haveProto, havePort := false, false
+	for _, f := range rq.fields {
+		k := f.k
+		if skipRequestField(k) {
 			continue
 		}
-		if len(conn) > 0 && hasToken(conn, k) {
+		if rq.conn != "" && hasTokenIn(rq.conn, k) {
 			continue
 		}
-		if k == "Cookie" && p.cfg.Affinity {
-			for _, v := range vv {
-				writeCookieField(bw, v)
+		switch {
+		case len(k) == 15 && strings.EqualFold(k, "X-Forwarded-For"):
+			if xff == nil {
+				xff = xffBuf[:0]
 			}
+			xff = append(xff, f.v)
+			continue
+		case len(k) == 17 && strings.EqualFold(k, "X-Forwarded-Proto"):
+			haveProto = true
+		case len(k) == 16 && strings.EqualFold(k, "X-Forwarded-Port"):
+			havePort = true
+		case len(k) == 6 && p.cfg.Affinity && strings.EqualFold(k, "Cookie"):
+			writeCookieField(bw, f.v)
 			continue
 		}
-		for _, v := range vv {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
-		}
+		bw.WriteString(k)
+		bw.WriteString(": ")
+		bw.WriteString(f.v)
+		bw.WriteString("\r\n")
 	}
 	bw.WriteString("X-Forwarded-For: ")
-	for _, v := range r.Header["X-Forwarded-For"] {
+	for _, v := range xff {
 		bw.WriteString(v)
 		bw.WriteString(", ")
 	}
-	bw.WriteString(clientIP(r.RemoteAddr))
+	bw.WriteString(c.remote)
 	bw.WriteString("\r\n")
-	if _, ok := r.Header["X-Forwarded-Proto"]; !ok {
+	if !haveProto {
 		bw.WriteString("X-Forwarded-Proto: http\r\n")
 	}
-	if _, ok := r.Header["X-Forwarded-Port"]; !ok && p.port != "" {
+	if !havePort && p.port != "" {
 		bw.WriteString("X-Forwarded-Port: ")
 		bw.WriteString(p.port)
 		bw.WriteString("\r\n")
 	}
-	if upgrade != "" {
+	if rq.upgrade != "" {
 		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
-		bw.WriteString(upgrade)
+		bw.WriteString(rq.upgrade)
 		bw.WriteString("\r\n")
 	}
-	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	switch {
-	case !hasBody:
-		if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
+	case !rq.hasBody():
+		if rq.method == http.MethodPost || rq.method == http.MethodPut || rq.method == http.MethodPatch {
 			bw.WriteString("Content-Length: 0\r\n")
 		}
-	case r.ContentLength > 0:
-		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(uc.scratch[:0], r.ContentLength, 10))
-		bw.WriteString("\r\n")
-	default:
+	case rq.chunked:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	default:
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(uc.scratch[:0], rq.length, 10))
+		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
-	if !hasBody {
+	if !rq.hasBody() {
 		return bw.Flush()
 	}
-	var dst io.Writer = bw
-	var cw io.WriteCloser
-	if r.ContentLength < 0 {
-		cw = httputil.NewChunkedWriter(bw)
-		dst = cw
-	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	for {
-		n, err := r.Body.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
+	if rq.expect {
+		// The client waits for this before it sends the body.
+		c.bw.WriteString(c.proto())
+		c.bw.WriteString(" 100 Continue\r\n\r\n")
+		if err := c.bw.Flush(); err != nil {
 			return bodyReadError{err}
 		}
 	}
-	if cw != nil {
-		if err := cw.Close(); err != nil {
-			return err
+	c.bodyLeft = true
+	if rq.chunked {
+		cb := chunkedBody{br: c.br}
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		buf := *bp
+		for {
+			n, err := cb.Read(buf)
+			if n > 0 {
+				bw.Write(strconv.AppendInt(uc.scratch[:0], int64(n), 16))
+				bw.WriteString("\r\n")
+				bw.Write(buf[:n])
+				if _, werr := bw.WriteString("\r\n"); werr != nil {
+					return werr
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return bodyReadError{err}
+			}
 		}
-		bw.WriteString("\r\n") // no trailers
+		bw.WriteString("0\r\n\r\n") // no trailers
+	} else {
+		left := rq.length
+		for left > 0 {
+			b, err := c.br.Peek(min(int(min(left, int64(c.br.Size()))), max(c.br.Buffered(), 1)))
+			if len(b) > 0 {
+				if _, werr := bw.Write(b); werr != nil {
+					return werr
+				}
+				c.br.Discard(len(b))
+				left -= int64(len(b))
+			}
+			if err != nil && left > 0 {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return bodyReadError{err}
+			}
+		}
 	}
+	c.bodyLeft = false
 	return bw.Flush()
+}
+
+// skipRequestField reports whether a request field is not passed on as
+// it is: hop-by-hop fields, the framing, Host and Expect (written by the
+// proxy itself).
+func skipRequestField(k string) bool {
+	switch len(k) {
+	case 2:
+		return strings.EqualFold(k, "TE")
+	case 4:
+		return strings.EqualFold(k, "Host")
+	case 6:
+		return strings.EqualFold(k, "Expect")
+	case 7:
+		return strings.EqualFold(k, "Upgrade") || strings.EqualFold(k, "Trailer")
+	case 10:
+		return strings.EqualFold(k, "Connection") || strings.EqualFold(k, "Keep-Alive")
+	case 14:
+		return strings.EqualFold(k, "Content-Length")
+	case 16:
+		return strings.EqualFold(k, "Proxy-Connection")
+	case 17:
+		return strings.EqualFold(k, "Transfer-Encoding")
+	case 18:
+		return strings.EqualFold(k, "Proxy-Authenticate")
+	case 19:
+		return strings.EqualFold(k, "Proxy-Authorization")
+	}
+	return false
 }
 
 // tunnel completes a protocol switch (WebSocket): it hands the app's 101 to
 // the client and copies bytes both ways until both sides are done.
-func (p *Proxy) tunnel(w http.ResponseWriter, head string, uc *upConn) {
+func (p *Proxy) tunnel(c *clientConn, head string, uc *upConn) {
 	defer uc.nc.Close()
-	cc, crw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		p.log.Debug().Err(err).Msg("hijack client connection")
-		return
-	}
-	defer cc.Close()
-	crw.WriteString(head)
-	if err := crw.Flush(); err != nil {
+	p.ln.ConnState(c.nc, http.StateHijacked)
+	p.untrack(c)
+	c.bw.WriteString(head)
+	if err := c.bw.Flush(); err != nil {
 		return
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		copyThenCloseWrite(uc.nc, crw.Reader) // client → app
+		copyThenCloseWrite(uc.nc, c.br) // client → app
 	}()
-	copyThenCloseWrite(cc, uc.br) // app → client
+	copyThenCloseWrite(c.nc, uc.br) // app → client
 	<-done
 }
 
@@ -436,51 +446,26 @@ func copyThenCloseWrite(dst net.Conn, src *bufio.Reader) {
 	}
 }
 
-// upgradeType returns the protocol a request asks to switch to, or "".
-func upgradeType(h http.Header) string {
-	if !hasToken(h["Connection"], "upgrade") {
-		return ""
-	}
-	return h.Get("Upgrade")
-}
-
-// isHopHeader reports whether the canonical header name k is hop-by-hop
-// (RFC 9110 section 7.6.1, and the obsolete ones proxies still see).
+// isHopHeader reports whether the field name k is hop-by-hop (RFC 9110
+// section 7.6.1, and the obsolete ones proxies still see), in any case.
 func isHopHeader(k string) bool {
-	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
+	switch len(k) {
+	case 2:
+		return strings.EqualFold(k, "TE")
+	case 7:
+		return strings.EqualFold(k, "Upgrade") || strings.EqualFold(k, "Trailer")
+	case 10:
+		return strings.EqualFold(k, "Connection") || strings.EqualFold(k, "Keep-Alive")
+	case 16:
+		return strings.EqualFold(k, "Proxy-Connection")
+	case 17:
+		return strings.EqualFold(k, "Transfer-Encoding")
+	case 18:
+		return strings.EqualFold(k, "Proxy-Authenticate")
+	case 19:
+		return strings.EqualFold(k, "Proxy-Authorization")
 	}
 	return false
-}
-
-// hasToken reports whether the comma-separated lists vv name token
-// (case-insensitive).
-func hasToken(vv []string, token string) bool {
-	for _, v := range vv {
-		for v != "" {
-			var t string
-			t, v, _ = strings.Cut(v, ",")
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// dropConnectionListed removes the headers named in Connection values.
-func dropConnectionListed(h http.Header, conn []string) {
-	for _, v := range conn {
-		for v != "" {
-			var t string
-			t, v, _ = strings.Cut(v, ",")
-			if t = strings.TrimSpace(t); t != "" {
-				h.Del(t)
-			}
-		}
-	}
 }
 
 // clientIP is the host part of a RemoteAddr.

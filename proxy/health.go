@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"strings"
 
 	"agent/internal/canned"
 	"agent/internal/lifecycle"
@@ -29,26 +30,26 @@ var (
 
 // fail answers with an error of the proxy's own (counted in Stats.Failed
 // for 5xx) and returns its code.
-func (p *Proxy) fail(w http.ResponseWriter, code int) int {
+func (p *Proxy) fail(c *clientConn, code int) int {
 	p.failed.Add(1)
-	return p.reply(w, code)
+	return p.reply(c, code)
 }
 
 // reply writes the precomputed answer for code.
-func (p *Proxy) reply(w http.ResponseWriter, code int) int {
-	replies[code].Write(w, true)
+func (p *Proxy) reply(c *clientConn, code int) int {
+	r, ok := replies[code]
+	if !ok {
+		r = canned.Text(code, strings.ToLower(http.StatusText(code))+"\n")
+	}
+	c.writeReply(r)
 	return code
 }
 
-// serveHealth answers health.path on the traffic port: 200 while at least
-// one slot is ready, and while a restart is under way for less than Hold
-// since one last was (requests are held, not refused); 503 otherwise, and
-// 503 "draining" from Drain on (the agent is shutting down: the load
+// health is the answer of health.path on the traffic port: 200 while at
+// least one slot is ready, and while a restart is under way for less than
+// Hold since one last was (requests are held, not refused); 503 otherwise,
+// and 503 "draining" from Drain on (the agent is shutting down: the load
 // balancer stops sending while requests are still served).
-func (p *Proxy) serveHealth(w http.ResponseWriter, r *http.Request) {
-	canned.Serve(w, r, p.cfg.HealthPath, p.health())
-}
-
 func (p *Proxy) health() *canned.Reply {
 	if p.draining.Load() {
 		return healthDraining

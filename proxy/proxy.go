@@ -3,11 +3,8 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"log"
 	"net"
-	"net/http"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +120,13 @@ type Proxy struct {
 	failed   atomic.Uint64
 
 	dialer net.Dialer
+
+	// The client connections (serve.go).
+	connsMu  sync.Mutex
+	conns    map[*clientConn]struct{}
+	connsWG  sync.WaitGroup
+	shutdown bool        // no new connection is taken
+	quit     atomic.Bool // shutdown, read without the lock
 }
 
 // New returns a proxy that holds requests until the first Ready.
@@ -144,6 +148,7 @@ func New(cfg Config, log zerolog.Logger, clk clock.Clock) *Proxy {
 		log:    log.With().Str("component", "proxy").Logger(),
 		clk:    clk,
 		dialer: net.Dialer{Timeout: dialTimeout},
+		conns:  make(map[*clientConn]struct{}),
 	}
 	p.st.Store(&state{changed: make(chan struct{})})
 	return p
@@ -200,18 +205,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	ln := p.ln
 	p.lnMu.Unlock()
 
-	srv := &http.Server{
-		Handler:           p,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       p.cfg.IdleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ConnState:         ln.ConnState,
-		ErrorLog:          log.New(errorLog{p.log}, "", 0),
-	}
 	p.log.Info().Str("addr", ln.Addr().String()).Msg("proxy listening")
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- p.serve(ln) }()
 
 	reapCtx, stopReap := context.WithCancel(ctx)
 	reapDone := make(chan struct{})
@@ -230,13 +227,30 @@ func (p *Proxy) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	p.Down()
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
+	p.stop(ln)
 	<-errc
 	return nil
+}
+
+// stop closes the listener and the idle connections, lets the requests in
+// flight finish for shutdownGrace (each response says Connection: close),
+// then closes what is left.
+func (p *Proxy) stop(ln net.Listener) {
+	ln.Close()
+	p.closeConns(false)
+	done := make(chan struct{})
+	go func() {
+		p.connsWG.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(shutdownGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		p.closeConns(true)
+		<-done
+	}
 }
 
 // reapLoop closes the idle connections to the app that have been idle for
@@ -276,13 +290,4 @@ func (p *Proxy) reapLoop(ctx context.Context) {
 			}
 		}
 	}
-}
-
-// errorLog sends net/http's own error lines (accept errors, bad requests
-// from odd clients) to the log at debug level.
-type errorLog struct{ log zerolog.Logger }
-
-func (d errorLog) Write(b []byte) (int, error) {
-	d.log.Debug().Msg(strings.TrimSpace(string(b)))
-	return len(b), nil
 }

@@ -21,6 +21,7 @@ import (
 // Reply is one precomputed answer.
 type Reply struct {
 	code          int
+	status        string // "200 OK"
 	body          []byte
 	contentType   []string
 	contentLength []string
@@ -32,6 +33,7 @@ type Reply struct {
 func New(code int, contentType, body string) *Reply {
 	return &Reply{
 		code:          code,
+		status:        strconv.Itoa(code) + " " + http.StatusText(code),
 		body:          []byte(body),
 		contentType:   []string{contentType},
 		contentLength: []string{strconv.Itoa(len(body))},
@@ -134,3 +136,35 @@ func Serve(w http.ResponseWriter, req *http.Request, path string, cur *Reply) {
 	}
 	cur.Write(w, req.Method != http.MethodHead)
 }
+
+// HeadWriter is where WriteHead writes: a *bufio.Writer, say.
+type HeadWriter interface {
+	WriteString(s string) (int, error)
+}
+
+// WriteHead writes r's status line and fields in HTTP/1.1 wire form, with
+// proto ("HTTP/1.1" or "HTTP/1.0") in the status line, and without the
+// empty line that ends the head: the caller may add a field first.
+func (r *Reply) WriteHead(w HeadWriter, proto string) {
+	w.WriteString(proto)
+	w.WriteString(" ")
+	w.WriteString(r.status)
+	w.WriteString("\r\nContent-Type: ")
+	w.WriteString(r.contentType[0])
+	w.WriteString("\r\nContent-Length: ")
+	w.WriteString(r.contentLength[0])
+	w.WriteString("\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n")
+	if r.retryAfter != nil {
+		w.WriteString("Retry-After: ")
+		w.WriteString(r.retryAfter[0])
+		w.WriteString("\r\n")
+	}
+	if r.allow != nil {
+		w.WriteString("Allow: ")
+		w.WriteString(r.allow[0])
+		w.WriteString("\r\n")
+	}
+}
+
+// Body returns r's body. It must not be modified.
+func (r *Reply) Body() []byte { return r.body }

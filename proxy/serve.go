@@ -1,0 +1,455 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"agent/internal/canned"
+	"agent/internal/connlimit"
+)
+
+// The traffic port's server: one goroutine per client connection reads a
+// request (request.go), forwards it (forward.go) and writes the answer
+// back, then waits for the next one. It is net/http's server cut down to
+// what a reverse proxy needs, for the CPU it saves per request: no
+// per-request goroutine, context or header map.
+
+// Buffer sizes of a client connection.
+const (
+	clientReadBuf  = 4 << 10
+	clientWriteBuf = 4 << 10
+)
+
+// watchDelay is how long a request waits for the app's answer before the
+// proxy starts watching the client for leaving (a read that would block);
+// quicker answers cost no watch at all.
+const watchDelay = 20 * time.Millisecond
+
+var (
+	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, clientReadBuf) }}
+	clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, clientWriteBuf) }}
+)
+
+// clientConn is one client connection.
+type clientConn struct {
+	p      *Proxy
+	nc     net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	remote string // the client's IP, for X-Forwarded-For
+	rq     request
+
+	// Per request: see begin.
+	wroteHead bool // the response head went out (or was buffered)
+	bodyLeft  bool // the request body was not read to its end
+	closeNow  bool // close the connection after this response
+
+	// The connection's place in the server: idle between requests, or
+	// closing (the server is shutting down). Guarded by mu.
+	mu      sync.Mutex
+	idle    bool
+	closing bool
+
+	w watcher
+
+	// up is the app connection of the exchange under way, which a client
+	// leaving aborts. Guarded by mu.
+	up net.Conn
+	// gone is closed when the client has left (the watcher saw its
+	// connection end).
+	gone     chan struct{}
+	goneOnce sync.Once
+
+	fields  []field // response fields, reused
+	scratch [24]byte
+}
+
+// left reports whether the client has gone away.
+func (c *clientConn) left() bool {
+	select {
+	case <-c.gone:
+		return true
+	default:
+		return false
+	}
+}
+
+// leave records that the client went away and aborts the exchange with
+// the app, if one is under way.
+func (c *clientConn) leave() {
+	c.goneOnce.Do(func() { close(c.gone) })
+	c.mu.Lock()
+	if c.up != nil {
+		c.up.SetDeadline(aLongTimeAgo)
+	}
+	c.mu.Unlock()
+}
+
+// setUp records (or, with nil, clears) the app connection of the exchange
+// under way. Setting it after the client left aborts it at once; clearing
+// reports whether the client is still there.
+func (c *clientConn) setUp(nc net.Conn) bool {
+	c.mu.Lock()
+	c.up = nc
+	c.mu.Unlock()
+	gone := c.left()
+	if gone && nc != nil {
+		nc.SetDeadline(aLongTimeAgo)
+	}
+	return !gone
+}
+
+// watcher notices a client leaving while its request is held or the app
+// takes its time: a goroutine blocks in a read of the client connection
+// (into its buffer: a pipelined request that arrives meanwhile stays
+// there). It is started only for a request that waits; stop ends it before
+// the connection is read again.
+type watcher struct {
+	c        *clientConn
+	mu       sync.Mutex
+	armed    bool // the timer is set
+	running  bool // the goroutine is reading, or about to
+	t        *time.Timer
+	wg       sync.WaitGroup
+	stopping atomic.Bool
+}
+
+// soon starts watching after watchDelay.
+func (w *watcher) soon() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.armed || w.running {
+		return
+	}
+	w.armed = true
+	w.wg.Add(1)
+	if w.t == nil {
+		w.t = time.AfterFunc(watchDelay, w.fire)
+	} else {
+		w.t.Reset(watchDelay)
+	}
+}
+
+// now starts watching at once.
+func (w *watcher) now() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.running:
+	case w.armed:
+		if w.t.Stop() {
+			w.armed, w.running = false, true
+			go w.run()
+		}
+	default:
+		w.running = true
+		w.wg.Add(1)
+		go w.run()
+	}
+}
+
+func (w *watcher) fire() {
+	w.mu.Lock()
+	w.armed, w.running = false, true
+	w.mu.Unlock()
+	w.run()
+}
+
+func (w *watcher) run() {
+	defer w.wg.Done()
+	_, err := w.c.br.Peek(1)
+	if err != nil && !w.stopping.Load() {
+		w.c.leave()
+	}
+	w.mu.Lock()
+	w.running = false
+	w.mu.Unlock()
+}
+
+// stop ends the watch; the connection may be read again when it returns.
+func (w *watcher) stop() {
+	w.mu.Lock()
+	if w.armed && w.t.Stop() {
+		w.armed = false
+		w.wg.Done()
+		w.mu.Unlock()
+		return
+	}
+	busy := w.armed || w.running
+	w.mu.Unlock()
+	if !busy {
+		w.wg.Wait()
+		return
+	}
+	w.stopping.Store(true)
+	w.c.nc.SetReadDeadline(aLongTimeAgo)
+	w.wg.Wait()
+	w.stopping.Store(false)
+	w.c.nc.SetReadDeadline(time.Time{})
+}
+
+// serve accepts client connections until ln is closed.
+func (p *Proxy) serve(ln *connlimit.Listener) error {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors, say: wait, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				p.log.Debug().Err(err).Msg("accept")
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		c := &clientConn{
+			p:      p,
+			nc:     nc,
+			remote: clientIP(nc.RemoteAddr().String()),
+			gone:   make(chan struct{}),
+		}
+		c.w.c = c
+		if !p.track(c) {
+			nc.Close()
+			ln.ConnState(nc, http.StateClosed)
+			continue
+		}
+		go c.serve()
+	}
+}
+
+// track adds c to the open connections; false once shutting down.
+func (p *Proxy) track(c *clientConn) bool {
+	p.connsMu.Lock()
+	defer p.connsMu.Unlock()
+	if p.shutdown {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.connsWG.Add(1)
+	return true
+}
+
+func (p *Proxy) untrack(c *clientConn) {
+	p.connsMu.Lock()
+	if _, ok := p.conns[c]; ok {
+		delete(p.conns, c)
+		p.connsWG.Done()
+	}
+	p.connsMu.Unlock()
+}
+
+// closeConns stops the server's connections: idle ones now, busy ones
+// after their response (which says Connection: close); with force, all now.
+func (p *Proxy) closeConns(force bool) {
+	p.connsMu.Lock()
+	p.shutdown = true
+	p.quit.Store(true)
+	conns := make([]*clientConn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.connsMu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		c.closing = true
+		if c.idle || force {
+			c.nc.Close()
+		}
+		c.mu.Unlock()
+	}
+}
+
+// active marks c busy with a request; false if it must close instead.
+func (c *clientConn) active() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.idle = false
+	return true
+}
+
+// idleAgain marks c idle between requests; false if it must close instead.
+func (c *clientConn) idleAgain() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.idle = true
+	return true
+}
+
+func (c *clientConn) serve() {
+	p := c.p
+	c.br = clientReaders.Get().(*bufio.Reader)
+	c.br.Reset(c.nc)
+	c.bw = clientWriters.Get().(*bufio.Writer)
+	c.bw.Reset(c.nc)
+	defer func() {
+		c.w.stop()
+		c.nc.Close()
+		p.ln.ConnState(c.nc, http.StateClosed)
+		p.untrack(c)
+		c.br.Reset(nil)
+		clientReaders.Put(c.br)
+		c.bw.Reset(nil)
+		clientWriters.Put(c.bw)
+	}()
+	first := true
+	for {
+		if c.br.Buffered() == 0 {
+			wait := p.cfg.IdleTimeout
+			if first {
+				wait = readHeaderTimeout
+			}
+			c.nc.SetReadDeadline(time.Now().Add(wait))
+			if _, err := c.br.Peek(1); err != nil {
+				return
+			}
+		}
+		if !c.active() {
+			return
+		}
+		p.ln.ConnState(c.nc, http.StateActive)
+		first = false
+		c.nc.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+		head, err := readHead(c.br, maxHeaderBytes)
+		if err == nil {
+			err = parseRequest(head, &c.rq)
+		}
+		if err != nil {
+			var re *reqError
+			if errors.As(err, &re) {
+				p.log.Debug().Str("client", c.remote).Str("why", re.why).Msg("bad request")
+				c.begin()
+				c.closeNow = true
+				p.reply(c, re.code)
+				c.bw.Flush()
+				lingerClose(c.nc)
+			}
+			return
+		}
+		c.nc.SetReadDeadline(time.Time{})
+		c.begin()
+		hijacked := c.handle()
+		if hijacked {
+			return
+		}
+		if err := c.bw.Flush(); err != nil || c.closeNow || c.bodyLeft {
+			return
+		}
+		if !c.idleAgain() {
+			return
+		}
+		p.ln.ConnState(c.nc, http.StateIdle)
+	}
+}
+
+// begin resets the per-request state.
+func (c *clientConn) begin() {
+	c.wroteHead, c.bodyLeft = false, false
+	c.closeNow = c.rq.close
+}
+
+// handle answers one request: the health path, or forwarding. It reports
+// whether the connection was taken over by a tunnel.
+func (c *clientConn) handle() (hijacked bool) {
+	p := c.p
+	rq := &c.rq
+	if p.cfg.HealthPath != "" && pathOf(rq.target) == p.cfg.HealthPath {
+		r := p.health()
+		if rq.method != http.MethodGet && rq.method != http.MethodHead {
+			r = canned.NotAllowed
+		}
+		c.writeReply(r)
+		return false
+	}
+	p.requests.Add(1)
+	if p.cfg.Observe == nil {
+		_, hijacked = p.forward(c)
+		return hijacked
+	}
+	start := p.clk.Now()
+	code, hijacked := p.forward(c)
+	p.cfg.Observe(code, p.clk.Now().Sub(start))
+	return hijacked
+}
+
+// pathOf is the path of an origin-form target.
+func pathOf(target string) string {
+	for i := 0; i < len(target); i++ {
+		if target[i] == '?' {
+			return target[:i]
+		}
+	}
+	return target
+}
+
+// proto is the version of the response's status line: the client's.
+func (c *clientConn) proto() string {
+	if c.rq.minor == 0 {
+		return "HTTP/1.0"
+	}
+	return "HTTP/1.1"
+}
+
+// writeReply writes one of the proxy's own answers, with its body unless
+// the request is a HEAD. A request body left unread closes the connection.
+func (c *clientConn) writeReply(r *canned.Reply) {
+	if c.rq.hasBody() {
+		c.bodyLeft = true
+	}
+	r.WriteHead(c.bw, c.proto())
+	c.closeField()
+	c.bw.WriteString("\r\n")
+	if c.rq.method != http.MethodHead {
+		c.bw.Write(r.Body())
+	}
+	c.wroteHead = true
+}
+
+// closeField writes "Connection: close" when the connection ends after
+// this response: the client asked, the server is shutting down, or the
+// request body was not read.
+func (c *clientConn) closeField() {
+	if !c.closeNow && (c.bodyLeft || c.p.closing()) {
+		c.closeNow = true
+	}
+	if c.closeNow && c.rq.minor == 1 {
+		c.bw.WriteString("Connection: close\r\n")
+	}
+}
+
+// closing reports whether the server is shutting down.
+func (p *Proxy) closing() bool { return p.quit.Load() }
+
+// lingerClose closes a connection after an error answer without resetting
+// it: the client's unread bytes would make the kernel send a RST that can
+// destroy the answer before it is read.
+func lingerClose(nc net.Conn) {
+	if tc, ok := nc.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+		nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		var buf [512]byte
+		for i := 0; i < 64; i++ {
+			if _, err := nc.Read(buf[:]); err != nil {
+				break
+			}
+		}
+	}
+}

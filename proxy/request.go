@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -27,7 +28,9 @@ const (
 	maxFields     = 256     // field lines in a request head; more: 431
 	maxChunkLine  = 4 << 10 // a chunk-size line with its extensions
 	maxTrailer    = 16 << 10
-	maxEmptyLines = 4 // empty lines before a request line, ignored (RFC 9112 section 2.2)
+	// maxEmptyLines is how many empty lines before a request line are
+	// ignored (RFC 9112 section 2.2 allows some): none, as net/http.
+	maxEmptyLines = 0
 )
 
 // reqError is a request the proxy refuses: the status it answers with,
@@ -102,6 +105,9 @@ func readHead(br *bufio.Reader, limit int) (string, error) {
 		}
 		if end >= 0 {
 			end += off
+			if len(acc)+end > limit {
+				return "", errHeadTooLarge
+			}
 			var h string
 			if acc == nil {
 				h = string(b[:end])
@@ -167,6 +173,9 @@ func parseRequest(head string, rq *request) error {
 	for strings.HasPrefix(rest, "\r\n") {
 		rest = rest[2:]
 	}
+	if strings.Contains(rest, "\r\n ") || strings.Contains(rest, "\r\n\t") {
+		return badRequest("obs-fold")
+	}
 	line, rest, _ := strings.Cut(rest, "\r\n")
 	if err := rq.parseLine(line); err != nil {
 		return err
@@ -214,10 +223,13 @@ func parseRequest(head string, rq *request) error {
 			}
 			rq.conn += v
 		case strings.EqualFold(k, "Expect"):
-			if !strings.EqualFold(v, "100-continue") {
+			switch {
+			case v == "": // nothing expected
+			case strings.EqualFold(v, "100-continue") && rq.minor == 1:
+				rq.expect = true
+			default:
 				return &reqError{http.StatusExpectationFailed, "unknown expectation"}
 			}
-			rq.expect = true
 		case strings.EqualFold(k, "Upgrade"):
 			rq.upgrade = v
 		case strings.EqualFold(k, "Cookie"):
@@ -294,6 +306,9 @@ func (rq *request) parseLine(line string) error {
 	}
 	switch t := rq.target; {
 	case t[0] == '/':
+		if !validEscapes(pathOf(t)) {
+			return badRequest("bad request target")
+		}
 	case t == "*":
 		if rq.method != http.MethodOptions {
 			return badRequest("bad request target")
@@ -301,29 +316,30 @@ func (rq *request) parseLine(line string) error {
 	default:
 		// absolute-form: the authority is the host (RFC 9112 section 3.2.2),
 		// and the app gets the origin-form.
-		scheme, rest, ok := strings.Cut(t, "://")
-		if !ok || !(strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https")) {
+		u, err := url.ParseRequestURI(t)
+		if err != nil || !(u.Scheme == "http" || u.Scheme == "https") || u.Host == "" || u.User != nil {
 			return badRequest("bad request target")
 		}
-		auth := rest
-		if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-			auth, rest = rest[:i], rest[i:]
-		} else {
-			rest = "/"
-		}
-		if auth == "" || strings.ContainsRune(auth, '@') || strings.HasPrefix(rest, "#") {
-			return badRequest("bad request target")
-		}
-		if rest[0] == '?' {
-			rest = "/" + rest
-		}
-		if i := strings.IndexByte(rest, '#'); i >= 0 {
-			rest = rest[:i]
-		}
-		rq.target, rq.host = rest, auth
+		rq.target, rq.host = u.RequestURI(), u.Host
 	}
 	return nil
 }
+
+// validEscapes reports whether every % in path starts a two-digit hex
+// escape, as net/http requires of a request's path.
+func validEscapes(path string) bool {
+	for i := 0; i < len(path); i++ {
+		if path[i] == '%' {
+			if i+2 >= len(path) || !isHex(path[i+1]) || !isHex(path[i+2]) {
+				return false
+			}
+			i += 2
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool { return isDigit(c) || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
 
 // parseLength parses a Content-Length value: digits only, at most 18.
 func parseLength(v string) (int64, bool) {

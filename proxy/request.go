@@ -25,9 +25,9 @@ import (
 // CONNECT is not served (501).
 
 const (
-	maxFields     = 256     // field lines in a request head; more: 431
-	maxChunkLine  = 4 << 10 // a chunk-size line with its extensions
-	maxTrailer    = 16 << 10
+	maxFields    = 256     // field lines in a request head; more: 431
+	maxChunkLine = 4 << 10 // a chunk-size line with its extensions
+	maxTrailer   = 16 << 10
 	// maxEmptyLines is how many empty lines before a request line are
 	// ignored (RFC 9112 section 2.2 allows some): none, as net/http.
 	maxEmptyLines = 0

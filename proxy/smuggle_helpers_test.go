@@ -568,3 +568,9 @@ func isReset(err error) bool {
 
 // chunk is s as one chunk of a chunked body.
 func chunk(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
+
+// isTimeout reports whether err is a deadline of the suite passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

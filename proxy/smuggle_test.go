@@ -375,3 +375,207 @@ func checkFraming(t *testing.T, r upRequest) {
 		t.Errorf("the app got Content-Length %s for a body of %d bytes", r.lengths[0], len(r.body))
 	}
 }
+
+// respVector is an app that misbehaves in its answer to GET /bad.
+type respVector struct {
+	name  string
+	raw   string // the app's answer
+	close bool   // the app closes its connection after it
+	// What the client may get: a refusal (502), the complete response
+	// with body ok (when ok is set), or, with abort, a connection that
+	// ends before the response is complete.
+	codes []int
+	ok    string
+	abort bool
+}
+
+// evil is a whole response the app sends beyond the one it owed: if the
+// proxy took it as the answer to the next request on the connection, that
+// client would get "GET /evil".
+const evil = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nGET /evil"
+
+var respVectors = []respVector{
+	{name: "status-line-garbage", raw: "HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok", codes: []int{502}},
+	{name: "status-line-not-HTTP", raw: "hello\r\n\r\n", codes: []int{502}},
+	{name: "status-code-short", raw: "HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok", codes: []int{502}},
+	{name: "head-too-large", raw: "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 1<<20) + "\r\nContent-Length: 2\r\n\r\nok", codes: []int{502}},
+	{name: "length-and-chunked", raw: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("hello") + "0\r\n\r\n", codes: []int{502}, ok: "hello"},
+	{name: "chunked-and-length", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 30\r\n\r\n" + chunk("hello") + "0\r\n\r\n", codes: []int{502}, ok: "hello"},
+	{name: "length-duplicate-differing", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 11\r\n\r\nok" + evil, codes: []int{502}},
+	{name: "length-invalid", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok" + evil, codes: []int{502}},
+	{name: "length-negative", raw: "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok" + evil, codes: []int{502}},
+	{name: "close-inside-length-body", raw: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", close: true, codes: []int{502}, abort: true},
+	{name: "close-inside-chunked-body", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("short"), close: true, codes: []int{502}, abort: true},
+	{name: "close-inside-chunk", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nshort", close: true, codes: []int{502}, abort: true},
+	{name: "close-inside-head", raw: "HTTP/1.1 200 OK\r\nContent-Len", close: true, codes: []int{502}},
+	{name: "bad-chunk-size", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n" + evil, codes: []int{502}, abort: true},
+	{name: "bytes-beyond-length", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + evil, codes: []int{502}, ok: "ok"},
+	{name: "bytes-beyond-chunked", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("ok") + "0\r\n\r\n" + evil, codes: []int{502}, ok: "ok"},
+	{name: "bytes-beyond-204", raw: "HTTP/1.1 204 No Content\r\n\r\n" + evil, codes: []int{204, 502}},
+}
+
+// TestSmugglingResponseVectors has the app misbehave in one answer and
+// checks that the client sees it refused or cut, and that the requests of
+// other clients after it each get their own answer (the proxy's kept
+// connection to the app is not cross-wired).
+func TestSmugglingResponseVectors(t *testing.T) {
+	for _, v := range respVectors {
+		t.Run(v.name, func(t *testing.T) {
+			t.Parallel()
+			skipIfLenient(t, "response/"+v.name)
+			e := newSmuggleEnv(t, map[string]answer{"/bad": {raw: v.raw, close: v.close}})
+			c := e.dial(t)
+			c.send("GET /bad HTTP/1.1\r\nHost: x\r\n\r\n")
+			r, err := c.read("GET")
+			switch {
+			case err != nil && v.abort && !isTimeout(err):
+				// Cut: the connection ended before the response was
+				// complete, so the client knows it is not.
+			case err != nil:
+				t.Errorf("GET /bad: %v (got %v)", err, r)
+			case r.bothFraming:
+				t.Errorf("GET /bad: both Content-Length and Transfer-Encoding: %v %v", r, r.fields)
+			case slices.Contains(v.codes, r.code):
+			case v.ok != "" && r.code == 200 && r.body == v.ok:
+			default:
+				t.Errorf("GET /bad answered %v", r)
+			}
+			if err != nil {
+				if err := c.expectClosed(); err != nil {
+					t.Errorf("after a cut response: %v", err)
+				}
+			}
+			c.nc.Close()
+			answered := map[string]bool{"GET /bad": true}
+			victims(t, e, "next", answered)
+			for _, r := range e.up.requests() {
+				checkFraming(t, r)
+				if !answered[r.id()] {
+					t.Errorf("the app got %q, which no client was answered for", r.id())
+				}
+			}
+		})
+	}
+}
+
+// TestSmugglingValidRequestsPass holds what a too strict proxy would
+// refuse: valid framings, each followed on its connection by a request
+// that must get its own answer.
+func TestSmugglingValidRequestsPass(t *testing.T) {
+	tenK := strings.Repeat("0123456789", 1000)
+	bodies := []struct{ name, fields, body, want string }{
+		{"length", cl(11), "hello world", "hello world"},
+		{"length-zero", cl(0), "", ""},
+		{"length-OWS", "Content-Length: \t11 \r\n", "hello world", "hello world"},
+		{"chunked", "Transfer-Encoding: chunked\r\n", chunk("hello") + "6;ext=1;q=\"a b\"\r\n world\r\n0\r\n\r\n", "hello world"},
+		{"chunked-trailer", "Transfer-Encoding: chunked\r\n", chunk("hello") + "0\r\nX-Sum: 1\r\n\r\n", "hello"},
+		{"chunked-coding-case", "Transfer-Encoding: Chunked\r\n", chunkedHello, "hello"},
+		{"chunked-coding-OWS", "Transfer-Encoding: \tchunked \t\r\n", chunkedHello, "hello"},
+		{"chunked-uppercase-hex", "Transfer-Encoding: chunked\r\n", "A\r\n0123456789\r\n0\r\n\r\n", "0123456789"},
+		{"chunked-large", "Transfer-Encoding: chunked\r\n", strings.Repeat(chunk(tenK), 20) + "0\r\n\r\n", strings.Repeat(tenK, 20)},
+		{"length-large", cl(20 * len(tenK)), strings.Repeat(tenK, 20), strings.Repeat(tenK, 20)},
+		{"field-obs-text", cl(5) + "X-Name: caf\xe9\r\n", "hello", "hello"},
+	}
+	for _, b := range bodies {
+		t.Run("POST/"+b.name, func(t *testing.T) {
+			t.Parallel()
+			e := newSmuggleEnv(t, nil)
+			c := e.dial(t)
+			c.send("POST /p HTTP/1.1\r\nHost: x\r\n" + b.fields + "\r\n" + b.body + "GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+			expectAnswers(t, c, "POST /p", "GET /after")
+			var got []upRequest
+			for _, r := range e.up.requests() {
+				checkFraming(t, r)
+				if r.id() == "POST /p" {
+					got = append(got, r)
+				}
+			}
+			if len(got) != 1 {
+				t.Fatalf("the app got POST /p %d times", len(got))
+			}
+			if got[0].body != b.want {
+				t.Errorf("the app got a body of %d bytes, want %d (%.40q…)", len(got[0].body), len(b.want), got[0].body)
+			}
+		})
+	}
+
+	t.Run("pipelined-GETs", func(t *testing.T) {
+		t.Parallel()
+		e := newSmuggleEnv(t, nil)
+		c := e.dial(t)
+		c.send("GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n")
+		expectAnswers(t, c, "GET /1", "GET /2", "GET /3")
+	})
+	t.Run("HTTP-1.0", func(t *testing.T) {
+		t.Parallel()
+		e := newSmuggleEnv(t, nil)
+		c := e.dial(t)
+		c.send("GET /ten HTTP/1.0\r\n\r\n")
+		expectAnswers(t, c, "GET /ten")
+		if err := c.expectClosed(); err != nil {
+			t.Errorf("after an HTTP/1.0 answer: %v", err)
+		}
+	})
+	t.Run("HTTP-1.0-POST", func(t *testing.T) {
+		t.Parallel()
+		e := newSmuggleEnv(t, nil)
+		c := e.dial(t)
+		c.send("POST /ten HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
+		expectAnswers(t, c, "POST /ten")
+		if err := c.expectClosed(); err != nil {
+			t.Errorf("after an HTTP/1.0 answer: %v", err)
+		}
+		if rs := e.up.requests(); len(rs) != 1 || rs[0].body != "hello" {
+			t.Errorf("the app got %+v", rs)
+		}
+	})
+	t.Run("HEAD", func(t *testing.T) {
+		t.Parallel()
+		e := newSmuggleEnv(t, nil)
+		c := e.dial(t)
+		c.send("HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\n\r\n")
+		r, err := c.read("HEAD")
+		if err != nil || r.code != 200 || r.body != "" {
+			t.Fatalf("HEAD: %v, %v", r, err)
+		}
+		expectAnswers(t, c, "GET /g")
+	})
+	t.Run("target-forms", func(t *testing.T) {
+		t.Parallel()
+		e := newSmuggleEnv(t, nil)
+		c := e.dial(t)
+		c.send("GET http://x/abs HTTP/1.1\r\nHost: x\r\n\r\nGET /q?a=1&b=%20 HTTP/1.1\r\nHost: x\r\n\r\n")
+		expectAnswers(t, c, "GET /abs", "GET /q?a=1&b=%20")
+	})
+	t.Run("expect-100-continue", func(t *testing.T) {
+		t.Parallel()
+		e := newSmuggleEnv(t, nil)
+		c := e.dial(t)
+		c.sendNow("POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+		r, err := c.read("POST")
+		if err != nil || r.code != 100 {
+			t.Fatalf("want 100 Continue before the body, got %v, %v", r, err)
+		}
+		c.sendNow("hello")
+		expectAnswers(t, c, "POST /e")
+		if rs := e.up.requests(); len(rs) != 1 || rs[0].body != "hello" {
+			t.Errorf("the app got %+v", rs)
+		}
+	})
+}
+
+// expectAnswers reads one response per id, in order, each a 200 with the
+// app's answer to that request.
+func expectAnswers(t *testing.T, c *client, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		method, _, _ := strings.Cut(id, " ")
+		r, err := c.read(method)
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if r.code != 200 || r.body != id || r.bothFraming {
+			t.Fatalf("%s answered %v %v", id, r, r.fields)
+		}
+	}
+}

@@ -114,6 +114,7 @@ type upConnLog struct {
 	closed   bool   // the proxy closed it (or it broke)
 	cut      bool   // closed in the middle of a request
 	badBytes string // what the upstream's parser could not read, if anything
+	partial  string // the head (or part) of a request not read to its end
 }
 
 // rawUpstream is the app: a raw TCP server that logs every byte it gets
@@ -195,7 +196,7 @@ func (u *rawUpstream) serve(c net.Conn, lc *upConnLog) {
 		req, err := readUpRequest(br)
 		u.mu.Lock()
 		if err != nil {
-			lc.closed = true
+			lc.closed, lc.partial = true, req.head
 			switch {
 			case errors.Is(err, io.EOF):
 			case errors.Is(err, errCut):
@@ -342,6 +343,7 @@ type upConnView struct {
 	closed   bool
 	cut      bool
 	badBytes string
+	partial  string
 }
 
 // snapshot copies the logs of all connections so far.
@@ -350,7 +352,7 @@ func (u *rawUpstream) snapshot() []upConnView {
 	defer u.mu.Unlock()
 	out := make([]upConnView, len(u.conns))
 	for i, lc := range u.conns {
-		out[i] = upConnView{raw: lc.raw.String(), reqs: append([]upRequest(nil), lc.reqs...), closed: lc.closed, cut: lc.cut, badBytes: lc.badBytes}
+		out[i] = upConnView{raw: lc.raw.String(), reqs: append([]upRequest(nil), lc.reqs...), closed: lc.closed, cut: lc.cut, badBytes: lc.badBytes, partial: lc.partial}
 	}
 	return out
 }

@@ -336,6 +336,9 @@ func checkUpstream(t *testing.T, up *rawUpstream, answered map[string]bool, v ve
 		if c.badBytes != "" {
 			t.Errorf("app connection %d: %s; it got %q", i, c.badBytes, c.raw)
 		}
+		if h := strings.ToLower(c.partial); strings.Contains(h, "\r\ncontent-length:") && strings.Contains(h, "\r\ntransfer-encoding:") {
+			t.Errorf("app connection %d got a head with both Content-Length and Transfer-Encoding: %q", i, c.partial)
+		}
 		if strings.Contains(c.raw, marker) && !forwarded && !v.partial {
 			t.Errorf("app connection %d got bytes of a refused request: %q", i, c.raw)
 		}
@@ -360,11 +363,14 @@ func checkUpstream(t *testing.T, up *rawUpstream, answered map[string]bool, v ve
 	}
 }
 
-// checkFraming checks that a request the app got is framed once, and
+// checkFraming checks that a request the app got was written by the
+// proxy (not bytes of a client's passed through) and is framed once, and
 // exactly.
 func checkFraming(t *testing.T, r upRequest) {
 	t.Helper()
 	switch {
+	case !strings.Contains(r.head, "\r\nX-Forwarded-For: "):
+		t.Errorf("the app got a request the proxy did not write: %q", r.head)
 	case len(r.lengths) > 0 && len(r.te) > 0:
 		t.Errorf("the app got both Content-Length and Transfer-Encoding: %q", r.head)
 	case len(r.lengths) > 1:
@@ -378,9 +384,10 @@ func checkFraming(t *testing.T, r upRequest) {
 
 // respVector is an app that misbehaves in its answer to GET /bad.
 type respVector struct {
-	name  string
-	raw   string // the app's answer
-	close bool   // the app closes its connection after it
+	name   string
+	method string // of the request for /bad; "" is GET
+	raw    string // the app's answer
+	close  bool   // the app closes its connection after it
 	// What the client may get: a refusal (502), the complete response
 	// with body ok (when ok is set), or, with abort, a connection that
 	// ends before the response is complete.
@@ -412,6 +419,9 @@ var respVectors = []respVector{
 	{name: "bytes-beyond-length", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + evil, codes: []int{502}, ok: "ok"},
 	{name: "bytes-beyond-chunked", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk("ok") + "0\r\n\r\n" + evil, codes: []int{502}, ok: "ok"},
 	{name: "bytes-beyond-204", raw: "HTTP/1.1 204 No Content\r\n\r\n" + evil, codes: []int{204, 502}},
+	{name: "body-to-HEAD", method: "HEAD", raw: fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(evil)) + evil, codes: []int{200, 502}},
+	{name: "unrequested-101", raw: "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" + evil, codes: []int{502}},
+	{name: "interim-100-then-200", raw: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", ok: "ok"},
 }
 
 // TestSmugglingResponseVectors has the app misbehave in one answer and
@@ -425,20 +435,24 @@ func TestSmugglingResponseVectors(t *testing.T) {
 			skipIfLenient(t, "response/"+v.name)
 			e := newSmuggleEnv(t, map[string]answer{"/bad": {raw: v.raw, close: v.close}})
 			c := e.dial(t)
-			c.send("GET /bad HTTP/1.1\r\nHost: x\r\n\r\n")
-			r, err := c.read("GET")
+			method := v.method
+			if method == "" {
+				method = "GET"
+			}
+			c.send(method + " /bad HTTP/1.1\r\nHost: x\r\n\r\n")
+			r, err := c.read(method)
 			switch {
 			case err != nil && v.abort && !isTimeout(err):
 				// Cut: the connection ended before the response was
 				// complete, so the client knows it is not.
 			case err != nil:
-				t.Errorf("GET /bad: %v (got %v)", err, r)
+				t.Errorf("%s /bad: %v (got %v)", method, err, r)
 			case r.bothFraming:
-				t.Errorf("GET /bad: both Content-Length and Transfer-Encoding: %v %v", r, r.fields)
+				t.Errorf("/bad: both Content-Length and Transfer-Encoding: %v %v", r, r.fields)
 			case slices.Contains(v.codes, r.code):
 			case v.ok != "" && r.code == 200 && r.body == v.ok:
 			default:
-				t.Errorf("GET /bad answered %v", r)
+				t.Errorf("%s /bad answered %v", method, r)
 			}
 			if err != nil {
 				if err := c.expectClosed(); err != nil {
@@ -446,7 +460,7 @@ func TestSmugglingResponseVectors(t *testing.T) {
 				}
 			}
 			c.nc.Close()
-			answered := map[string]bool{"GET /bad": true}
+			answered := map[string]bool{method + " /bad": true}
 			victims(t, e, "next", answered)
 			for _, r := range e.up.requests() {
 				checkFraming(t, r)
@@ -546,6 +560,18 @@ func TestSmugglingValidRequestsPass(t *testing.T) {
 		c := e.dial(t)
 		c.send("GET http://x/abs HTTP/1.1\r\nHost: x\r\n\r\nGET /q?a=1&b=%20 HTTP/1.1\r\nHost: x\r\n\r\n")
 		expectAnswers(t, c, "GET /abs", "GET /q?a=1&b=%20")
+	})
+	t.Run("upgrade-not-taken", func(t *testing.T) {
+		// The app answers 200 to an Upgrade: the connection stays HTTP,
+		// and the next request on it is parsed, not tunnelled.
+		t.Parallel()
+		e := newSmuggleEnv(t, nil)
+		c := e.dial(t)
+		c.send("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+		expectAnswers(t, c, "GET /ws", "GET /after")
+		for _, r := range e.up.requests() {
+			checkFraming(t, r)
+		}
 	})
 	t.Run("expect-100-continue", func(t *testing.T) {
 		t.Parallel()

@@ -169,11 +169,8 @@ func (p *Proxy) attempt(c *clientConn, pl *pool, fresh bool, want int) (code int
 		if errors.As(err, &be) {
 			// The client's upload broke off or was malformed.
 			p.log.Debug().Err(err).Msg("client request body")
+			// (A client that left does not read the answer.)
 			c.bodyLeft = true
-			var re *reqError
-			if !errors.As(err, &re) {
-				return statusClientGone, answered, reused
-			}
 			return p.reply(c, http.StatusBadRequest), answered, reused
 		}
 		p.log.Debug().Err(err).Str("upstream", pl.addr).Msg("send to upstream")

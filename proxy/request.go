@@ -457,8 +457,10 @@ func (cb *chunkedBody) sizeLine() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	size, ext, _ := strings.Cut(line, ";")
-	size = strings.TrimRight(size, " \t") // BWS before an extension
+	size, ext, hasExt := strings.Cut(line, ";")
+	if hasExt {
+		size = strings.TrimRight(size, " \t") // BWS, allowed before an extension only
+	}
 	if size == "" || len(size) > 16 {
 		return 0, errBadChunk
 	}

@@ -31,30 +31,12 @@ import (
 // long has failed. Generous, for a loaded 2-core machine.
 const ioWait = 10 * time.Second
 
-// lenientToday names the cases that the proxy of today (net/http's server
-// on the client side) is known to accept although the contract says
-// otherwise, with the reason. Each is skipped while it is listed; the
-// strict request reader deletes its entries. None of them lets a request
-// through to the app framed otherwise than the proxy framed it (the proxy
-// writes the framing anew); each is a laxer parse than the contract's.
-var lenientToday = map[string]string{
-	"head/bare-LF-everywhere":   lenientBareLF,
-	"head/bare-LF-request-line": lenientBareLF,
-	"head/bare-LF-field":        lenientBareLF,
-	"head/bare-LF-end":          lenientBareLF,
-	"TE.TE/bare-LF-before":      lenientBareLF,
-	"head/obs-fold-SP":          lenientObsFold,
-	"head/obs-fold-HTAB":        lenientObsFold,
-	"head/obs-fold-length":      lenientObsFold,
-	"TE.TE/folded-value":        lenientObsFold,
-	"chunk/end-bare-LF":         "net/http reads the trailer section with textproto, which takes a bare LF as a line end",
-	"chunk/trailer-bare-LF":     "net/http reads the trailer section with textproto, which takes a bare LF as a line end",
-	"chunk/ext-NUL":             "net/http drops chunk extensions without checking them",
-	"chunk/size-trailing-space": "net/http trims whitespace after a chunk size (RFC 9112 allows it only before a ';')",
-	"chunk/size-int64-overflow": "net/http takes a 16-digit chunk size as a uint64 and waits for 2^63 bytes",
-	"TE/HTTP-1.0":               "net/http ignores Transfer-Encoding in an HTTP/1.0 request and frames it by Content-Length",
-	closeAfterBoth:              "net/http forwards a request with Content-Length and Transfer-Encoding as chunked but keeps the connection open after it",
-}
+// lenientToday names cases the proxy is known to accept although the
+// contract says otherwise, with the reason; each is skipped while it is
+// listed. It is empty: the traffic port's own reader refuses every case
+// net/http's server let through (bare LF, obs-fold, a trailing space after
+// a chunk size, Transfer-Encoding in HTTP/1.0, ...).
+var lenientToday = map[string]string{}
 
 // Reasons shared by several lenientToday entries.
 const (

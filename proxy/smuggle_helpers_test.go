@@ -38,12 +38,6 @@ const ioWait = 10 * time.Second
 // a chunk size, Transfer-Encoding in HTTP/1.0, ...).
 var lenientToday = map[string]string{}
 
-// Reasons shared by several lenientToday entries.
-const (
-	lenientBareLF  = "net/http's server takes a bare LF as a line end in the head"
-	lenientObsFold = "net/http's server unfolds obs-fold into the field value"
-)
-
 // closeAfterBoth is the lenientToday entry for one check rather than a
 // case: the connection ends after a request that had Content-Length and
 // Transfer-Encoding (RFC 9112 section 6.1). While it is listed, those

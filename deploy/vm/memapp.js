@@ -1,7 +1,7 @@
 // The app of the VM memory test (deploy/vm_oom_linux_test.go). GET / answers;
-// /grow allocates outside the V8 heap (Buffers, every page written) until the
-// kernel's OOM killer stops it; /heap fills the V8 heap until V8 gives up;
-// /hold?mb=N keeps N MB more of Buffers. At start it spawns a detached
+// /grow allocates outside the V8 heap (Buffers, every page written), still
+// answering, until the kernel's OOM killer stops it; /heap fills the V8 heap
+// until V8 gives up; /hold?mb=N keeps N MB more of Buffers. At start it spawns a detached
 // grandchild in its own session, which a careless tree kill would leave behind.
 'use strict';
 const http = require('http');
@@ -15,8 +15,10 @@ http.createServer((req, res) => {
   const url = new URL(req.url, 'http://localhost');
   switch (url.pathname) {
     case '/grow':
-      res.end('growing\n', () => {
-        for (;;) held.push(Buffer.alloc(1 << 20, 1));
+      // 16 MB a turn of the event loop, which keeps answering probes.
+      res.end('growing\n', function grow() {
+        for (let i = 0; i < 16; i++) held.push(Buffer.alloc(1 << 20, 1));
+        setImmediate(grow);
       });
       return;
     case '/heap':

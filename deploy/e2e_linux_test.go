@@ -169,8 +169,10 @@ type bootOptions struct {
 
 // boot starts nspawn on dir and waits until the container's systemd reports
 // running (or degraded). The caller stops the container; boot does when it fails.
+// It holds the boot lock until t ends: no VM or other container runs beside it.
 func boot(t *testing.T, dir, name, console string, opts bootOptions) *container {
 	t.Helper()
+	holdBootLock(t)
 	logf, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)

@@ -30,6 +30,7 @@ import (
 // observers (watchChild) own what they observe of it (its launch's
 // observed); cfg and gen are replaced whole on SIGHUP.
 type Agent struct {
+	fds        *fdStore // the listening sockets systemd keeps across restarts
 	log        zerolog.Logger
 	version    string
 	clk        clock.Clock
@@ -147,6 +148,11 @@ func ResolveHeapMB(cfg *Config, n int, log zerolog.Logger) int {
 	return probe.AutoHeapMB(total, limit) / max(n, 1)
 }
 
+// handoverGrace is how long, on a stop whose traffic port systemd keeps
+// for the next start, idle client connections have to send their next
+// request (answered with Connection: close) before they are closed.
+const handoverGrace = time.Second
+
 // Run runs the agent until ctx is cancelled (SIGTERM, SIGINT) and reloads
 // the config on each receive from reload (SIGHUP). It returns nil after a
 // clean shutdown.
@@ -173,20 +179,30 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 		return err
 	}
 	bound = append(bound, ctl)
-	if err := a.health.Listen(); err != nil {
-		return err
+	// The TCP sockets: taken back from systemd's store when it kept them.
+	a.fds = newFDStore(a.log)
+	ln, err := a.fds.listen("health", cfg.Health.Listen)
+	if err != nil {
+		return fmt.Errorf("health: listen %s: %w", cfg.Health.Listen, err)
 	}
+	a.health.UseListener(ln)
 	bound = append(bound, closerFunc(a.health.Close))
 	if a.proxy != nil {
-		if err := a.proxy.Listen(); err != nil {
-			return err
+		ln, err := a.fds.listen("proxy", cfg.Proxy.Listen)
+		if err != nil {
+			return fmt.Errorf("proxy: listen %s: %w", cfg.Proxy.Listen, err)
 		}
+		a.proxy.UseListener(ln)
 		bound = append(bound, closerFunc(a.proxy.Close))
 	}
 	metricsLn, err := a.listenMetrics(cfg)
 	if err != nil {
 		return err
 	}
+	if metricsLn != nil {
+		bound = append(bound, metricsLn)
+	}
+	a.fds.dropUnused()
 	ev := a.log.Info().Str("version", a.version).Str("config", cfg.Path).Int("heap_cap_mb", a.gen.Load().heapMB).
 		Str("health", a.health.Addr().String()+cfg.Health.Path).Str("control", cfg.Control.Socket)
 	if a.proxy != nil {
@@ -233,6 +249,21 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 	defer refresh.Stop()
 	done := ctx.Done()
 	var drained <-chan time.Time
+	var handedOver chan struct{}
+	// stop stops the supervisor, once the proxy has handed its socket over
+	// to the next agent when systemd keeps it.
+	stop := func() {
+		if a.proxy == nil || !a.fds.has("proxy") {
+			stopSup()
+			return
+		}
+		a.log.Info().Msg("handing the traffic port over to the next start: new connections wait in its backlog")
+		handedOver = make(chan struct{})
+		go func() {
+			a.proxy.Handover(handoverGrace)
+			close(handedOver)
+		}()
+	}
 	for {
 		select {
 		case ev := <-a.events:
@@ -256,7 +287,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 			a.notify.Status("stopping")
 			d := a.cfg.Load().Stop.Drain.D()
 			if d <= 0 {
-				stopSup()
+				stop()
 				continue
 			}
 			f.drain()
@@ -266,6 +297,9 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 			drained = t.C()
 		case <-drained:
 			drained = nil
+			stop()
+		case <-handedOver:
+			handedOver = nil
 			stopSup()
 		}
 	}

@@ -36,15 +36,21 @@ func unsetenv(t *testing.T, key string) {
 	os.Unsetenv(key)
 }
 
+// recv returns the next sd_notify message but the descriptor store's
+// (FDSTORE=1, FDSTOREREMOVE=1: fdstore_test.go checks those).
 func recv(t *testing.T, conn *net.UnixConn) string {
 	t.Helper()
 	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	buf := make([]byte, 4096)
-	n, _, err := conn.ReadFromUnix(buf)
-	if err != nil {
-		t.Fatalf("no sd_notify message: %v", err)
+	for {
+		n, _, err := conn.ReadFromUnix(buf)
+		if err != nil {
+			t.Fatalf("no sd_notify message: %v", err)
+		}
+		if msg := string(buf[:n]); !strings.HasPrefix(msg, "FDSTORE") {
+			return msg
+		}
 	}
-	return string(buf[:n])
 }
 
 func monotonicUsec(t *testing.T) int64 {

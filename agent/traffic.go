@@ -25,9 +25,9 @@ func (a *Agent) listenMetrics(cfg *Config) (net.Listener, error) {
 	if cfg.Metrics.Listen == "" {
 		return nil, nil
 	}
-	ln, err := net.Listen("tcp", cfg.Metrics.Listen)
+	ln, err := a.fds.listen("metrics", cfg.Metrics.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
+		return nil, fmt.Errorf("metrics: listen %s: %w", cfg.Metrics.Listen, err)
 	}
 	return ln, nil
 }

@@ -97,6 +97,16 @@ func (h *HealthServer) Listen() error {
 	return nil
 }
 
+// UseListener makes the server serve ln (a socket bound before, kept by
+// systemd across restarts) instead of binding one in Listen.
+func (h *HealthServer) UseListener(ln net.Listener) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ln == nil {
+		h.ln = connlimit.New(ln, h.maxConns)
+	}
+}
+
 // Close closes the socket bound by Listen, for a start that fails before
 // Run; Run closes it itself.
 func (h *HealthServer) Close() error {

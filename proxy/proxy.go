@@ -173,6 +173,20 @@ func (p *Proxy) Listen() error {
 	return nil
 }
 
+// UseListener makes the proxy serve ln (a socket bound before, kept by
+// systemd across restarts) instead of binding one in Listen.
+func (p *Proxy) UseListener(ln net.Listener) {
+	p.lnMu.Lock()
+	defer p.lnMu.Unlock()
+	if p.ln != nil {
+		return
+	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok {
+		p.port = fmt.Sprint(ta.Port)
+	}
+	p.ln = connlimit.New(ln, p.cfg.MaxConns)
+}
+
 // Close closes the socket bound by Listen, for a start that fails before
 // Run; Run closes it itself.
 func (p *Proxy) Close() error {
@@ -223,13 +237,69 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	select {
 	case err := <-errc:
-		return fmt.Errorf("proxy: serve: %w", err)
+		if err != nil {
+			return fmt.Errorf("proxy: serve: %w", err)
+		}
+		// Handed over: the connections that are left finish.
+		<-ctx.Done()
+		errc <- nil
 	case <-ctx.Done():
 	}
 	p.Down()
 	p.stop(ln)
 	<-errc
 	return nil
+}
+
+// Handover ends this proxy's part for the next agent, which takes its
+// listening socket from systemd's store: the proxy stops accepting (the
+// socket stays open in the store; new connections wait in its backlog),
+// and each client connection ends after its next response, which says
+// Connection: close. Connections still idle after grace are closed (a
+// client sending on one that very moment sees it closed: the one request
+// a restart can still cost). It returns once no client connection is left
+// but the busy ones, or grace ran out. Requests go on being served
+// meanwhile.
+func (p *Proxy) Handover(grace time.Duration) {
+	p.lnMu.Lock()
+	ln := p.ln
+	p.lnMu.Unlock()
+	if ln == nil {
+		return
+	}
+	ln.Close()
+	p.connsMu.Lock()
+	p.shutdown = true
+	p.quit.Store(true)
+	p.connsMu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for p.idleConns() > 0 {
+		select {
+		case <-t.C:
+			p.closeConns(false)
+			return
+		case <-tick.C:
+		}
+	}
+	p.closeConns(false)
+}
+
+// idleConns counts the client connections idle between requests.
+func (p *Proxy) idleConns() int {
+	p.connsMu.Lock()
+	defer p.connsMu.Unlock()
+	n := 0
+	for c := range p.conns {
+		c.mu.Lock()
+		if c.idle {
+			n++
+		}
+		c.mu.Unlock()
+	}
+	return n
 }
 
 // stop closes the listener and the idle connections, lets the requests in

@@ -219,6 +219,7 @@ func (p *Proxy) serve(ln *connlimit.Listener) error {
 			nc:     nc,
 			remote: clientIP(nc.RemoteAddr().String()),
 			gone:   make(chan struct{}),
+			idle:   true, // until its first request begins
 		}
 		c.w.c = c
 		if !p.track(c) {

@@ -45,6 +45,7 @@ func TestVMCloudInitReboot(t *testing.T) {
 	opts := bootOptions{appPort: "3000", healthPort: "8081", proxyPort: "8080"}
 	values := scriptValues(guest(gitURL)+"/plain.git", "/srv/app", "node server.js", opts,
 		guest(files)+"/agent.deb", "", hex.EncodeToString(h[:]))
+	values["STOP_DRAIN"] = "5s" // as Terraform passes it; 5 s keeps the reboot short
 	userData := render(t, values)
 	if !strings.HasPrefix(userData, "#!/bin/bash\n") {
 		t.Fatalf("the rendered user_data does not start with #!/bin/bash: cloud-init would not run it as a script")

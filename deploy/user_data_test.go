@@ -68,9 +68,13 @@ func TestShellcheck(t *testing.T) {
 	if _, err := exec.LookPath("shellcheck"); err != nil {
 		t.Skip("shellcheck is not installed (apt-get install -y shellcheck)")
 	}
-	scripts, err := filepath.Glob("e2e/*.sh")
-	if err != nil {
-		t.Fatal(err)
+	var scripts []string
+	for _, pattern := range []string{"e2e/*.sh", "vm/*.sh"} {
+		found, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		scripts = append(scripts, found...)
 	}
 	scripts = append(scripts, "user_data.sh")
 	out, err := exec.Command("shellcheck", append([]string{"--severity=style"}, scripts...)...).CombinedOutput()

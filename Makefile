@@ -4,6 +4,7 @@
 #   make lint      leftover files, gofmt and go vet
 #   make package   .deb and .rpm into dist/
 #   make e2e       the end-to-end test on a real systemd (root; see deploy/e2e/prepare.sh)
+#   make vm        the VM tests: a real kernel, cgroup v2, cloud-init (root; see deploy/vm/image.sh)
 #   make bench     benchmarks
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0-dev)
@@ -14,7 +15,7 @@ GOARCH ?= $(shell $(GO) env GOARCH)
 
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test lint package e2e e2e-prepare bench clean
+.PHONY: all build test lint package e2e e2e-prepare vm vm-image bench clean
 
 all: lint test build
 
@@ -52,6 +53,12 @@ e2e-prepare:
 
 e2e:
 	$(GO) test -v -count=1 -timeout 30m -run 'EndToEnd' ./deploy/
+
+vm-image:
+	deploy/vm/image.sh
+
+vm: vm-image
+	$(GO) test -v -count=1 -timeout 20m -run 'VM' ./deploy/
 
 # The Go benchmarks, then the side-by-side run against PM2 (about 17 min;
 # needs the npm registry). Not run by CI.

@@ -506,7 +506,7 @@ func TestEndToEnd(t *testing.T) {
 	cfgPath := userDataConfig(t, map[string]string{
 		"APP_NAME": "demo", "APP_REPO": "unused", "APP_REF": "main", "APP_DIR": "/srv/app",
 		"APP_USER": "app", "APP_COMMAND": "node server.js", "APP_PORT": appPort,
-		"NODE_MAJOR": "18", "MAX_RSS": "0", "HEALTH_PORT": healthPort, "PROXY_PORT": "",
+		"NODE_MAJOR": "18", "MAX_RSS": "0", "HEALTH_PORT": healthPort, "PROXY_PORT": "", "STOP_DRAIN": "",
 		"AGENT_PKG_URL": "", "AGENT_BIN_URL": "", "AGENT_SHA256": "",
 	})
 	goodConfig, err := os.ReadFile(cfgPath)

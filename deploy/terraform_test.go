@@ -1,10 +1,12 @@
 package deploy
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/function"
+	"github.com/zclconf/go-cty/cty/function/stdlib"
 )
 
 // tfModule is the parsed deploy/terraform directory, with var.* bound to the
@@ -72,7 +75,7 @@ func loadTerraformWith(t *testing.T, set map[string]cty.Value) *tfModule {
 	}
 	m.ctx = &hcl.EvalContext{
 		Variables: map[string]cty.Value{"var": cty.ObjectVal(vars)},
-		Functions: map[string]function.Function{"tomap": tomap},
+		Functions: map[string]function.Function{"tomap": tomap, "length": stdlib.LengthFunc, "concat": stdlib.ConcatFunc},
 	}
 	m.evalLocals(t)
 	return m
@@ -282,6 +285,91 @@ func TestTerraformAutoscalingGroup(t *testing.T) {
 	if len(lts) != 1 || !slices.Contains(references(t, lts[0], "id"), "aws_launch_template.app") {
 		t.Errorf("the group does not launch from aws_launch_template.app")
 	}
+}
+
+// TestTerraformInstanceRefresh: a new launch template version (a new AMI or
+// user_data) rolls through the group by instance refresh, keeping most of it
+// in service, without checkpoints unless asked for; the target group lets a
+// leaving instance drain for longer than the agent's stop.drain.
+func TestTerraformInstanceRefresh(t *testing.T) {
+	m := loadTerraform(t)
+	asg := m.block(t, "resource", "aws_autoscaling_group", "app")
+	lts := nested(asg, "launch_template")
+	if len(lts) != 1 || !slices.Equal(references(t, lts[0], "version"), []string{"aws_launch_template.app"}) ||
+		!strings.Contains(string(attr(t, lts[0], "version").SrcRange.SliceBytes(mustReadBytes(t, "terraform/main.tf"))), "latest_version") {
+		t.Errorf("the group does not follow the launch template's latest_version: a new version would start no refresh")
+	}
+	irs := nested(asg, "instance_refresh")
+	if len(irs) != 1 {
+		t.Fatalf("want one instance_refresh block, got %d", len(irs))
+	}
+	if got := m.value(t, irs[0], "strategy"); got != "Rolling" {
+		t.Errorf("instance_refresh.strategy = %s, want Rolling", got)
+	}
+	prefs := nested(irs[0], "preferences")
+	if len(prefs) != 1 {
+		t.Fatalf("want one preferences block, got %d", len(prefs))
+	}
+	for name, want := range map[string]string{"min_healthy_percentage": "90", "instance_warmup": "300", "skip_matching": "true"} {
+		if got := m.value(t, prefs[0], name); got != want {
+			t.Errorf("instance_refresh.preferences.%s = %s, want %s", name, got, want)
+		}
+	}
+	checkpoints := func(m *tfModule) cty.Value {
+		v, diags := attr(t, prefs[0], "checkpoint_percentages").Expr.Value(m.ctx)
+		if diags.HasErrors() {
+			t.Fatalf("checkpoint_percentages: %s", diags.Error())
+		}
+		return v
+	}
+	if v := checkpoints(m); !v.IsNull() {
+		t.Errorf("checkpoint_percentages = %#v by default, want null (no checkpoints)", v)
+	}
+	with := loadTerraformWith(t, map[string]cty.Value{"refresh_checkpoints": cty.ListVal([]cty.Value{cty.NumberIntVal(50)})})
+	prefs = nested(nested(with.block(t, "resource", "aws_autoscaling_group", "app"), "instance_refresh")[0], "preferences")
+	v := checkpoints(with)
+	if v.IsNull() || v.LengthInt() != 2 || v.Index(cty.NumberIntVal(1)).AsBigFloat().Text('f', -1) != "100" {
+		t.Errorf("checkpoint_percentages = %#v with refresh_checkpoints = [50], want [50, 100]", v)
+	}
+	if got := with.value(t, prefs[0], "checkpoint_delay"); got != "600" {
+		t.Errorf("checkpoint_delay = %s with checkpoints, want 600", got)
+	}
+
+	// deregistration_delay covers stop.drain plus the app's stop.timeout.
+	for _, drain := range []int64{20, 45} {
+		m := loadTerraformWith(t, map[string]cty.Value{"stop_drain_seconds": cty.NumberIntVal(drain)})
+		tg := m.block(t, "resource", "aws_lb_target_group", "app")
+		got := m.value(t, tg, "deregistration_delay")
+		if want := strconv.FormatInt(drain+10, 10); got != want {
+			t.Errorf("stop_drain_seconds = %d: deregistration_delay = %s, want %s", drain, got, want)
+		}
+		obj := userDataCall(t, m).Args[1].(*hclsyntax.ObjectConsExpr)
+		found := false
+		for _, item := range obj.Items {
+			if k, _ := item.KeyExpr.Value(nil); k.AsString() == "STOP_DRAIN" {
+				v, diags := item.ValueExpr.Value(m.ctx)
+				if diags.HasErrors() {
+					t.Fatalf("STOP_DRAIN: %s", diags.Error())
+				}
+				if want := fmt.Sprintf("%ds", drain); v.AsString() != want {
+					t.Errorf("STOP_DRAIN = %q, want %q", v.AsString(), want)
+				}
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("user_data gets no STOP_DRAIN")
+		}
+	}
+}
+
+func mustReadBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 // ingress returns the ingress rules of an aws_security_group body, static

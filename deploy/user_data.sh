@@ -40,6 +40,7 @@ readonly NODE_MAJOR="${NODE_MAJOR}"       # Node major on Amazon Linux (nodejsNN
 readonly MAX_RSS="${MAX_RSS}"             # memory.max_rss: "700MB", "0" = off
 readonly HEALTH_PORT="${HEALTH_PORT}"     # the agent's /health.html port (the target group checks it without the proxy)
 readonly PROXY_PORT="${PROXY_PORT}"       # the agent's traffic port (the target group forwards to it); empty = no proxy
+readonly STOP_DRAIN="${STOP_DRAIN}"       # stop.drain: health 503 this long before the app stops ("20s"); empty = 0s
 readonly AGENT_PKG_URL="${AGENT_PKG_URL}" # URL of the agent .deb or .rpm; or empty and...
 readonly AGENT_BIN_URL="${AGENT_BIN_URL}" # ...URL of the static agent binary
 readonly AGENT_SHA256="${AGENT_SHA256}"   # sha256 of the download; empty = not checked
@@ -104,6 +105,7 @@ retry() {
 [[ -n $AGENT_PKG_URL || -n $AGENT_BIN_URL ]] || die "set AGENT_PKG_URL or AGENT_BIN_URL"
 [[ $APP_PORT =~ ^[0-9]+$ ]] || die "APP_PORT is not a port number: $APP_PORT"
 [[ -z $PROXY_PORT || $PROXY_PORT =~ ^[0-9]+$ ]] || die "PROXY_PORT is not a port number: $PROXY_PORT"
+[[ -z $STOP_DRAIN || $STOP_DRAIN =~ ^[0-9]+(ms|s|m)$ ]] || die "STOP_DRAIN is not a duration such as 20s: $STOP_DRAIN"
 tmp=$(mktemp -d)
 
 # fetch URL FILE [ALGO SUM]: download URL (https or http only) to FILE and,
@@ -226,7 +228,15 @@ write_config() {
   # Without the proxy the app owns APP_PORT and the load balancer reaches it;
   # with it, the agent gives the app its PORT (APP_PORT, or APP_PORT+1 during a
   # reload) and the app stays on loopback.
-  local env="PORT = \"$APP_PORT\"" health=":$HEALTH_PORT" proxy=""
+  local env="PORT = \"$APP_PORT\"" health=":$HEALTH_PORT" proxy="" stop=""
+  # On shutdown (an instance refresh, a scale-in) the health page says 503 for
+  # STOP_DRAIN before the app stops, so the load balancer takes the target out.
+  if [[ -n $STOP_DRAIN ]]; then
+    stop="
+[stop]
+drain = \"$STOP_DRAIN\"
+"
+  fi
   if [[ -n $PROXY_PORT ]]; then
     env='HOST = "127.0.0.1"'
     health="127.0.0.1:$HEALTH_PORT"
@@ -255,7 +265,7 @@ max_old_space_size = "auto"
 
 [memory]
 max_rss = "$MAX_RSS"
-
+$stop
 [probe]
 http = "http://127.0.0.1:$APP_PORT/"
 

@@ -68,9 +68,13 @@ func TestShellcheck(t *testing.T) {
 	if _, err := exec.LookPath("shellcheck"); err != nil {
 		t.Skip("shellcheck is not installed (apt-get install -y shellcheck)")
 	}
-	scripts, err := filepath.Glob("e2e/*.sh")
-	if err != nil {
-		t.Fatal(err)
+	var scripts []string
+	for _, pattern := range []string{"e2e/*.sh", "vm/*.sh"} {
+		found, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		scripts = append(scripts, found...)
 	}
 	scripts = append(scripts, "user_data.sh")
 	out, err := exec.Command("shellcheck", append([]string{"--severity=style"}, scripts...)...).CombinedOutput()
@@ -92,6 +96,7 @@ func TestUserDataRendered(t *testing.T) {
 		"MAX_RSS":       "700MB",
 		"HEALTH_PORT":   "8081",
 		"PROXY_PORT":    "80",
+		"STOP_DRAIN":    "20s",
 		"AGENT_PKG_URL": "https://example.com/agent_0.1.0_amd64.deb",
 		"AGENT_BIN_URL": "",
 		"AGENT_SHA256":  "",
@@ -167,7 +172,7 @@ func TestUserDataConfig(t *testing.T) {
 	path := userDataConfig(t, map[string]string{
 		"APP_NAME": "shop", "APP_REPO": "r", "APP_REF": "main", "APP_DIR": "/srv/shop",
 		"APP_USER": "shop", "APP_COMMAND": "node dist/server.js *", "APP_PORT": "4000",
-		"NODE_MAJOR": "20", "MAX_RSS": "700MB", "HEALTH_PORT": "9090", "PROXY_PORT": "",
+		"NODE_MAJOR": "20", "MAX_RSS": "700MB", "HEALTH_PORT": "9090", "PROXY_PORT": "", "STOP_DRAIN": "",
 		"AGENT_PKG_URL": "", "AGENT_BIN_URL": "", "AGENT_SHA256": "",
 	})
 	cfg, err := os.ReadFile(path)
@@ -179,6 +184,9 @@ func TestUserDataConfig(t *testing.T) {
 	}
 	if strings.Contains(string(cfg), "[proxy]") {
 		t.Errorf("config has a [proxy] section with PROXY_PORT empty:\n%s", cfg)
+	}
+	if strings.Contains(string(cfg), "[stop]") {
+		t.Errorf("config has a [stop] section with STOP_DRAIN empty:\n%s", cfg)
 	}
 	for _, want := range []string{
 		`name = "shop"`,
@@ -234,7 +242,7 @@ func TestUserDataConfigProxy(t *testing.T) {
 	path := userDataConfig(t, map[string]string{
 		"APP_NAME": "shop", "APP_REPO": "r", "APP_REF": "main", "APP_DIR": "/srv/shop",
 		"APP_USER": "shop", "APP_COMMAND": "npm start", "APP_PORT": "4000",
-		"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": "9090", "PROXY_PORT": "80",
+		"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": "9090", "PROXY_PORT": "80", "STOP_DRAIN": "20s",
 		"AGENT_PKG_URL": "", "AGENT_BIN_URL": "", "AGENT_SHA256": "",
 	})
 	cfg, _ := os.ReadFile(path)
@@ -253,6 +261,7 @@ func TestUserDataConfigProxy(t *testing.T) {
 		{"probe.http", c.Probe.HTTP, "http://127.0.0.1:4000/"},
 		{"app.env HOST", c.App.Env["HOST"], "127.0.0.1"},
 		{"app.env NODE_ENV", c.App.Env["NODE_ENV"], "production"},
+		{"stop.drain", c.Stop.Drain.String(), "20s"},
 	} {
 		if f.got != f.want {
 			t.Errorf("%s = %q, want %q:\n%s", f.name, f.got, f.want, cfg)
@@ -277,7 +286,7 @@ func TestUserDataBadPorts(t *testing.T) {
 			script := render(t, map[string]string{
 				"APP_NAME": "web", "APP_REPO": "r", "APP_REF": "main", "APP_DIR": "/nonexistent/app",
 				"APP_USER": "app", "APP_COMMAND": "npm start", "APP_PORT": tc.app,
-				"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": "8081", "PROXY_PORT": tc.proxy,
+				"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": "8081", "PROXY_PORT": tc.proxy, "STOP_DRAIN": "",
 				"AGENT_PKG_URL": "", "AGENT_BIN_URL": "http://127.0.0.1:1/agent", "AGENT_SHA256": "",
 			})
 			// Up to the first step: the checks, nothing that changes the machine.

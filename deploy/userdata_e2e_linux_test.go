@@ -389,7 +389,7 @@ func scriptValues(repo, dir, command string, opts bootOptions, pkgURL, binURL, s
 	return map[string]string{
 		"APP_NAME": "web", "APP_REPO": repo, "APP_REF": "main", "APP_DIR": dir,
 		"APP_USER": "app", "APP_COMMAND": command, "APP_PORT": opts.appPort,
-		"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": opts.healthPort, "PROXY_PORT": opts.proxyPort,
+		"NODE_MAJOR": "20", "MAX_RSS": "0", "HEALTH_PORT": opts.healthPort, "PROXY_PORT": opts.proxyPort, "STOP_DRAIN": "",
 		"AGENT_PKG_URL": pkgURL, "AGENT_BIN_URL": binURL, "AGENT_SHA256": sha,
 	}
 }

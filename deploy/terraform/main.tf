@@ -110,11 +110,16 @@ resource "aws_lb" "app" {
 }
 
 resource "aws_lb_target_group" "app" {
-  name                 = "${var.app_name}-tg"
-  port                 = local.traffic_port
-  protocol             = "HTTP"
-  vpc_id               = var.vpc_id
-  deregistration_delay = 30
+  name     = "${var.app_name}-tg"
+  port     = local.traffic_port
+  protocol = "HTTP"
+  vpc_id   = var.vpc_id
+  # An instance leaving (instance refresh, scale-in) is deregistered first: the
+  # load balancer sends it nothing new and waits this long for requests in
+  # flight. It covers the agent's stop.drain (health 503 before the app stops)
+  # plus the app's stop.timeout (10 s), so the app stops only after the load
+  # balancer has let the target go.
+  deregistration_delay = var.stop_drain_seconds + 10
 
   health_check {
     enabled             = true
@@ -160,6 +165,7 @@ resource "aws_launch_template" "app" {
     MAX_RSS       = var.max_rss
     HEALTH_PORT   = var.health_port
     PROXY_PORT    = local.proxy ? var.proxy_port : ""
+    STOP_DRAIN    = "${var.stop_drain_seconds}s"
     AGENT_PKG_URL = var.agent_pkg_url
     AGENT_BIN_URL = var.agent_bin_url
     AGENT_SHA256  = var.agent_sha256
@@ -196,10 +202,20 @@ resource "aws_autoscaling_group" "app" {
     version = aws_launch_template.app.latest_version
   }
 
+  # The fleet deploy of a new AMI or user_data: a new launch template version
+  # (latest_version above) starts a rolling instance refresh. Instances are
+  # replaced a batch at a time, each new one counting as healthy only once the
+  # load balancer's check passes (the agent's /health.html, 200 only when the
+  # app serves), never dropping below min_healthy_percentage of the group.
+  # Checkpoints (pause at some percentages to look) are off unless asked for.
   instance_refresh {
     strategy = "Rolling"
     preferences {
-      min_healthy_percentage = 50
+      min_healthy_percentage = var.refresh_min_healthy_percentage
+      instance_warmup        = 300
+      skip_matching          = true
+      checkpoint_percentages = length(var.refresh_checkpoints) > 0 ? concat(var.refresh_checkpoints, [100]) : null
+      checkpoint_delay       = length(var.refresh_checkpoints) > 0 ? var.refresh_checkpoint_delay : null
     }
   }
 

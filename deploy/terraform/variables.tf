@@ -175,3 +175,39 @@ variable "agent_sha256" {
     error_message = "agent_sha256: 64 hex digits, or empty."
   }
 }
+
+variable "stop_drain_seconds" {
+  description = "The agent's stop.drain: on shutdown its health page says 503 this long before the app stops. The target group's deregistration_delay is this plus 10 s."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.stop_drain_seconds >= 0 && var.stop_drain_seconds <= 3590 && floor(var.stop_drain_seconds) == var.stop_drain_seconds
+    error_message = "stop_drain_seconds: whole seconds, 0 to 3590 (deregistration_delay is at most 3600)."
+  }
+}
+
+variable "refresh_min_healthy_percentage" {
+  description = "Instance refresh: the share of the group that stays in service while instances are replaced."
+  type        = number
+  default     = 90
+  validation {
+    condition     = var.refresh_min_healthy_percentage >= 0 && var.refresh_min_healthy_percentage <= 100
+    error_message = "refresh_min_healthy_percentage: 0 to 100."
+  }
+}
+
+variable "refresh_checkpoints" {
+  description = "Instance refresh: percentages of the group to pause at (e.g. [50]); empty = no checkpoints, the refresh runs to the end."
+  type        = list(number)
+  default     = []
+  validation {
+    condition     = alltrue([for p in var.refresh_checkpoints : p > 0 && p < 100])
+    error_message = "refresh_checkpoints: percentages between 0 and 100 (100 is added)."
+  }
+}
+
+variable "refresh_checkpoint_delay" {
+  description = "Instance refresh: seconds to wait at each checkpoint."
+  type        = number
+  default     = 600
+}

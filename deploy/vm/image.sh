@@ -123,6 +123,9 @@ cat >"$root/etc/cloud/cloud.cfg.d/90-agent-vm.cfg" <<'CFG'
 datasource_list: [NoCloud, None]
 # The network is configured by systemd-networkd above.
 network: {config: disabled}
+# No locale is generated in this image; C.UTF-8 is built into glibc (the
+# default en_US.UTF-8 would fail update-locale and mark the boot an error).
+locale: C.UTF-8
 CFG
 ln -sf /dev/null "$root/etc/systemd/system/serial-getty@ttyS0.service"
 # No background apt run taking the dpkg lock from user_data.

@@ -26,7 +26,17 @@ var (
 // Wrk runs `wrk -tTHREADS -cCONNS -dD url` (Debian's wrk) and returns what
 // it reported.
 func Wrk(ctx context.Context, url string, threads, conns int, d time.Duration) (WrkResult, error) {
-	out, err := exec.CommandContext(ctx, "wrk", fmt.Sprintf("-t%d", threads), fmt.Sprintf("-c%d", conns), "-d"+d.String(), url).CombinedOutput()
+	return WrkOn(ctx, "", url, threads, conns, d)
+}
+
+// WrkOn is Wrk run under `taskset -c CPUS` (only on those CPUs); cpus ""
+// is Wrk.
+func WrkOn(ctx context.Context, cpus, url string, threads, conns int, d time.Duration) (WrkResult, error) {
+	args := []string{"wrk", fmt.Sprintf("-t%d", threads), fmt.Sprintf("-c%d", conns), "-d" + d.String(), url}
+	if cpus != "" {
+		args = append([]string{"taskset", "-c", cpus}, args...)
+	}
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
 	if err != nil {
 		return WrkResult{}, fmt.Errorf("wrk %s: %w\n%s", url, err, out)
 	}

@@ -69,7 +69,8 @@ func TestShellcheck(t *testing.T) {
 		t.Skip("shellcheck is not installed (apt-get install -y shellcheck)")
 	}
 	var scripts []string
-	for _, pattern := range []string{"e2e/*.sh", "vm/*.sh"} {
+	// The package's maintainer scripts too (POSIX sh, by their shebang).
+	for _, pattern := range []string{"e2e/*.sh", "vm/*.sh", "../packaging/scripts/*.sh"} {
 		found, err := filepath.Glob(pattern)
 		if err != nil {
 			t.Fatal(err)

@@ -46,15 +46,36 @@ type InstallOptions struct {
 	ExampleConfig []byte
 	// Systemctl runs systemctl with args; nil runs the real systemctl.
 	Systemctl func(args ...string) error
+	// Upgrade runs `agentctl upgrade` against the running agent and returns
+	// its exit code and output; err only when it could not be run at all.
+	// nil runs the installed /usr/bin/agentctl with the config (to find the
+	// control socket).
+	Upgrade func(ctx context.Context) (exitCode int, output string, err error)
+	// Check runs `agent check` of the installed binary on the config before
+	// a fallback restart; an error (with the output) keeps the running agent.
+	// nil runs the installed /usr/bin/agent.
+	Check func(ctx context.Context) (output string, err error)
 }
+
+// Exit codes of `agentctl upgrade` that Install acts on.
+const (
+	upgradeOK          = 0 // the new program serves
+	upgradeUnreachable = 3 // no answer on the control socket
+	upgradeUnknown     = 4 // the running agent predates upgrades
+)
 
 // Install puts the agent on a systemd host without a package: it copies the
 // binary to /usr/bin/agent, writes /etc/systemd/system/agent.service, links
 // /usr/bin/agentctl to agent, writes the example config if there is no config,
 // then runs systemctl daemon-reload and enable --now. Running it again changes
-// nothing that is already in place; a changed binary or unit restarts a running
-// agent. On a host without systemd it writes the files and returns an error
-// wrapping ErrNoSystemd.
+// nothing that is already in place. A changed unit is taken by daemon-reload
+// alone. A changed binary replaces a running agent's program in place, as the
+// packages do (agentctl upgrade: same PID, the app kept); a running agent that
+// predates upgrades (exit 4) or does not answer (exit 3) is restarted instead,
+// once the new binary accepts the config; a refused upgrade (exit 1) is
+// returned as an error with the reason and leaves the old agent running. An
+// agent still starting is restarted (try-restart). On a host without systemd it
+// writes the files and returns an error wrapping ErrNoSystemd.
 func Install(ctx context.Context, log zerolog.Logger, o InstallOptions) error {
 	if o.Root == "" {
 		o.Root = "/"
@@ -131,13 +152,7 @@ func Install(ctx context.Context, log zerolog.Logger, o InstallOptions) error {
 			return nil
 		}
 	}
-	steps := [][]string{{"daemon-reload"}}
-	if binChanged || unitChanged {
-		// Only acts on a running agent, so that it runs the new binary or unit.
-		steps = append(steps, []string{"try-restart", installUnitName})
-	}
-	steps = append(steps, []string{"enable", "--now", installUnitName})
-	for _, args := range steps {
+	run := func(args ...string) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
@@ -145,8 +160,83 @@ func Install(ctx context.Context, log zerolog.Logger, o InstallOptions) error {
 		if err := systemctl(args...); err != nil {
 			return fmt.Errorf("install: systemctl %s: %w", strings.Join(args, " "), err)
 		}
+		return nil
 	}
-	return nil
+	// A new unit file is taken without a restart.
+	if err := run("daemon-reload"); err != nil {
+		return err
+	}
+	if binChanged {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+		// Exit 0 for active (or reloading), non-zero for anything else.
+		if systemctl("is-active", "--quiet", installUnitName) == nil {
+			if err := o.upgradeRunning(ctx, log, run, at); err != nil {
+				return err
+			}
+		} else if err := run("try-restart", installUnitName); err != nil {
+			// Acts only on an agent still starting on the old binary.
+			return err
+		}
+	}
+	return run("enable", "--now", installUnitName)
+}
+
+// upgradeRunning hands the running agent over to the binary just installed,
+// with `agentctl upgrade`, or restarts it when that is not possible.
+func (o InstallOptions) upgradeRunning(ctx context.Context, log zerolog.Logger, systemctl func(args ...string) error, at func(string) string) error {
+	upgrade := o.Upgrade
+	if upgrade == nil {
+		upgrade = func(ctx context.Context) (int, string, error) {
+			return runExit(ctx, at(installCtlPath), "--config", o.ConfigPath, "upgrade")
+		}
+	}
+	check := o.Check
+	if check == nil {
+		check = func(ctx context.Context) (string, error) {
+			code, out, err := runExit(ctx, at(installBinaryPath), "check", "--config", o.ConfigPath)
+			if err == nil && code != 0 {
+				err = fmt.Errorf("exit status %d", code)
+			}
+			return out, err
+		}
+	}
+	log.Info().Msg("agentctl upgrade: replacing the running agent's program in place")
+	code, out, err := upgrade(ctx)
+	out = strings.TrimSpace(out)
+	if err != nil {
+		return fmt.Errorf("install: agentctl upgrade: %w; the running agent was not replaced", err)
+	}
+	switch code {
+	case upgradeOK:
+		log.Info().Str("output", out).Msg("agentctl upgrade: the new program serves")
+		return nil
+	case upgradeUnknown:
+		log.Warn().Str("output", out).Msg("the running agent predates in-place upgrades: restarting it instead (the app restarts too)")
+	case upgradeUnreachable:
+		log.Warn().Str("output", out).Msg("the agent is active but its control socket does not answer: restarting it instead")
+	default:
+		return fmt.Errorf("install: agentctl upgrade failed (exit %d): %s; the running agent was not replaced", code, out)
+	}
+	if out, err := check(ctx); err != nil {
+		return fmt.Errorf("install: the new agent refuses %s (%v): %s; the running agent was not restarted", o.ConfigPath, err, strings.TrimSpace(out))
+	}
+	return systemctl("restart", installUnitName)
+}
+
+// runExit runs path with args and returns its exit code and combined output;
+// err only when it could not be run or was killed by a signal.
+func runExit(ctx context.Context, path string, args ...string) (int, string, error) {
+	out, err := exec.CommandContext(ctx, path, args...).CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() >= 0 {
+		return ee.ExitCode(), string(out), nil
+	}
+	if err != nil {
+		return 0, string(out), err
+	}
+	return 0, string(out), nil
 }
 
 // installBinary copies src to dst (mode 0755) unless dst already is src or has

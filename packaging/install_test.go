@@ -25,6 +25,12 @@ type installFixture struct {
 	opts  InstallOptions
 	calls [][]string
 	fail  string // systemctl verb that fails
+
+	active      bool   // systemctl is-active answers active
+	upgradeCode int    // exit code of agentctl upgrade
+	upgradeOut  string // its output
+	upgradeErr  error  // it could not be run
+	checkErr    error  // agent check refuses the config
 }
 
 func newInstallFixture(t *testing.T, systemd bool) *installFixture {
@@ -49,7 +55,21 @@ func newInstallFixture(t *testing.T, systemd bool) *installFixture {
 			if len(args) > 0 && args[0] == f.fail {
 				return errors.New("exit status 1: Failed to " + args[0])
 			}
+			if len(args) > 0 && args[0] == "is-active" && !f.active {
+				return errors.New("exit status 3")
+			}
 			return nil
+		},
+		Upgrade: func(context.Context) (int, string, error) {
+			f.calls = append(f.calls, agentctlUpgrade)
+			return f.upgradeCode, f.upgradeOut, f.upgradeErr
+		},
+		Check: func(context.Context) (string, error) {
+			f.calls = append(f.calls, agentCheck)
+			if f.checkErr != nil {
+				return "/etc/agent/agent.toml:3:1: unknown key bogus\n", f.checkErr
+			}
+			return "", nil
 		},
 	}
 	return f
@@ -94,9 +114,13 @@ func (f *installFixture) wantCalls(want ...[]string) {
 }
 
 var (
-	reload     = []string{"daemon-reload"}
-	tryRestart = []string{"try-restart", "agent.service"}
-	enableNow  = []string{"enable", "--now", "agent.service"}
+	reload          = []string{"daemon-reload"}
+	isActive        = []string{"is-active", "--quiet", "agent.service"}
+	tryRestart      = []string{"try-restart", "agent.service"}
+	restart         = []string{"restart", "agent.service"}
+	enableNow       = []string{"enable", "--now", "agent.service"}
+	agentctlUpgrade = []string{"agentctl", "upgrade"} // the Upgrade runner, recorded among the calls
+	agentCheck      = []string{"agent", "check"}      // the Check runner
 )
 
 func TestInstallFresh(t *testing.T) {
@@ -120,7 +144,8 @@ func TestInstallFresh(t *testing.T) {
 	if data, mode := f.file("/etc/agent/agent.toml"); data != string(testExample) || mode != 0o644 {
 		t.Errorf("config = %q mode %v, want the example with mode 0644", data, mode)
 	}
-	f.wantCalls(reload, tryRestart, enableNow)
+	// No agent is running yet: nothing to upgrade.
+	f.wantCalls(reload, isActive, tryRestart, enableNow)
 
 	// No temporary files are left beside what was written.
 	for _, dir := range []string{"/usr/bin", "/etc/systemd/system", "/etc/agent"} {
@@ -222,8 +247,12 @@ func TestInstallReplacesChangedBinaryAndUnit(t *testing.T) {
 	if data, mode := f.file("/usr/bin/agent"); data != "\x7fELF binary v2" || mode != 0o755 {
 		t.Errorf("/usr/bin/agent = %q mode %v, want the new binary", data, mode)
 	}
-	f.wantCalls(reload, tryRestart, enableNow)
+	// The agent is not active: only one still starting on the old binary
+	// is restarted (try-restart); enable --now starts the new one.
+	f.wantCalls(reload, isActive, tryRestart, enableNow)
 
+	// A new unit is taken by daemon-reload, without restarting the agent.
+	f.active = true
 	f.opts.Unit = append([]byte("# v2\n"), testUnit...)
 	if err := f.install(); err != nil {
 		t.Fatalf("Install with a new unit: %v", err)
@@ -231,7 +260,102 @@ func TestInstallReplacesChangedBinaryAndUnit(t *testing.T) {
 	if data, _ := f.file("/etc/systemd/system/agent.service"); data != string(f.opts.Unit) {
 		t.Errorf("unit = %q, want the new unit", data)
 	}
-	f.wantCalls(reload, tryRestart, enableNow)
+	f.wantCalls(reload, enableNow)
+}
+
+// A newer binary installed while the agent is active: agentctl upgrade,
+// and what each of its exit codes leads to.
+func TestInstallUpgradesRunningAgent(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		code       int
+		out        string
+		runErr     error
+		checkErr   error
+		failVerb   string
+		want       [][]string
+		wantErr    string // "" for success; else a part of the error
+		wantOldBin bool
+	}{
+		{name: "0: replaced in place", code: 0, out: "upgraded: agent 2 serves\n",
+			want: [][]string{reload, isActive, agentctlUpgrade, enableNow}},
+		{name: "4: the running agent predates upgrades, restarted", code: 4, out: "agentctl: the running agent does not know upgrades\n",
+			want: [][]string{reload, isActive, agentctlUpgrade, agentCheck, restart, enableNow}},
+		{name: "3: active but unreachable, restarted", code: 3, out: "agentctl: cannot reach the agent at /run/agent/agent.sock\n",
+			want: [][]string{reload, isActive, agentctlUpgrade, agentCheck, restart, enableNow}},
+		{name: "1: refused, old agent kept", code: 1, out: "agentctl: upgrade refused: the new program rejects /etc/agent/agent.toml: line 3\n",
+			want:    [][]string{reload, isActive, agentctlUpgrade},
+			wantErr: "agentctl upgrade failed (exit 1): agentctl: upgrade refused: the new program rejects /etc/agent/agent.toml: line 3; the running agent was not replaced"},
+		{name: "2: any other code is a failure", code: 2, out: "usage",
+			want:    [][]string{reload, isActive, agentctlUpgrade},
+			wantErr: "agentctl upgrade failed (exit 2): usage"},
+		{name: "agentctl cannot be run", runErr: errors.New("fork/exec /usr/bin/agentctl: permission denied"),
+			want:    [][]string{reload, isActive, agentctlUpgrade},
+			wantErr: "agentctl upgrade: fork/exec /usr/bin/agentctl: permission denied; the running agent was not replaced"},
+		{name: "4 but the new binary refuses the config: not restarted", code: 4, checkErr: errors.New("exit status 2"),
+			want:    [][]string{reload, isActive, agentctlUpgrade, agentCheck},
+			wantErr: "the new agent refuses /etc/agent/agent.toml (exit status 2): /etc/agent/agent.toml:3:1: unknown key bogus; the running agent was not restarted"},
+		{name: "4 and the restart fails", code: 4, failVerb: "restart",
+			want:    [][]string{reload, isActive, agentctlUpgrade, agentCheck, restart},
+			wantErr: "systemctl restart agent.service"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newInstallFixture(t, true)
+			if err := f.install(); err != nil {
+				t.Fatalf("first Install: %v", err)
+			}
+			if err := os.WriteFile(f.opts.Binary, []byte("\x7fELF binary v2"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			f.active = true
+			f.upgradeCode, f.upgradeOut, f.upgradeErr = tc.code, tc.out, tc.runErr
+			f.checkErr, f.fail = tc.checkErr, tc.failVerb
+			err := f.install()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("Install = %v, want success", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Errorf("Install = %v\nwant an error containing %q", err, tc.wantErr)
+			}
+			f.wantCalls(tc.want...)
+			// The new binary is in place either way: it is what a later
+			// agentctl upgrade or restart takes.
+			if data, _ := f.file("/usr/bin/agent"); data != "\x7fELF binary v2" {
+				t.Errorf("/usr/bin/agent = %q, want the new binary", data)
+			}
+		})
+	}
+}
+
+// The default runners: the installed agentctl with the config, and the
+// installed agent's check.
+func TestInstallDefaultRunners(t *testing.T) {
+	f := newInstallFixture(t, true)
+	if err := f.install(); err != nil {
+		t.Fatalf("first Install: %v", err)
+	}
+	// Stand-ins for the installed programs, recording their arguments; the
+	// new "binary" is one too, so that it is what gets installed.
+	argsLog := filepath.Join(t.TempDir(), "args")
+	script := "#!/bin/sh\necho \"$0 $*\" >>" + argsLog + "\ncase $* in *upgrade*) echo 'no upgrades here' >&2; exit 4 ;; esac\nexit 0\n"
+	if err := os.WriteFile(f.opts.Binary, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.opts.Upgrade, f.opts.Check = nil, nil
+	f.active = true
+	if err := f.install(); err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	f.wantCalls(reload, isActive, restart, enableNow)
+	data, err := os.ReadFile(argsLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := f.path("/usr/bin/agentctl") + " --config /etc/agent/agent.toml upgrade\n" +
+		f.path("/usr/bin/agent") + " check --config /etc/agent/agent.toml\n"
+	if string(data) != want {
+		t.Errorf("programs run:\n%s\nwant:\n%s", data, want)
+	}
 }
 
 func TestInstallBinaryAlreadyInPlace(t *testing.T) {

@@ -197,6 +197,9 @@ func (l Load) Start(ctx context.Context) (*Running, error) {
 // Sent returns how many requests have gone out so far.
 func (r *Running) Sent() int { return int(r.sent.Load()) }
 
+// Dials returns how many connections the load has opened so far.
+func (r *Running) Dials() int { return r.c.Dials() }
+
 // Stop stops sending, waits for the requests in flight and returns the
 // report.
 func (r *Running) Stop() Report {

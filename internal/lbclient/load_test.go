@@ -172,7 +172,7 @@ func TestLoadEndsAtItsBound(t *testing.T) {
 		t.Fatalf("fixed rate, count 30: %d sent, %v", r.Sent, err)
 	}
 
-	run, err := Load{Addr: addr, Rate: 100, Duration: time.Minute}.Start(context.Background())
+	run, err := Load{Addr: addr, Rate: 100, Conns: 2, Duration: time.Minute}.Start(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +180,9 @@ func TestLoadEndsAtItsBound(t *testing.T) {
 	r = run.Stop()
 	if r.Sent < 5 || r.Sent > 50 || r.Failed != 0 || run.Wait().Sent != r.Sent {
 		t.Fatalf("stopped load: %s failed, %d sent", r, r.Sent)
+	}
+	if d := run.Dials(); d < 2 || d != r.Conns {
+		t.Fatalf("Dials = %d, report's Conns %d; want the same, at least 2", d, r.Conns)
 	}
 }
 

@@ -2,54 +2,69 @@ package deploy
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"maps"
-	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"agent/internal/lbclient"
 	"agent/internal/testkit"
 )
 
 const (
-	// loadRate is the request rate of the traffic loop through the proxy.
-	loadRate = 50
-	// loadAround is how many requests the loop completes before an action
-	// and again after the agent serves again.
-	loadAround = 100
+	// loadRate is the request rate through the proxy, on loadConns kept
+	// connections, as a load balancer's.
+	loadRate  = 100
+	loadConns = 10
+	// loadAround is how many requests the load sends before an action and
+	// again after the agent serves again.
+	loadAround = 2 * loadRate
 	// loadTimeout bounds one request: above proxy.hold (30s), so a held
 	// request is answered by the agent, not cut by the client.
 	loadTimeout = 40 * time.Second
+	// loadBound ends a load its row did not stop.
+	loadBound = 10 * time.Minute
+	// agentRounds is how many times each of the agent's own restarts is
+	// measured.
+	agentRounds = 3
 )
 
+// trafficAction is one row: a command run in the container under load.
+type trafficAction struct {
+	name   string
+	argv   []string
+	rounds int
+	// judge fails the row on what the load saw; conns is how many
+	// connections the load had opened when the command ran.
+	judge func(t *testing.T, res lbclient.Report, conns int)
+	check func(t *testing.T, before, after agentStatus, agentPID int)
+}
+
 // proxyTraffic sends requests through the proxy port at loadRate a second
-// (keep-alive connections, as the load balancer's) while it restarts the app
-// with agentctl restart, replaces it with agentctl reload, and restarts the
-// agent itself with systemctl restart agent. The first two must cost no
-// request; the third's failures are counted and logged, not failed on: the
-// agent's own restart takes the proxy and the app down with it.
+// over loadConns kept connections, never retried (as a load balancer: each
+// failed request is a 502 at an ALB), while it restarts the app with agentctl
+// restart, replaces it with agentctl reload, restarts the agent itself with
+// systemctl restart agent, and SIGKILLs the agent. The first three must cost
+// no request. A SIGKILL cannot finish what was in flight: the connections open
+// at that moment may each lose the request they carried, and nothing else
+// (no connection refused: the listening socket waits in systemd's descriptor
+// store, its backlog queues new connections, and the next agent takes it).
 func proxyTraffic(t *testing.T, c *container, page string) {
-	url := "http://127.0.0.1:" + c.opts.proxyPort + "/"
-	actions := []struct {
-		name   string
-		argv   []string
-		strict bool // a failed request fails the test
-		check  func(t *testing.T, before, after agentStatus, agentPID int)
-	}{
-		{"agentctl restart", []string{"agentctl", "restart"}, true, func(t *testing.T, before, after agentStatus, _ int) {
+	addr := "127.0.0.1:" + c.opts.proxyPort
+	changedPID := func(t *testing.T, _, _ agentStatus, agentPID int) {
+		if pid := c.mainPID(); pid == agentPID {
+			t.Errorf("MainPID %d did not change", pid)
+		}
+	}
+	actions := []trafficAction{
+		{"agentctl restart", []string{"agentctl", "restart"}, 1, noneFailed, func(t *testing.T, before, after agentStatus, _ int) {
 			if after.LastExit == nil || after.LastExit.Reason != "restart" {
 				t.Errorf("last_exit = %+v, want reason restart", after.LastExit)
 			}
 		}},
-		{"agentctl reload", []string{"agentctl", "reload"}, true, func(t *testing.T, before, after agentStatus, _ int) {
+		{"agentctl reload", []string{"agentctl", "reload"}, 1, noneFailed, func(t *testing.T, before, after agentStatus, _ int) {
 			// Reload answers once the new process serves; the old one is
 			// stopped after its requests are done.
 			testkit.EventuallyEvery(t, stepTimeout, pollInterval, "the old process's exit (reason reload)", func() (bool, string) {
@@ -69,40 +84,126 @@ func proxyTraffic(t *testing.T, c *container, page string) {
 				t.Errorf("the reloaded app is bound on %q, want %s", listeners(c, port), after.Proxy.Upstream)
 			}
 		}},
-		{"systemctl restart agent", []string{"systemctl", "restart", "agent"}, false, func(t *testing.T, _, _ agentStatus, agentPID int) {
-			if pid := c.mainPID(); pid == agentPID {
-				t.Errorf("MainPID %d did not change", pid)
-			}
-		}},
+		{"systemctl restart agent", []string{"systemctl", "restart", "agent"}, agentRounds, noneFailed, changedPID},
+		{"agent SIGKILLed", []string{"systemctl", "kill", "--kill-who=main", "-s", "SIGKILL", "agent"}, agentRounds, cutOnly, changedPID},
 	}
 	for _, a := range actions {
-		t.Run("traffic during "+a.name, func(t *testing.T) {
-			before := proxyServing(t, c, 0)
-			agentPID := c.mainPID()
-			load := startLoad(url, page)
-			t.Cleanup(func() { load.stop() })
-			load.waitDone(t, loadAround)
-
-			start := time.Now()
-			out, err := c.run(a.argv...)
-			took := time.Since(start)
-			if err != nil {
-				t.Errorf("%s: %v", a.name, err)
+		var total lbclient.Report
+		var backs []string
+		for round := 1; round <= a.rounds; round++ {
+			name := "traffic during " + a.name
+			if a.rounds > 1 {
+				name += fmt.Sprintf(" %d of %d", round, a.rounds)
 			}
-			after := proxyServing(t, c, before.PID)
-			back := time.Since(start)
-			load.waitDone(t, load.count()+loadAround)
-			res := load.stop()
-
-			t.Logf("%s: %d requests at %d/s through the proxy, %d failed %s; the command took %v (%s), serving again after %v; slowest request %v; agent's proxy counters: %s",
-				a.name, res.sent, loadRate, res.failed(), res.kinds(), took.Round(time.Millisecond), strings.TrimSpace(out),
-				back.Round(time.Millisecond), res.slowest.Round(time.Millisecond), proxyCounters(after))
-			if a.strict && res.failed() > 0 {
-				t.Errorf("%s: %d of %d requests failed, want 0: %s", a.name, res.failed(), res.sent, res.kinds())
-			}
-			a.check(t, before, after, agentPID)
-		})
+			t.Run(name, func(t *testing.T) {
+				res, back := trafficRow(t, c, addr, page, a)
+				total.Sent += res.Sent
+				total.Failed += res.Failed
+				backs = append(backs, back.Round(time.Millisecond).String())
+			})
+		}
+		t.Logf("%s, %d runs: %d of %d requests failed; serving again after %s", a.name, a.rounds, total.Failed, total.Sent, strings.Join(backs, ", "))
 	}
+}
+
+// trafficRow runs one action under load and returns what the load saw and
+// how long after the command's start the proxy served again.
+func trafficRow(t *testing.T, c *container, addr, page string, a trafficAction) (lbclient.Report, time.Duration) {
+	before := proxyServing(t, c, 0)
+	agentPID := c.mainPID()
+	socket := listenerInode(c, c.opts.proxyPort)
+	run, err := lbclient.Load{
+		Addr: addr, Rate: loadRate, Conns: loadConns, Timeout: loadTimeout, Duration: loadBound,
+		Check: func(body []byte) error {
+			if !strings.Contains(string(body), page) {
+				return fmt.Errorf("not the app's page")
+			}
+			return nil
+		},
+		UserAgent: "e2e",
+	}.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { run.Stop() })
+	waitSent(t, run, loadAround)
+
+	start := time.Now()
+	out, err := c.run(a.argv...)
+	took := time.Since(start)
+	// The connections opened by the time the command returned: all those
+	// that can have been open when it acted.
+	conns := run.Dials()
+	if err != nil {
+		t.Errorf("%s: %v", a.name, err)
+	}
+	after := proxyServing(t, c, before.PID)
+	back := time.Since(start)
+	waitSent(t, run, run.Sent()+loadAround)
+	res := run.Stop()
+
+	t.Logf("%s: %s requests failed at %d/s on %d kept connections (%d opened by the command's end) %s; the command took %v (%s), serving again after %v; p50 %v, slowest %v; %d connections opened; agent's proxy counters: %s",
+		a.name, res, loadRate, loadConns, conns, lbclient.FormatKinds(res.Kinds), took.Round(time.Millisecond), strings.TrimSpace(out),
+		back.Round(time.Millisecond), res.P50.Round(100*time.Microsecond), res.Max.Round(time.Millisecond), res.Conns, proxyCounters(after))
+	if len(res.Errors) > 0 {
+		t.Logf("%s: first failures: %q", a.name, res.Errors)
+	}
+	a.judge(t, res, conns)
+	a.check(t, before, after, agentPID)
+	// The same listening socket throughout: kept by systemd across the
+	// agent's own restarts, never closed and bound again.
+	if now := listenerInode(c, c.opts.proxyPort); now != socket {
+		t.Errorf("the proxy's listening socket changed (inode %s -> %s): it was bound anew, not kept", socket, now)
+	}
+	return res, back
+}
+
+// noneFailed is a judge: every request answered by the app.
+func noneFailed(t *testing.T, res lbclient.Report, _ int) {
+	t.Helper()
+	if res.Failed > 0 {
+		t.Errorf("%s requests failed, want 0: %s; %q", res, lbclient.FormatKinds(res.Kinds), res.Errors)
+	}
+}
+
+// cutOnly is a judge for an agent killed at once: no connection refused, and
+// at most one failed request for each connection open at the kill, each a
+// connection cut under its request.
+func cutOnly(t *testing.T, res lbclient.Report, conns int) {
+	t.Helper()
+	if n := res.Kinds[lbclient.KindRefused]; n > 0 {
+		t.Errorf("%d connections refused, want none (the listening socket is kept)", n)
+	}
+	if res.Failed > conns {
+		t.Errorf("%s requests failed, more than the %d connections open at the kill: %s", res, conns, lbclient.FormatKinds(res.Kinds))
+	}
+	for kind := range res.Kinds {
+		if kind != lbclient.KindClosed && kind != lbclient.KindReset && kind != lbclient.KindCut {
+			t.Errorf("%d requests failed with %q, want only connections cut under their request: %q", res.Kinds[kind], kind, res.Errors)
+		}
+	}
+}
+
+// waitSent waits until the load has sent n requests.
+func waitSent(t *testing.T, run *lbclient.Running, n int) {
+	t.Helper()
+	// Requests go out at loadRate a second whatever happens to them.
+	testkit.EventuallyEvery(t, time.Duration(n)*time.Second/loadRate+stepTimeout, 50*time.Millisecond,
+		fmt.Sprintf("%d requests sent", n), func() (bool, string) {
+			return run.Sent() >= n, fmt.Sprintf("%d sent", run.Sent())
+		})
+}
+
+// listenerInode returns the inode of the container's TCP listening socket
+// on port ("" if none).
+func listenerInode(c *container, port string) string {
+	out, _ := c.run("ss", "-Htlne", "sport = :"+port)
+	for _, f := range strings.Fields(out) {
+		if ino, ok := strings.CutPrefix(f, "ino:"); ok {
+			return ino
+		}
+	}
+	return ""
 }
 
 // proxyServing waits until the agent is active, its app running and ready
@@ -136,169 +237,4 @@ func proxyCounters(s agentStatus) string {
 		return "(none)"
 	}
 	return fmt.Sprintf("requests %d, replayed %d, failed %d", s.Proxy.Requests, s.Proxy.Replayed, s.Proxy.Failed)
-}
-
-// load is a request loop at a fixed rate: one GET every 1/loadRate s, each in
-// its own goroutine, over a pool of keep-alive connections.
-type load struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the requests in flight and the ticker loop
-
-	mu      sync.Mutex
-	res     loadResult
-	changed chan struct{} // closed and replaced when a request completes
-}
-
-// loadResult is what a load run saw.
-type loadResult struct {
-	sent     int            // requests completed
-	failures map[string]int // by kind: "HTTP 502", "connection refused", …
-	slowest  time.Duration
-}
-
-func (r loadResult) failed() int {
-	n := 0
-	for _, v := range r.failures {
-		n += v
-	}
-	return n
-}
-
-// kinds lists the failures by kind, most frequent first.
-func (r loadResult) kinds() string {
-	if len(r.failures) == 0 {
-		return "(none)"
-	}
-	keys := slices.Collect(maps.Keys(r.failures))
-	slices.SortFunc(keys, func(a, b string) int { return r.failures[b] - r.failures[a] })
-	var parts []string
-	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("%d %s", r.failures[k], k))
-	}
-	return "(" + strings.Join(parts, ", ") + ")"
-}
-
-// startLoad starts sending GET url at loadRate a second; a response counts
-// as good when it is 200 and its body contains page.
-func startLoad(url, page string) *load {
-	ctx, cancel := context.WithCancel(context.Background())
-	client := &http.Client{
-		Timeout: loadTimeout,
-		Transport: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     60 * time.Second, // as the load balancer
-		},
-	}
-	l := &load{cancel: cancel, changed: make(chan struct{}), res: loadResult{failures: map[string]int{}}}
-	l.wg.Add(1)
-	go func() {
-		defer l.wg.Done()
-		tick := time.NewTicker(time.Second / loadRate)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				start := time.Now()
-				kind := get(client, url, page)
-				l.record(kind, time.Since(start))
-			}()
-		}
-	}()
-	return l
-}
-
-// get does one request and returns "" for a good answer, else the kind of
-// failure.
-func get(client *http.Client, url, page string) string {
-	resp, err := client.Get(url)
-	if err != nil {
-		return errorKind(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	switch {
-	case err != nil:
-		return "body cut: " + errorKind(err)
-	case resp.StatusCode != http.StatusOK:
-		// The agent's own answers are one short line: keep it.
-		line, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n")
-		if len(line) > 60 {
-			line = line[:60]
-		}
-		return fmt.Sprintf("HTTP %s %q", resp.Status, line)
-	case !strings.Contains(string(body), page):
-		return "wrong page"
-	}
-	return ""
-}
-
-// errorKind names a client error as an operator would count it.
-func errorKind(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		return "connection reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection closed"
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	}
-	return err.Error()
-}
-
-func (l *load) record(kind string, took time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.res.sent++
-	if kind != "" {
-		l.res.failures[kind]++
-	}
-	l.res.slowest = max(l.res.slowest, took)
-	close(l.changed)
-	l.changed = make(chan struct{})
-}
-
-// count returns how many requests have completed.
-func (l *load) count() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.res.sent
-}
-
-// waitDone waits until n requests have completed.
-func (l *load) waitDone(t *testing.T, n int) {
-	t.Helper()
-	// Requests complete at loadRate a second; a held one takes up to hold.
-	deadline := time.After(time.Duration(n)*time.Second/loadRate + 2*loadTimeout)
-	for {
-		l.mu.Lock()
-		sent, changed := l.res.sent, l.changed
-		l.mu.Unlock()
-		if sent >= n {
-			return
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("the request loop completed %d requests, want %d", sent, n)
-		}
-	}
-}
-
-// stop ends the loop, waits for the requests in flight and returns the result.
-func (l *load) stop() loadResult {
-	l.cancel()
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.res
 }

@@ -35,7 +35,8 @@ import (
 // Next.js site (built by `npm run build`), and the bare binary with a plain
 // Node app in proxy mode. Each checks the result, a reboot and a second run;
 // the proxy-mode run then sends requests through the proxy during `agentctl
-// restart`, `agentctl reload` and `systemctl restart agent`. A third
+// restart`, `agentctl reload`, `systemctl restart agent` and a SIGKILL of the
+// agent (see proxyTraffic). A third
 // container takes the failure paths (unreachable repository, failing build,
 // wrong sha256), each stopping at its step.
 func TestUserDataEndToEnd(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/internal/handoff"
 	"agent/metrics"
 	"agent/probe"
 	"agent/proxy"
@@ -56,6 +57,20 @@ type Agent struct {
 	memcg    probe.MemoryCgroup
 	output   *supervisor.Ring
 	oomKills atomic.Int64 // kernel OOM kills of the app's processes
+
+	// Upgrades in place (upgrade.go).
+	argv          []string // the agent's own, as first started
+	flushLog      func()
+	exePath       string // the path it was first started as: upgrade's default program
+	startedWall   time.Time
+	upgrades      int                          // in-place upgrades since the agent first started
+	lns           map[string]*handoff.Listener // the listening sockets, by name: control, health, proxy, metrics
+	upgrading     atomic.Bool
+	pendingReload atomic.Bool   // a SIGHUP that came during an upgrade
+	reloadAgain   chan struct{} // that SIGHUP, once the upgrade did not happen
+	inherit       *Handover     // what the program before handed over, until Run takes it on
+	keptFiles     []*os.File    // its listening sockets' descriptors, kept for a way back until Run takes them on
+	tookOver      atomic.Bool   // Run took on what was handed over
 }
 
 // ErrSocketInUse is returned by Run when another agent answers on the
@@ -69,10 +84,34 @@ type Options struct {
 	// LogDropped, if set, counts the log lines the log sinks dropped
 	// (agent.log_dropped in status).
 	LogDropped func() uint64
+	// Argv is the agent's command line (os.Args): an upgrade execs the
+	// new program with it, and its first element, made absolute, is the
+	// program an upgrade takes by default.
+	Argv []string
+	// FlushLog, if set, writes out the log lines held in buffers: an
+	// upgrade calls it right before its exec.
+	FlushLog func()
 }
 
 // New returns an agent for cfg. It starts nothing until Run.
 func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
+	a, _ := newAgent(cfg, log, opts, nil)
+	return a
+}
+
+// Restore returns an agent that takes over from the program before it, in
+// this same process, with what it handed over (h; cfg is h's config). Its
+// Run serves the sockets and supervises the processes of h. An error means
+// nothing was taken: the caller execs back (ExecBack).
+func Restore(cfg *Config, log zerolog.Logger, opts Options, h *Handover) (*Agent, error) {
+	return newAgent(cfg, log, opts, h)
+}
+
+// TookOver reports whether Run took on what was handed over: after that,
+// going back to the program before is no longer possible.
+func (a *Agent) TookOver() bool { return a.tookOver.Load() }
+
+func newAgent(cfg *Config, log zerolog.Logger, opts Options, h *Handover) (*Agent, error) {
 	clk := opts.Clock
 	if clk == nil {
 		clk = clock.Real{}
@@ -82,18 +121,39 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		logDropped = func() uint64 { return 0 }
 	}
 	a := &Agent{
-		log:        log,
-		version:    opts.Version,
-		clk:        clk,
-		logDropped: logDropped,
-		started:    clk.Now(),
-		notify:     NewNotifier(log),
-		output:     supervisor.NewRing(1000, 1<<20),
-		events:     make(chan appEvent, 64),
-		rolling:    make(chan struct{}, 1),
+		log:         log,
+		version:     opts.Version,
+		clk:         clk,
+		logDropped:  logDropped,
+		started:     clk.Now(),
+		notify:      NewNotifier(log),
+		output:      supervisor.NewRing(1000, 1<<20),
+		events:      make(chan appEvent, 64),
+		rolling:     make(chan struct{}, 1),
+		lns:         map[string]*handoff.Listener{},
+		reloadAgain: make(chan struct{}, 1),
+	}
+	a.startedWall = a.started
+	a.argv = opts.Argv
+	a.flushLog = opts.FlushLog
+	if a.flushLog == nil {
+		a.flushLog = func() {}
+	}
+	if len(a.argv) > 0 {
+		a.exePath = resolveExePath(a.argv[0])
+	}
+	n := cfg.App.Instances.Count()
+	if h != nil {
+		a.inherit = h
+		a.argv, a.exePath, a.upgrades = h.Argv, h.ExePath, h.Upgrades
+		a.started, a.startedWall = h.StartedMono.Time(clk), h.Started
+		n = h.Instances
+		if h.Failed != "" {
+			a.upgrades-- // back in the program that asked: that upgrade did not happen
+		}
 	}
 	a.cfg.Store(cfg)
-	g := a.newGeneration(cfg, cfg.App.Instances.Count())
+	g := a.newGeneration(cfg, n)
 	a.gen.Store(g)
 	a.health = probe.NewHealthServer(cfg.Health.Listen, cfg.Health.Path, log)
 	if cfg.Memory.WatchOOM {
@@ -116,7 +176,14 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		}, log.With().Str("component", "proxy").Logger(), clk)
 	}
 	logWarnings(log, cfg.Warnings)
-	a.sup = supervisor.NewSlots(firstConfigs(g), supervisor.Options[*launch]{
+	cfgs := firstConfigs(g)
+	if h != nil {
+		var err error
+		if cfgs, err = a.handedConfigs(g, h); err != nil {
+			return nil, err
+		}
+	}
+	a.sup = supervisor.NewSlots(cfgs, supervisor.Options[*launch]{
 		Log:     log,
 		Clock:   a.clk,
 		Output:  a.output,
@@ -128,7 +195,12 @@ func New(cfg *Config, log zerolog.Logger, opts Options) *Agent {
 		OnTick:  a.notify.Watchdog,
 	})
 	newFront(a) // a view to read before Run
-	return a
+	if h != nil {
+		if err := a.takeState(g, h); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
 }
 
 // ResolveHeapMB returns the heap cap of each of n app processes for cfg in
@@ -174,21 +246,22 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 	}()
 	// The control socket first: a second agent must stop (exit 2) on it
 	// before it binds anything else.
-	ctl, err := listenControl(cfg.Control.Socket, cfg.Control.GID)
+	ctl, err := a.listenControl(cfg)
 	if err != nil {
 		return err
 	}
 	bound = append(bound, ctl)
-	// The TCP sockets: taken back from systemd's store when it kept them.
+	// The TCP sockets: handed over by an upgrade, taken back from
+	// systemd's store when it kept them, or bound.
 	a.fds = newFDStore(a.log)
-	ln, err := a.fds.listen("health", cfg.Health.Listen)
+	ln, err := a.listenTCP("health", cfg.Health.Listen)
 	if err != nil {
 		return fmt.Errorf("health: listen %s: %w", cfg.Health.Listen, err)
 	}
 	a.health.UseListener(ln)
 	bound = append(bound, closerFunc(a.health.Close))
 	if a.proxy != nil {
-		ln, err := a.fds.listen("proxy", cfg.Proxy.Listen)
+		ln, err := a.listenTCP("proxy", cfg.Proxy.Listen)
 		if err != nil {
 			return fmt.Errorf("proxy: listen %s: %w", cfg.Proxy.Listen, err)
 		}
@@ -241,6 +314,7 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 	defer stopSup()
 	supDone := make(chan error, 1)
 	go func() { supDone <- a.sup.Run(supCtx) }()
+	answer := a.takeOver()
 
 	// This goroutine owns the front: every event of the supervisor is
 	// applied here, in order, until the supervisor returns.
@@ -268,6 +342,17 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 		select {
 		case ev := <-a.events:
 			f.handle(ev)
+			if answer != nil {
+				// The first event: the processes handed over are back
+				// under supervision and routed.
+				for len(a.events) > 0 {
+					f.handle(<-a.events)
+				}
+				answer()
+				answer = nil
+			}
+		case <-a.reloadAgain:
+			a.reload(f)
 		case <-refresh.C():
 			f.sendStatus()
 		case err := <-supDone:
@@ -280,6 +365,13 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 			a.log.Info().Msg("agent stopped")
 			return err
 		case <-reload:
+			if a.upgrading.Load() {
+				// Carried to the new program, or done here if the
+				// upgrade does not happen.
+				a.pendingReload.Store(true)
+				a.log.Info().Msg("SIGHUP during an upgrade: the config is reloaded once it is done")
+				continue
+			}
 			a.reload(f)
 		case <-done:
 			done = nil

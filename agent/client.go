@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"syscall"
@@ -75,6 +76,13 @@ func (c *Client) client() *http.Client {
 }
 
 func (c *Client) do(ctx context.Context, method, path string) (*http.Response, error) {
+	return c.doQuery(ctx, method, path, nil)
+}
+
+func (c *Client) doQuery(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, nil)
 	if err != nil {
 		return nil, err
@@ -156,6 +164,28 @@ func (c *Client) Start(ctx context.Context) (*Status, error) {
 // Scale makes the app run n processes; it answers once n serve.
 func (c *Client) Scale(ctx context.Context, n int) (*Status, error) {
 	return c.status(ctx, http.MethodPost, "/v1/scale?n="+strconv.Itoa(n))
+}
+
+// Upgrade replaces the agent's program in place with binary ("" = the
+// path the agent was started as) and returns the new program's status. An
+// APIError with code 404 means the agent predates upgrades.
+func (c *Client) Upgrade(ctx context.Context, binary string) (*Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, actionWait)
+	defer cancel()
+	q := url.Values{}
+	if binary != "" {
+		q.Set("binary", binary)
+	}
+	resp, err := c.doQuery(ctx, http.MethodPost, "/v1/upgrade", q)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var s Status
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return nil, fmt.Errorf("decode status: %w", err)
+	}
+	return &s, nil
 }
 
 // Logs calls fn for the last n lines of the app's output and, with follow,

@@ -36,6 +36,7 @@ const DefaultConfigPath = "/etc/agent/agent.toml"
 // of the fields is the order of the contract and of the example file.
 type Config struct {
 	Path    string        `toml:"-"` // file it was loaded from
+	Data    []byte        `toml:"-"` // what it was parsed from (an upgrade hands it over)
 	Name    string        `toml:"name" default:"app"`
 	App     AppConfig     `toml:"app"`
 	Node    NodeConfig    `toml:"node"`
@@ -256,6 +257,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	}
 	c := Default()
 	c.Path = path
+	c.Data = data
 	c.App.Command = nil // required: the default is for Default's callers only
 	if err := d.decode(c); err != nil {
 		return nil, err

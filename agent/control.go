@@ -115,6 +115,10 @@ func serveControl(ctx context.Context, ln net.Listener, h http.Handler) error {
 		ReadHeaderTimeout: controlReadHeaderTimeout,
 		IdleTimeout:       controlIdleTimeout,
 		MaxHeaderBytes:    controlMaxHeaderBytes,
+		// The handlers may ask who is on the other end (SO_PEERCRED).
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 	}
 	go func() {
 		<-ctx.Done()
@@ -128,6 +132,9 @@ func serveControl(ctx context.Context, ln net.Listener, h http.Handler) error {
 	}
 	return nil
 }
+
+// connKey is the request context's key of the control connection.
+type connKey struct{}
 
 type apiError struct {
 	Error string `json:"error"`
@@ -145,6 +152,10 @@ func (a *Agent) controlHandler() http.Handler {
 	// gone), or with the error that stopped it.
 	action := func(do func(context.Context) error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
+			if a.upgrading.Load() {
+				writeJSON(w, http.StatusConflict, apiError{ErrUpgrading.Error()})
+				return
+			}
 			err := do(r.Context())
 			switch {
 			case err == nil:
@@ -173,6 +184,7 @@ func (a *Agent) controlHandler() http.Handler {
 		action(func(ctx context.Context) error { return a.Scale(ctx, n) })(w, r)
 	})
 	mux.HandleFunc("GET /v1/logs", a.serveLogs)
+	mux.HandleFunc("POST /v1/upgrade", a.serveUpgrade)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A browser can be tricked into talking to a local socket through a
 		// proxy; requests that carry browser headers are refused.
@@ -182,6 +194,45 @@ func (a *Agent) controlHandler() http.Handler {
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// serveUpgrade is POST /v1/upgrade[?binary=PATH]: root only. A refused
+// upgrade is answered 403 or 409 here; once the exec is under way the
+// connection is handed over and the new program answers (200 with its
+// status), or this one, should the upgrade fail after all (409).
+func (a *Agent) serveUpgrade(w http.ResponseWriter, r *http.Request) {
+	conn, _ := r.Context().Value(connKey{}).(net.Conn)
+	if uid, err := peerUID(conn); err != nil || uid != 0 {
+		writeJSON(w, http.StatusForbidden, apiError{"upgrade is for root only"})
+		return
+	}
+	if !a.upgrading.CompareAndSwap(false, true) {
+		writeJSON(w, http.StatusConflict, apiError{"an upgrade is already under way"})
+		return
+	}
+	defer func() {
+		a.upgrading.Store(false)
+		if a.pendingReload.Swap(false) {
+			select {
+			case a.reloadAgain <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	plan, err := a.prepareUpgrade(r.Context(), r.URL.Query().Get("binary"))
+	if err != nil {
+		a.log.Error().Err(err).Msg("upgrade refused")
+		writeJSON(w, http.StatusConflict, apiError{"upgrade refused: " + err.Error()})
+		return
+	}
+	hc, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+		return
+	}
+	err = a.upgrade(context.Background(), plan, hc)
+	a.log.Error().Err(err).Msg("upgrade failed; the agent goes on unchanged")
+	answerRaw(hc, http.StatusConflict, apiError{"upgrade failed, the agent goes on unchanged: " + err.Error()})
 }
 
 // serveLogs writes the app's recent output as JSON lines; with follow=1 it

@@ -76,6 +76,10 @@ type AgentStatus struct {
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	OOMWatch      string  `json:"oom_watch"`   // ok | off | unavailable: <why>
 	LogDropped    uint64  `json:"log_dropped"` // log lines a stuck or failing sink lost
+	// Upgrades counts the in-place upgrades since the agent first
+	// started, which was at Started.
+	Upgrades int       `json:"upgrades"`
+	Started  time.Time `json:"started"`
 }
 
 // Status returns the agent's current status. With one process the
@@ -104,6 +108,8 @@ func (a *Agent) Status() Status {
 			UptimeSeconds: seconds(now.Sub(a.started)),
 			OOMWatch:      "off",
 			LogDropped:    a.logDropped(),
+			Upgrades:      a.upgrades,
+			Started:       a.startedWall.UTC().Truncate(time.Millisecond),
 		},
 	}
 	if draining {

@@ -25,7 +25,7 @@ func (a *Agent) listenMetrics(cfg *Config) (net.Listener, error) {
 	if cfg.Metrics.Listen == "" {
 		return nil, nil
 	}
-	ln, err := a.fds.listen("metrics", cfg.Metrics.Listen)
+	ln, err := a.listenTCP("metrics", cfg.Metrics.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: listen %s: %w", cfg.Metrics.Listen, err)
 	}

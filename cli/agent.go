@@ -23,6 +23,8 @@ import (
 type Build struct {
 	Version       string // stamped with -ldflags "-X main.version=..."
 	ExampleConfig []byte // agent.toml.example, written by `agent install` when no config exists
+
+	argv []string // os.Args, for agent run
 }
 
 // Main runs the binary with args (os.Args) and returns its exit code:
@@ -31,6 +33,7 @@ func Main(args []string, b Build, stdout, stderr io.Writer) int {
 	if filepath.Base(args[0]) == "agentctl" {
 		return ctlMain(args[1:], stdout, stderr)
 	}
+	b.argv = args
 	err := run(args[1:], b, stdout, stderr)
 	switch {
 	case err == nil:
@@ -96,6 +99,8 @@ func run(args []string, b Build, stdout, stderr io.Writer) error {
 			return ctlExit{code}
 		}
 		return nil
+	case "upgrade-check":
+		return upgradeCheck(rest, stdout, stderr)
 	}
 	fs := flag.NewFlagSet("agent "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -115,7 +120,7 @@ func run(args []string, b Build, stdout, stderr io.Writer) error {
 	}
 	switch cmd {
 	case "run":
-		return runAgent(path, b.Version, stderr)
+		return runAgent(path, b, stderr)
 	case "check":
 		cfg, err := agent.Load(path)
 		if err != nil {
@@ -157,7 +162,7 @@ func run(args []string, b Build, stdout, stderr io.Writer) error {
 // runAgent is `agent run`: nil on a clean shutdown, a usageError (exit 2)
 // on a bad config or a control socket held by another agent, any other
 // error (exit 1) on a runtime failure.
-func runAgent(path, version string, stderr io.Writer) error {
+func runAgent(path string, b Build, stderr io.Writer) error {
 	// Signals first, before any slow start-up work.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -183,21 +188,91 @@ func runAgent(path, version string, stderr io.Writer) error {
 		}
 	}()
 
-	cfg, err := agent.Load(path)
+	// Exec'd by an upgrade: take over from the program before, with the
+	// config it ran (the file may say otherwise by now), or go back to it.
+	h, err := agent.TakeHandover()
 	if err != nil {
+		return fmt.Errorf("upgrade: %w", err)
+	}
+	var cfg *agent.Config
+	if h != nil {
+		if cfg, err = h.LoadConfig(); err != nil {
+			return execBack(h, fmt.Errorf("the running config: %w", err), stderr)
+		}
+	} else if cfg, err = agent.Load(path); err != nil {
 		return usageError{err}
 	}
 	out, err := openLog(cfg, stderr)
 	if err != nil {
+		if h != nil {
+			return execBack(h, err, stderr)
+		}
 		return usageError{err}
 	}
 	defer out.Close()
-	a := agent.New(cfg, out.log, agent.Options{Version: version, LogDropped: out.Dropped})
+	opts := agent.Options{Version: b.Version, LogDropped: out.Dropped, Argv: b.argv, FlushLog: out.Flush}
+	var a *agent.Agent
+	if h != nil {
+		if a, err = agent.Restore(cfg, out.log, opts, h); err != nil {
+			out.Close()
+			return execBack(h, err, stderr)
+		}
+	} else {
+		a = agent.New(cfg, out.log, opts)
+	}
 	err = a.Run(ctx, reload)
+	if h != nil && !a.TookOver() {
+		out.Close()
+		return execBack(h, err, stderr)
+	}
 	if errors.Is(err, agent.ErrSocketInUse) || errors.Is(err, agent.ErrSocketPathTaken) {
 		return usageError{err}
 	}
 	return err
+}
+
+// execBack goes back to the program before this one, which handed over
+// h, after a take-over failed for why. It returns only if it cannot.
+func execBack(h *agent.Handover, why error, stderr io.Writer) error {
+	fmt.Fprintf(stderr, "agent: upgrade: cannot take over (%v); going back to the program before\n", why)
+	if err := agent.ExecBack(h, why); err != nil {
+		return fmt.Errorf("upgrade: cannot take over (%v) nor go back: %w", why, err)
+	}
+	return nil
+}
+
+// upgradeCheck is `agent upgrade-check --config PATH --handover-version N`,
+// run by a running agent on the program it is asked to upgrade to: exit 0
+// when this program accepts the config file at PATH and the running
+// config on standard input, and reads hand-overs of version N.
+func upgradeCheck(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("agent upgrade-check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config `path`")
+	version := fs.Int("handover-version", 0, "the hand-over format's version")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if *path == "" || fs.NArg() > 0 {
+		return usageError{errors.New("usage: agent upgrade-check --config PATH --handover-version N < RUNNING-CONFIG")}
+	}
+	if !agent.SupportsHandover(*version) {
+		return fmt.Errorf("this program cannot take over from a hand-over of version %d", *version)
+	}
+	if _, err := agent.Load(*path); err != nil {
+		return err
+	}
+	running, err := io.ReadAll(io.LimitReader(os.Stdin, 16<<20))
+	if err != nil {
+		return fmt.Errorf("read the running config: %w", err)
+	}
+	if len(running) > 0 {
+		if _, err := agent.Parse(*path, running); err != nil {
+			return fmt.Errorf("the running config: %w", err)
+		}
+	}
+	fmt.Fprintln(stdout, "ok")
+	return nil
 }
 
 // logOutput is where the agent's log lines go: stderr (journald) and, with
@@ -243,6 +318,15 @@ func openLog(cfg *agent.Config, stderr io.Writer) (*logOutput, error) {
 	}
 	o.log = zerolog.New(w).Level(level).With().Timestamp().Logger()
 	return o, nil
+}
+
+// Flush writes what the sinks hold, waiting a short time at most: before
+// an upgrade's exec, which would lose it.
+func (o *logOutput) Flush() {
+	o.stderr.Flush(500 * time.Millisecond)
+	if o.file != nil {
+		o.file.Flush(500 * time.Millisecond)
+	}
 }
 
 // Dropped counts the lines the sinks dropped.

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -28,6 +29,7 @@ const (
 	CtlAgentError  = 1 // the agent answered with an error
 	CtlUnreachable = 3 // the agent could not be reached
 	CtlUsage       = 2
+	CtlNoUpgrade   = 4 // the running agent predates upgrades in place
 )
 
 const ctlUsage = `usage: agentctl [--socket PATH] [--config PATH] [--timeout D] <command>
@@ -43,6 +45,12 @@ commands:
   scale N             run N processes of the app (needs [proxy]); exit 0 once
                       N serve
   logs [-n N] [-f]    the app's recent output; -f follows it
+  upgrade [--binary PATH]
+                      replace the agent's own program in place, without a
+                      restart of the app or a dropped request (root only;
+                      PATH defaults to the path the agent was started as);
+                      exit 1 if refused (the old one keeps running), 4 if the
+                      running agent predates upgrades
 `
 
 // Ctl runs agentctl with args (without the program name) and returns its
@@ -111,6 +119,35 @@ func Ctl(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer cancel()
 		if s, err = c.Scale(sctx, n); err == nil {
 			fmt.Fprintf(stdout, "scale: %s, %d processes\n", s.State, len(s.Instances))
+		}
+	case "upgrade":
+		sub := flag.NewFlagSet("upgrade", flag.ContinueOnError)
+		sub.SetOutput(stderr)
+		binary := sub.String("binary", "", "the new program (default: the path the agent was started as)")
+		if sub.Parse(rest) != nil || sub.NArg() > 0 {
+			return CtlUsage
+		}
+		uctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		var before, after *agent.Status
+		if before, err = c.Status(uctx); err == nil {
+			after, err = c.Upgrade(uctx, *binary)
+		}
+		var ae *agent.APIError
+		if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
+			fmt.Fprintln(stderr, "agentctl: the running agent predates upgrades in place: restart it instead (systemctl restart agent)")
+			return CtlNoUpgrade
+		}
+		if err == nil {
+			// The new program answered; its status, read back, must say so.
+			if after, err = c.Status(uctx); err == nil && (after.Agent.Upgrades != before.Agent.Upgrades+1 || after.Agent.PID != before.Agent.PID) {
+				err = fmt.Errorf("upgrade: the agent answered, but its status shows %d upgrades and pid %d (before: %d, pid %d)",
+					after.Agent.Upgrades, after.Agent.PID, before.Agent.Upgrades, before.Agent.PID)
+			}
+		}
+		if err == nil {
+			fmt.Fprintf(stdout, "upgrade: agent %s -> %s, pid %d, upgrade %d; app %s\n",
+				before.Agent.Version, after.Agent.Version, after.Agent.PID, after.Agent.Upgrades, after.State)
 		}
 	case "logs":
 		sub := flag.NewFlagSet("logs", flag.ContinueOnError)

@@ -36,6 +36,7 @@ type OOMWatcher struct {
 	clk    clock.Clock
 
 	mu      sync.Mutex
+	src     io.ReadCloser // the kernel log while Run reads it
 	status  string
 	reading bool
 	ring    [oomRingSize]receivedKill
@@ -103,6 +104,9 @@ func (w *OOMWatcher) Run(ctx context.Context) error {
 		return nil
 	}
 	w.setStatus("ok", true)
+	w.mu.Lock()
+	w.src = src
+	w.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { src.Close() })
 	defer func() {
 		if stop() {
@@ -154,6 +158,54 @@ func (w *OOMWatcher) record(k OOMKill) {
 		Str("task_memcg", k.TaskMemcg).Str("kernel", k.Line).Msg("kernel OOM kill")
 	if w.onKill != nil {
 		w.onKill(k)
+	}
+}
+
+// Kill is one kill the watcher received, with when.
+type Kill struct {
+	Kill OOMKill   `json:"kill"`
+	At   time.Time `json:"at"`
+}
+
+// Handover returns what an upgrade hands to the next program: the open
+// kernel log's descriptor (-1 when not reading), positioned after the last
+// record read, so that a kill logged during the exec is still read, and the
+// recent kills.
+func (w *OOMWatcher) Handover() (fd int, kills []Kill) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fd = -1
+	if f, ok := w.src.(*os.File); ok && w.reading {
+		if rc, err := f.SyscallConn(); err == nil {
+			rc.Control(func(p uintptr) { fd = int(p) })
+		}
+	}
+	for i := w.count; i >= 1; i-- {
+		r := w.ring[(w.next-i+len(w.ring))%len(w.ring)]
+		kills = append(kills, Kill{Kill: r.kill, At: r.at})
+	}
+	return fd, kills
+}
+
+// TakeOver makes the watcher go on where the program before this one left
+// off: Run reads the kernel log open at fd (from Handover) instead of
+// opening it, and kills holds the recent kills. Call it before Run.
+func (w *OOMWatcher) TakeOver(fd int, kills []Kill) {
+	if fd >= 0 {
+		w.open = func(string) (io.ReadCloser, error) {
+			syscall.CloseOnExec(fd)
+			f := os.NewFile(uintptr(fd), w.path)
+			if err := f.SetReadDeadline(time.Time{}); err != nil {
+				f.Close()
+				return openKmsg(w.path)
+			}
+			return f, nil
+		}
+	}
+	for _, k := range kills {
+		w.ring[w.next] = receivedKill{kill: k.Kill, at: k.At}
+		w.next = (w.next + 1) % len(w.ring)
+		w.count = min(w.count+1, len(w.ring))
 	}
 }
 

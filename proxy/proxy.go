@@ -287,6 +287,60 @@ func (p *Proxy) Handover(grace time.Duration) {
 	p.closeConns(false)
 }
 
+// Quiesce prepares an upgrade in place, once the caller has paused the
+// listening socket (new connections wait in its backlog for the next
+// program): each client connection ends after its next response, which
+// says Connection: close, connections still idle after grace are closed,
+// and the requests in flight get until drain to finish; those still
+// running then are cut. It returns how many were cut. Resume undoes it
+// when the upgrade does not happen.
+func (p *Proxy) Quiesce(grace, drain time.Duration) (cut int) {
+	p.connsMu.Lock()
+	p.shutdown = true
+	p.quit.Store(true)
+	p.connsMu.Unlock()
+	deadline := time.Now().Add(drain)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	idleBy := time.Now().Add(min(grace, drain))
+	for p.idleConns() > 0 && time.Now().Before(idleBy) {
+		<-tick.C
+	}
+	p.closeConns(false)
+	for p.openConns() > 0 && time.Now().Before(deadline) {
+		<-tick.C
+	}
+	cut = p.openConns()
+	if cut > 0 {
+		p.closeConns(true)
+	}
+	return cut
+}
+
+// Resume takes connections again after a Quiesce whose upgrade did not
+// happen.
+func (p *Proxy) Resume() {
+	p.connsMu.Lock()
+	p.shutdown = false
+	p.quit.Store(false)
+	p.connsMu.Unlock()
+}
+
+// openConns counts the client connections.
+func (p *Proxy) openConns() int {
+	p.connsMu.Lock()
+	defer p.connsMu.Unlock()
+	return len(p.conns)
+}
+
+// AddStats adds s's counters to the proxy's: those of the program before
+// this one, after an upgrade.
+func (p *Proxy) AddStats(s Stats) {
+	p.requests.Add(s.Requests)
+	p.replayed.Add(s.Replayed)
+	p.failed.Add(s.Failed)
+}
+
 // idleConns counts the client connections idle between requests.
 func (p *Proxy) idleConns() int {
 	p.connsMu.Lock()

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"agent/internal/pathsearch"
 	"agent/internal/procfs"
 )
@@ -25,8 +27,11 @@ type Child[L any] struct {
 	Launch  L // Config.Launch of the config it was started with
 
 	s       *Supervisor[L]
-	cmd     *exec.Cmd
-	leader  *procfs.Handle                 // pidfd of the process, which leads its group; nil if the kernel gave none
+	spawned bool           // a process runs (or ran): not a start that failed to spawn
+	leader  *procfs.Handle // pidfd of the process, which leads its group; nil if the kernel gave none
+	stdout  *os.File       // the read ends of its output pipes, handed over by an upgrade
+	stderr  *os.File
+	reaped  atomic.Pointer[Exit]           // its exit, once reaped (see waitExit)
 	heapOOM atomic.Pointer[string]         // the V8 fatal line, once seen
 	output  sync.WaitGroup                 // the stdout and stderr readers
 	gate    chan func(context.Context) int // a gated stop waits for its drain here
@@ -115,8 +120,8 @@ func (s *Supervisor[L]) spawn(slot int, cfg Config[L]) (*Child[L], error) {
 		errR.Close()
 		return nil, fmt.Errorf("start app: %w", err)
 	}
-	c := &Child[L]{PID: cmd.Process.Pid, Slot: slot, Gen: s.gen.Add(1), Started: s.clk.Now(), Launch: cfg.Launch, s: s, cmd: cmd}
-
+	c := &Child[L]{PID: cmd.Process.Pid, Slot: slot, Gen: s.gen.Add(1), Started: s.clk.Now(), Launch: cfg.Launch, s: s, spawned: true}
+	c.stdout, c.stderr = outR, errR
 	if pidfd >= 0 {
 		c.leader = procfs.NewHandle(c.PID, pidfd)
 	}
@@ -124,16 +129,56 @@ func (s *Supervisor[L]) spawn(slot int, cfg Config[L]) (*Child[L], error) {
 		s.log.Debug().Err(err).Msg("reset oom_score_adj of app")
 	}
 	s.log.Info().Int("pid", c.PID).Strs("command", cfg.Command).Msg("app started")
-	c.output.Add(2)
-	go s.capture(c, outR, "stdout")
-	go s.capture(c, errR, "stderr")
-	go func() {
-		// The one place the main process is reaped.
-		err := cmd.Wait()
-		s.table.disown(c.PID)
-		s.send(event[L]{kind: evExited, child: c, exit: exitOf(cmd.ProcessState, err, s.clk.Now(), c.Started, c.PID)})
-	}()
+	s.goCapture(c)
+	if c.leader == nil {
+		// No pidfd (a kernel before 5.3): cmd.Wait reaps, and this
+		// process cannot be handed over to a new program.
+		go func() {
+			err := cmd.Wait()
+			s.table.disown(c.PID)
+			s.send(event[L]{kind: evExited, child: c, exit: exitOf(cmd.ProcessState, err, s.clk.Now(), c.Started, c.PID)})
+		}()
+		return c, nil
+	}
+	// The pidfd waits; os.Process keeps no handle of its own.
+	cmd.Process.Release()
+	s.goWaitExit(c)
 	return c, nil
+}
+
+// goCapture starts the readers of c's output pipes.
+func (s *Supervisor[L]) goCapture(c *Child[L]) {
+	c.output.Add(2)
+	go s.capture(c, c.stdout, "stdout")
+	go s.capture(c, c.stderr, "stderr")
+}
+
+// goWaitExit waits for c's main process to exit, reaps it and tells the
+// loop: the one place an app process with a pidfd is reaped. While the
+// supervisor is frozen for an upgrade the exit is left unreaped (the new
+// program reaps it) until it thaws.
+func (s *Supervisor[L]) goWaitExit(c *Child[L]) {
+	fd, err := unix.FcntlInt(uintptr(c.leader.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		// Out of descriptors: poll the leader's own (it outlives the wait).
+		fd = -1
+	}
+	go func() {
+		h := c.leader
+		if fd >= 0 {
+			h = procfs.NewHandle(c.PID, fd)
+			defer h.Close()
+		}
+		procfs.Wait(context.Background(), h)
+		s.reapMu.RLock() // waits while a freeze holds it
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(c.PID, &ws, 0, nil)
+		ex := exitOfStatus(ws, err, s.clk.Now(), c.Started, c.PID)
+		c.reaped.Store(&ex)
+		s.reapMu.RUnlock()
+		s.table.disown(c.PID)
+		s.send(event[L]{kind: evExited, child: c, exit: ex})
+	}()
 }
 
 // capture reads one of the app's output streams into the log and the ring.

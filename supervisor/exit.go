@@ -6,6 +6,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // exitOf turns a wait result into an Exit with its raw code or signal.
@@ -17,6 +19,25 @@ func exitOf(ps *os.ProcessState, err error, at, started time.Time, pid int) Exit
 	}
 	ws := ps.Sys().(syscall.WaitStatus)
 	switch {
+	case ws.Signaled():
+		e.Signal, e.Reason = signalName(ws.Signal()), ReasonSignaled
+	default:
+		code := ws.ExitStatus()
+		e.Code = &code
+		e.Reason = ReasonCrashed
+		if code == 0 {
+			e.Reason = ReasonExited
+		}
+	}
+	return e
+}
+
+// exitOfStatus turns a wait4 result into an Exit.
+func exitOfStatus(ws unix.WaitStatus, err error, at, started time.Time, pid int) Exit {
+	e := Exit{At: at, PID: pid, Uptime: at.Sub(started)}
+	switch {
+	case err != nil:
+		e.Reason, e.Detail = ReasonCrashed, fmt.Sprintf("wait for the process: %v", err)
 	case ws.Signaled():
 		e.Signal, e.Reason = signalName(ws.Signal()), ReasonSignaled
 	default:

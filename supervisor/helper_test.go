@@ -51,6 +51,11 @@ func runApp(mode string, args []string) {
 		select {}
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
+		if os.Getenv("SUPERVISOR_TEST_READY_FD") == "3" { // spawnSelfReady waits for it
+			ready := os.NewFile(3, "ready")
+			ready.Write([]byte{1})
+			ready.Close()
+		}
 		fmt.Println("pid", os.Getpid())
 		select {}
 	case "grandchild": // a child in the same process group, like npm -> sh -> node
@@ -96,7 +101,7 @@ func runApp(mode string, args []string) {
 	case "exit-quiet":
 		os.Exit(0)
 	case "exit-leave-child": // exit 1, leaving a child that ignores SIGTERM
-		c := spawnSelf("ignore-term", nil)
+		c := spawnSelfReady("ignore-term")
 		fmt.Println("child", c)
 		os.Exit(1)
 	case "flood": // flood BYTES: one line of BYTES without a newline, then exit 0
@@ -126,6 +131,27 @@ func runApp(mode string, args []string) {
 }
 
 // spawnSelf starts this binary in another mode and returns its pid.
+// spawnSelfReady is spawnSelf, returning once the child says it is set up
+// (a byte on its descriptor 3).
+func spawnSelfReady(mode string) int {
+	r, w, err := os.Pipe()
+	if err != nil {
+		panic(err)
+	}
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "SUPERVISOR_TEST_APP="+mode, "SUPERVISOR_TEST_READY_FD=3")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{w}
+	if err := cmd.Start(); err != nil {
+		panic(err)
+	}
+	w.Close()
+	r.Read(make([]byte, 1))
+	r.Close()
+	return cmd.Process.Pid
+}
+
 func spawnSelf(mode string, attr *syscall.SysProcAttr) int {
 	exe, _ := os.Executable()
 	cmd := exec.Command(exe)

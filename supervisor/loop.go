@@ -33,6 +33,7 @@ const (
 	evExplained
 	evAmend // a later explanation of an exit already recorded
 	evTimer // a loop timer fired
+	evExplainDone
 )
 
 type event[L any] struct {
@@ -55,6 +56,7 @@ func (s *Supervisor[L]) send(e event[L]) {
 // timer is a loop timer: when it fires, fire runs in the loop, unless it
 // was stopped first.
 type timer struct {
+	at      time.Time // when it fires
 	t       clock.Timer
 	stop    chan struct{}
 	stopped bool // owned by the loop
@@ -70,7 +72,7 @@ func (tm *timer) Stop() {
 }
 
 func (l *loop[L]) newTimer(d time.Duration, fire func()) *timer {
-	tm := &timer{t: l.s.clk.NewTimer(d), stop: make(chan struct{}), fire: fire}
+	tm := &timer{at: l.s.clk.Now().Add(d), t: l.s.clk.NewTimer(d), stop: make(chan struct{}), fire: fire}
 	go func() {
 		select {
 		case <-tm.t.C():
@@ -91,6 +93,9 @@ type loop[L any] struct {
 	exitCounts map[Reason]uint64
 	shutdown   bool
 	err        error // returned by Run once everything is stopped
+	explaining int   // exits whose explanation may still change
+	freeze     *freezeReq[L]
+	tick       <-chan time.Time // the watchdog's
 }
 
 type afterStop int
@@ -111,14 +116,18 @@ func (s *Supervisor[L]) Run(ctx context.Context) error {
 	for i := range s.Slots() {
 		l.slots = append(l.slots, l.newSlot(i))
 	}
-	var tick <-chan time.Time
 	if s.opts.Tick > 0 && s.opts.OnTick != nil {
 		t := s.clk.NewTicker(s.opts.Tick)
 		defer t.Stop()
-		tick = t.C()
+		l.tick = t.C()
 	}
-	for _, sl := range l.slots {
-		sl.start()
+	if s.adopted != nil {
+		l.restore(s.adopted)
+		s.adopted = nil
+	} else {
+		for _, sl := range l.slots {
+			sl.start()
+		}
 	}
 	done := ctx.Done()
 	for {
@@ -132,13 +141,14 @@ func (s *Supervisor[L]) Run(ctx context.Context) error {
 		case <-done:
 			done = nil
 			l.beginShutdown(nil)
-		case <-tick:
+		case <-l.tick:
 			s.opts.OnTick()
 		case r := <-s.reqs:
 			l.request(r)
 		case e := <-s.events:
 			l.event(e)
 		}
+		l.tryFreeze()
 	}
 }
 
@@ -181,6 +191,10 @@ func (l *loop[L]) newSlot(i int) *slot[L] {
 // transition is complete. Restart and reload are of one slot (the agent
 // rolls them over the slots); stop, start and scale are of the app.
 func (l *loop[L]) request(r request[L]) {
+	if r.kind == reqFreeze {
+		l.freezeRequest(r.freeze)
+		return
+	}
 	if l.shutdown {
 		r.reply <- ErrShuttingDown
 		return
@@ -307,6 +321,9 @@ func (l *loop[L]) event(e event[L]) {
 			e.timer.fire()
 		}
 		return
+	case evExplainDone:
+		l.explaining--
+		return
 	case evAmend:
 		c := e.child
 		if c.final != nil && !c.treeGone { // explained before it was recorded
@@ -386,7 +403,7 @@ func (l *loop[L]) snapshot() *Status[L] {
 	worst := -1
 	for _, sl := range l.slots {
 		ss := SlotStatus[L]{Index: sl.index, State: sl.state, Message: sl.msg, Started: sl.started, Restarts: sl.restarts}
-		if c := sl.cur; c != nil && c.cmd != nil {
+		if c := sl.cur; c != nil && c.spawned {
 			ss.PID, ss.Ready, ss.Started, ss.ReadySince, ss.Launch = c.PID, c.ready && !c.stopping, c.Started, c.readySince, c.Launch
 			st.Live = append(st.Live, c)
 		}

@@ -28,7 +28,7 @@ func BecomeSubreaper() error {
 // Wait would then fail (ECHILD) and the exit would be lost. The invariant:
 //
 //	The reaper waits only for a child of the agent that is a zombie, is
-//	not in the agent's own process group, and is not in table.owned.
+//	not in the agent's own process group, and is not in owned.
 //
 // Why that is enough: a process the agent process starts itself with
 // os/exec (a helper command, a test's exec.Cmd) stays in the agent's
@@ -46,15 +46,15 @@ func BecomeSubreaper() error {
 
 // reap collects the exit status of the app's orphans that have exited.
 func (t *table) reap() {
-	t.ownMu.Lock()
-	defer t.ownMu.Unlock()
+	ownMu.Lock()
+	defer ownMu.Unlock()
 	kids, err := procfs.Children(os.Getpid())
 	if err != nil {
 		t.log.Debug().Err(err).Msg("read the agent's children to reap orphans")
 	}
 	own := unix.Getpgrp()
 	for _, k := range kids {
-		if k.Zombie() && k.PGID != own && !t.owned[k.PID] {
+		if k.Zombie() && k.PGID != own && !owned[k.PID] {
 			var ws unix.WaitStatus
 			_, _ = unix.Wait4(k.PID, &ws, unix.WNOHANG, nil)
 		}

@@ -232,7 +232,11 @@ func (sl *slot[L]) event(e event[L]) {
 			}
 			sl.abortReload("the running process exited")
 		}
-		go l.s.explain(l.ctx, c, e.exit)
+		l.explaining++
+		go func() {
+			l.s.explain(l.ctx, c, e.exit)
+			l.s.send(event[L]{kind: evExplainDone})
+		}()
 	case evTreeGone:
 		c.treeGone = true
 		sl.finish(c)
@@ -305,7 +309,7 @@ func (sl *slot[L]) next(c *Child[L], ex Exit) {
 			} else {
 				sl.setState(Failed, describe(ex)+"; policy "+sl.track.Policy.Mode)
 			}
-		case d.Delay <= 0 && c.cmd != nil:
+		case d.Delay <= 0 && c.spawned:
 			sl.start()
 		default:
 			// Also a failure to spawn with no delay: through the loop, not

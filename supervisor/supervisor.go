@@ -137,6 +137,14 @@ type Supervisor[L any] struct {
 	done   chan struct{} // closed when Run returns
 	status atomic.Pointer[Status[L]]
 	gen    atomic.Uint64
+
+	// An upgrade's freeze (handover.go) holds reapMu: no app process is
+	// reaped while it lasts. freezeWhy says what a freeze waits for.
+	reapMu    sync.RWMutex
+	freezeWhy atomic.Value
+	// adopted, if set before Run, is the state a previous program handed
+	// over: Run takes its processes on instead of starting new ones.
+	adopted *adoption[L]
 }
 
 // New returns a supervisor of one slot for cfg. It starts nothing until
@@ -161,6 +169,7 @@ func NewSlots[L any](cfgs []Config[L], opts Options[L]) *Supervisor[L] {
 		events: make(chan event[L], 16),
 		done:   make(chan struct{}),
 	}
+	s.freezeWhy.Store("")
 	s.status.Store(&Status[L]{State: Starting})
 	return s
 }
@@ -275,6 +284,7 @@ const (
 	reqStart
 	reqReload
 	reqScale
+	reqFreeze
 )
 
 type request[L any] struct {
@@ -285,4 +295,5 @@ type request[L any] struct {
 	cfg     Config[L]
 	timeout time.Duration
 	cfgs    []Config[L] // reqScale
+	freeze  *freezeReq[L]
 }

@@ -20,13 +20,18 @@ type table struct {
 
 	liveMu sync.Mutex
 	live   map[int]bool
-
-	ownMu sync.Mutex
-	owned map[int]bool
 }
 
+// The owned processes are the process's, not one supervisor's: any
+// supervisor's reaper (a test runs several) must leave every supervisor's
+// app processes to their own wait.
+var (
+	ownMu sync.Mutex
+	owned = map[int]bool{}
+)
+
 func newTable(log zerolog.Logger) *table {
-	return &table{log: log, live: map[int]bool{}, owned: map[int]bool{}}
+	return &table{log: log, live: map[int]bool{}}
 }
 
 // start starts cmd and records it as live and owned. It starts under
@@ -36,21 +41,34 @@ func newTable(log zerolog.Logger) *table {
 func (t *table) start(cmd *exec.Cmd) error {
 	t.liveMu.Lock()
 	defer t.liveMu.Unlock()
-	t.ownMu.Lock()
-	defer t.ownMu.Unlock()
+	ownMu.Lock()
+	defer ownMu.Unlock()
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	t.owned[cmd.Process.Pid] = true
+	owned[cmd.Process.Pid] = true
 	t.live[cmd.Process.Pid] = true
 	return nil
 }
 
-// disown hands pid's exit status back: its cmd.Wait has returned.
+// adopt records pid, a process handed over by the program before this
+// one, as live, and as owned unless it was reaped already.
+func (t *table) adopt(pid int, unreaped bool) {
+	t.liveMu.Lock()
+	defer t.liveMu.Unlock()
+	ownMu.Lock()
+	defer ownMu.Unlock()
+	t.live[pid] = true
+	if unreaped {
+		owned[pid] = true
+	}
+}
+
+// disown hands pid's exit status back: it was reaped.
 func (t *table) disown(pid int) {
-	t.ownMu.Lock()
-	delete(t.owned, pid)
-	t.ownMu.Unlock()
+	ownMu.Lock()
+	delete(owned, pid)
+	ownMu.Unlock()
 }
 
 // gone forgets pid as live: its whole tree is gone.

@@ -169,6 +169,24 @@ func (s *Sink) Dropped() uint64 {
 	return s.dropped.Load()
 }
 
+// Flush waits until the lines queued so far are written, or timeout has
+// passed (a stuck writer), and reports whether they were. The sink goes on.
+func (s *Sink) Flush(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		s.mu.Lock()
+		empty := s.used == 0
+		s.mu.Unlock()
+		if empty {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // Close writes what is queued, waiting at most a short time (2 s) for the
 // writer, and stops the sink; later Writes are dropped and counted. It does
 // not close the underlying writer. If the writer did not take the queue in

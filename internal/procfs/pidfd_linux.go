@@ -109,6 +109,9 @@ func OpenDescendantsExcept(pid int, except []int) ([]*Handle, error) {
 	return hs, err
 }
 
+// Fd returns the pidfd, -1 once closed.
+func (h *Handle) Fd() int { return h.fd }
+
 // Signal sends sig to the process. Once it has exited (even if not yet
 // reaped) the error satisfies errors.Is(err, syscall.ESRCH): a PID reused
 // by another process is never signalled.

@@ -68,6 +68,8 @@ type Agent struct {
 	upgrading     atomic.Bool
 	pendingReload atomic.Bool   // a SIGHUP that came during an upgrade
 	reloadAgain   chan struct{} // that SIGHUP, once the upgrade did not happen
+	pendingStop   atomic.Bool   // a SIGTERM that came during an upgrade
+	stopAgain     chan struct{} // that SIGTERM, once the upgrade did not happen (or in the new program)
 	inherit       *Handover     // what the program before handed over, until Run takes it on
 	keptFiles     []*os.File    // its listening sockets' descriptors, kept for a way back until Run takes them on
 	tookOver      atomic.Bool   // Run took on what was handed over
@@ -111,7 +113,14 @@ func Restore(cfg *Config, log zerolog.Logger, opts Options, h *Handover) (*Agent
 // going back to the program before is no longer possible.
 func (a *Agent) TookOver() bool { return a.tookOver.Load() }
 
+// FaultTakeOverEnv, when set, makes Restore refuse to take over, as a new
+// program that cannot would: a fault switch for the tests of going back.
+const FaultTakeOverEnv = "AGENT_FAULT_TAKEOVER"
+
 func newAgent(cfg *Config, log zerolog.Logger, opts Options, h *Handover) (*Agent, error) {
+	if h != nil && os.Getenv(FaultTakeOverEnv) != "" {
+		return nil, errors.New("take-over refused: " + FaultTakeOverEnv + " is set")
+	}
 	clk := opts.Clock
 	if clk == nil {
 		clk = clock.Real{}
@@ -132,6 +141,7 @@ func newAgent(cfg *Config, log zerolog.Logger, opts Options, h *Handover) (*Agen
 		rolling:     make(chan struct{}, 1),
 		lns:         map[string]*handoff.Listener{},
 		reloadAgain: make(chan struct{}, 1),
+		stopAgain:   make(chan struct{}, 1),
 	}
 	a.startedWall = a.started
 	a.argv = opts.Argv
@@ -353,6 +363,9 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 			}
 		case <-a.reloadAgain:
 			a.reload(f)
+		case <-a.stopAgain:
+			done = closed // the stop goes on in the done case
+			a.stopAgain = nil
 		case <-refresh.C():
 			f.sendStatus()
 		case err := <-supDone:
@@ -375,6 +388,13 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 			a.reload(f)
 		case <-done:
 			done = nil
+			if a.upgrading.Load() {
+				// Carried to the new program, or done here if the
+				// upgrade does not happen.
+				a.pendingStop.Store(true)
+				a.log.Info().Msg("asked to stop during an upgrade: the agent stops once it is done")
+				continue
+			}
 			a.notify.Stopping()
 			a.notify.Status("stopping")
 			d := a.cfg.Load().Stop.Drain.D()
@@ -396,6 +416,9 @@ func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) (err error) {
 		}
 	}
 }
+
+// closed is a channel that is closed: always ready.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // logWarnings logs the config's warnings, each once.
 func logWarnings(log zerolog.Logger, ws []Warning) {

@@ -211,10 +211,17 @@ func (a *Agent) serveUpgrade(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer func() {
+		// The upgrade did not happen: what was asked meanwhile is done here.
 		a.upgrading.Store(false)
 		if a.pendingReload.Swap(false) {
 			select {
 			case a.reloadAgain <- struct{}{}:
+			default:
+			}
+		}
+		if a.pendingStop.Swap(false) {
+			select {
+			case a.stopAgain <- struct{}{}:
 			default:
 			}
 		}

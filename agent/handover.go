@@ -61,18 +61,24 @@ type Handover struct {
 	Supervisor *supervisor.Frozen `json:"supervisor"`
 	Output     []supervisor.Line  `json:"output,omitempty"`
 	Proxy      proxy.Stats        `json:"proxy"`
-	OOMKills   int64              `json:"oom_kills"`
-	Kmsg       int                `json:"kmsg"`
-	Kills      []probe.Kill       `json:"kills,omitempty"`
+	// The traffic port's client connections, parked between requests, and
+	// its WebSocket tunnels.
+	Conns    []proxy.HandedConn   `json:"conns,omitempty"`
+	Tunnels  []proxy.HandedTunnel `json:"tunnels,omitempty"`
+	OOMKills int64                `json:"oom_kills"`
+	Kmsg     int                  `json:"kmsg"`
+	Kills    []probe.Kill         `json:"kills,omitempty"`
 
 	Listeners map[string]int `json:"listeners"` // control, health, proxy, metrics
 	Answer    int            `json:"answer"`    // the control connection that asked
 	Reload    bool           `json:"reload"`    // a SIGHUP came during the upgrade
+	Stop      bool           `json:"stop"`      // a SIGTERM came during the upgrade
 	// Failed is set when the program exec'd could not take over and exec'd
 	// back into the one before: why.
 	Failed string `json:"failed,omitempty"`
 
-	fd int // the memfd it was read from
+	fd   int      // the memfd it was read from
+	file *os.File // fd's
 }
 
 // fds lists every descriptor h hands over.
@@ -83,6 +89,12 @@ func (h *Handover) fds() []int {
 	}
 	if h.Supervisor != nil {
 		fds = append(fds, h.Supervisor.FDs()...)
+	}
+	for _, c := range h.Conns {
+		fds = append(fds, c.FD)
+	}
+	for _, t := range h.Tunnels {
+		fds = append(fds, t.Client, t.App)
 	}
 	out := fds[:0]
 	for _, fd := range fds {
@@ -129,8 +141,12 @@ func TakeHandover() (*Handover, error) {
 		return nil, fmt.Errorf("%s=%q is not a descriptor", HandoverEnv, v)
 	}
 	unix.CloseOnExec(fd)
-	b, err := io.ReadAll(io.NewSectionReader(os.NewFile(uintptr(fd), "handover"), 0, 1<<30))
+	// Kept in h: a File left to the garbage collector closes its
+	// descriptor whenever, and the number may be another's by then.
+	f := os.NewFile(uintptr(fd), "handover")
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<30))
 	if err != nil {
+		f.Close()
 		return nil, fmt.Errorf("read hand-over: %w", err)
 	}
 	var probeV struct {
@@ -146,7 +162,7 @@ func TakeHandover() (*Handover, error) {
 	if err := json.Unmarshal(b, h); err != nil {
 		return nil, fmt.Errorf("read hand-over: %w", err)
 	}
-	h.fd = fd
+	h.fd, h.file = fd, f
 	return h, nil
 }
 
@@ -296,6 +312,7 @@ func (a *Agent) takeOver() (answer func()) {
 	if h == nil {
 		return nil
 	}
+	a.adoptConns()
 	a.inherit = nil
 	a.tookOver.Store(true)
 	for _, f := range a.keptFiles {
@@ -305,11 +322,10 @@ func (a *Agent) takeOver() (answer func()) {
 	if ln, ok := a.lns["control"].Listener.(*net.UnixListener); ok {
 		ln.SetUnlinkOnClose(true)
 	}
-	for _, fd := range []int{h.Exe, h.fd} {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+	if h.Exe >= 0 {
+		unix.Close(h.Exe)
 	}
+	h.file.Close()
 	if h.Failed != "" {
 		a.log.Error().Str("why", h.Failed).Msg("upgrade failed: the new program could not take over; this one goes on")
 	} else {
@@ -317,6 +333,9 @@ func (a *Agent) takeOver() (answer func()) {
 	}
 	if h.Reload {
 		a.reloadAgain <- struct{}{}
+	}
+	if h.Stop {
+		a.stopAgain <- struct{}{}
 	}
 	var conn net.Conn
 	if h.Answer >= 0 {
@@ -338,4 +357,48 @@ func (a *Agent) takeOver() (answer func()) {
 		}
 		answerRaw(conn, http.StatusOK, a.Status())
 	}
+}
+
+// adoptConns serves on the traffic port's connections and tunnels handed
+// over; a descriptor that is not a socket any more is dropped.
+func (a *Agent) adoptConns() {
+	h := a.inherit
+	if h == nil || a.proxy == nil {
+		return
+	}
+	conn := func(fd int) net.Conn {
+		if fd < 0 {
+			return nil
+		}
+		unix.CloseOnExec(fd)
+		f := os.NewFile(uintptr(fd), "client connection")
+		a.keptFiles = append(a.keptFiles, f)
+		c, err := net.FileConn(f)
+		if err != nil {
+			a.log.Warn().Err(err).Msg("a connection handed over is not a socket; dropped")
+			return nil
+		}
+		return c
+	}
+	var conns []proxy.AdoptedConn
+	for _, hc := range h.Conns {
+		if c := conn(hc.FD); c != nil {
+			conns = append(conns, proxy.AdoptedConn{Conn: c, Buffered: hc.Buffered})
+		}
+	}
+	var tunnels []proxy.AdoptedTunnel
+	for _, ht := range h.Tunnels {
+		client, app := conn(ht.Client), conn(ht.App)
+		if client == nil || app == nil {
+			for _, c := range []net.Conn{client, app} {
+				if c != nil {
+					c.Close()
+				}
+			}
+			continue
+		}
+		tunnels = append(tunnels, proxy.AdoptedTunnel{Client: client, ClientBuffered: ht.ClientBuffered, App: app, AppBuffered: ht.AppBuffered})
+	}
+	a.proxy.Adopt(conns, tunnels)
+	a.log.Info().Int("connections", len(conns)).Int("tunnels", len(tunnels)).Msg("client connections taken over")
 }

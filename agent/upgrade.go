@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"agent/internal/handoff"
+	"agent/proxy"
 	"agent/supervisor"
 )
 
@@ -41,13 +42,11 @@ var ErrUpgrading = errors.New("an upgrade of the agent is under way; ask again o
 const upgradeCheckTimeout = 30 * time.Second
 
 // upgradeDrain bounds how long requests in flight may take to finish
-// before the exec (stop.timeout if shorter); idleGrace is how long idle
-// client connections have to send their next request, answered with
-// Connection: close.
+// before the exec (stop.timeout if shorter); upgradeRestWait how long the
+// app may take to come to rest (a start or stop under way).
 const (
-	upgradeDrain     = 5 * time.Second
-	upgradeIdleGrace = time.Second
-	upgradeRestWait  = 15 * time.Second
+	upgradeDrain    = 5 * time.Second
+	upgradeRestWait = 15 * time.Second
 )
 
 // upgradePlan is a checked upgrade: the program to exec.
@@ -147,19 +146,23 @@ func (a *Agent) upgrade(ctx context.Context, plan *upgradePlan, conn net.Conn) e
 	for _, ln := range a.lns {
 		ln.Pause()
 	}
+	// The client connections stop between requests and the tunnels stop
+	// copying; the requests in flight finish first.
+	var parked *proxy.Parked
+	if a.proxy != nil {
+		drain := min(upgradeDrain, a.cfg.Load().Stop.Timeout.D())
+		a.log.Info().Dur("drain", drain).Msg("upgrade: not accepting; requests in flight finish, kept connections stop between requests")
+		parked = a.proxy.Freeze(drain)
+		if parked.Cut > 0 {
+			a.log.Warn().Int("connections", parked.Cut).Dur("drain", drain).Msg("upgrade: requests still running after the drain were cut")
+		}
+	}
 	resume := func() {
-		if a.proxy != nil {
-			a.proxy.Resume()
+		if parked != nil {
+			a.proxy.Thaw(parked)
 		}
 		for _, ln := range a.lns {
 			ln.Resume()
-		}
-	}
-	cfg := a.cfg.Load()
-	if a.proxy != nil {
-		drain := min(upgradeDrain, cfg.Stop.Timeout.D())
-		if cut := a.proxy.Quiesce(upgradeIdleGrace, drain); cut > 0 {
-			a.log.Warn().Int("connections", cut).Dur("drain", drain).Msg("upgrade: requests still running after the drain were cut")
 		}
 	}
 	rest, cancel := context.WithTimeout(ctx, upgradeRestWait)
@@ -169,7 +172,7 @@ func (a *Agent) upgrade(ctx context.Context, plan *upgradePlan, conn net.Conn) e
 		resume()
 		return err
 	}
-	h, err := a.handover(frozen, conn)
+	h, err := a.handover(frozen, parked, conn)
 	if err == nil {
 		var memfd int
 		if memfd, err = h.writeMemfd(); err == nil {
@@ -189,7 +192,7 @@ func (a *Agent) upgrade(ctx context.Context, plan *upgradePlan, conn net.Conn) e
 }
 
 // handover gathers what the next program takes over.
-func (a *Agent) handover(frozen *supervisor.Frozen, conn net.Conn) (*Handover, error) {
+func (a *Agent) handover(frozen *supervisor.Frozen, parked *proxy.Parked, conn net.Conn) (*Handover, error) {
 	cfg := a.cfg.Load()
 	exe, err := unix.Open("/proc/self/exe", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -215,9 +218,11 @@ func (a *Agent) handover(frozen *supervisor.Frozen, conn net.Conn) (*Handover, e
 		Listeners:   map[string]int{},
 		Answer:      -1,
 		Reload:      a.pendingReload.Load(),
+		Stop:        a.pendingStop.Load(),
 	}
 	if a.proxy != nil {
 		h.Proxy = a.proxy.Stats()
+		h.Conns, h.Tunnels = parked.Handover()
 	}
 	if a.oom != nil {
 		h.Kmsg, h.Kills = a.oom.Handover()
@@ -299,7 +304,7 @@ func cleanEnv(env []string) []string {
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "LISTEN_") || k == HandoverEnv {
+		if strings.HasPrefix(k, "LISTEN_") || k == HandoverEnv || k == FaultTakeOverEnv {
 			continue
 		}
 		out = append(out, kv)

@@ -1,9 +1,13 @@
 package cli
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -64,26 +68,114 @@ type upgradeRig struct {
 	client  *agent.Client
 	agent   *exec.Cmd
 	logPath string
+	cfgPath string
+	cfgText string
+}
+
+// waitLog waits for a line of the agent's log that holds text.
+func (r *upgradeRig) waitLog(text string) {
+	r.t.Helper()
+	testkit.Eventually(r.t, waitTime, "agent log line "+strconv.Quote(text), func() bool {
+		b, _ := os.ReadFile(r.logPath)
+		return bytes.Contains(b, []byte(text))
+	})
+}
+
+// notifySocket is a stand-in for systemd's notify socket: a real unix
+// datagram socket that keeps what the agent sends.
+type notifySocket struct {
+	path string
+	msgs chan string
+}
+
+func listenNotify(t *testing.T, dir string) *notifySocket {
+	t.Helper()
+	n := &notifySocket{path: filepath.Join(dir, "notify.sock"), msgs: make(chan string, 1000)}
+	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 64<<10)
+		oob := make([]byte, 1024)
+		for {
+			k, oobn, _, _, err := pc.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			// Descriptors sent along (FDSTORE=1) are closed here.
+			if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					if fds, err := syscall.ParseUnixRights(&m); err == nil {
+						for _, fd := range fds {
+							syscall.Close(fd)
+						}
+					}
+				}
+			}
+			select {
+			case n.msgs <- string(buf[:k]):
+			default:
+			}
+		}
+	}()
+	return n
+}
+
+// drain forgets the messages received so far.
+func (n *notifySocket) drain() {
+	for {
+		select {
+		case <-n.msgs:
+		default:
+			return
+		}
+	}
+}
+
+// wait waits for a message holding each of parts, in any order, and
+// returns what it saw.
+func (n *notifySocket) wait(t *testing.T, parts ...string) {
+	t.Helper()
+	left := map[string]bool{}
+	for _, p := range parts {
+		left[p] = true
+	}
+	deadline := time.After(waitTime)
+	var seen []string
+	for len(left) > 0 {
+		select {
+		case m := <-n.msgs:
+			seen = append(seen, m)
+			for p := range left {
+				if strings.Contains(m, p) {
+					delete(left, p)
+				}
+			}
+		case <-deadline:
+			t.Fatalf("notify: never saw %v; saw %q", left, seen)
+		}
+	}
 }
 
 // startUpgradeRig starts the agent program bin (as the path bin, its
 // argv[0]) supervising the demo app behind the traffic front.
-func startUpgradeRig(t *testing.T, dir, bin string) *upgradeRig {
+func startUpgradeRig(t *testing.T, dir, bin string, env ...string) *upgradeRig {
 	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
 		t.Skip("node not installed")
 	}
 	ports := testkit.Ports(t, 3)
-	app, err := filepath.Abs("../deploy/demo")
+	app, err := filepath.Abs("testdata")
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := &upgradeRig{t: t, dir: dir, socket: filepath.Join(dir, "agent.sock"), proxy: fmt.Sprintf("127.0.0.1:%d", ports[0])}
 	text := fmt.Sprintf(`name = "web"
 [app]
-command = ["node", "server.js"]
+command = ["node", "app.js"]
 dir = %q
-env = { HOST = "127.0.0.1" }
 [restart]
 delay = "100ms"
 [health]
@@ -98,6 +190,7 @@ group = "nogroup"
 format = "json"
 `, app, ports[1], r.proxy, ports[2], r.socket)
 	cfg := filepath.Join(dir, "agent.toml")
+	r.cfgPath, r.cfgText = cfg, text
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +200,7 @@ format = "json"
 		t.Fatal(err)
 	}
 	r.agent = exec.Command(bin, "run", "--config", cfg)
+	r.agent.Env = append(os.Environ(), env...)
 	r.agent.Stdout, r.agent.Stderr = logf, logf
 	if err := r.agent.Start(); err != nil {
 		t.Fatal(err)
@@ -180,6 +274,75 @@ func (r *upgradeRig) agentctl(bin string, cred *syscall.Credential, args ...stri
 	return code, out.String()
 }
 
+// keptConn is one client connection kept alive between requests.
+type keptConn struct {
+	t  *testing.T
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func dialKept(t *testing.T, addr string) *keptConn {
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	k := &keptConn{t: t, nc: nc, br: bufio.NewReader(nc)}
+	k.get("first")
+	return k
+}
+
+// get sends one request on the kept connection and reads its answer.
+func (k *keptConn) get(step string) {
+	k.t.Helper()
+	k.nc.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(k.nc, "GET / HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+		k.t.Fatalf("%s: the kept connection: %v", step, err)
+	}
+	resp, err := http.ReadResponse(k.br, nil)
+	if err != nil {
+		k.t.Fatalf("%s: the kept connection: %v", step, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || resp.Close || !strings.HasPrefix(string(body), "ok ") {
+		k.t.Fatalf("%s: the kept connection: %d %q close=%v %v", step, resp.StatusCode, body, resp.Close, err)
+	}
+}
+
+// dialWebSocket opens a WebSocket to the test app through the proxy.
+func dialWebSocket(t *testing.T, addr string) *keptConn {
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(nc, "GET /ws HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	k := &keptConn{t: t, nc: nc, br: bufio.NewReader(nc)}
+	resp, err := http.ReadResponse(k.br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("websocket handshake: %v %v", resp, err)
+	}
+	k.echo("first")
+	return k
+}
+
+// echo sends a message on the WebSocket and reads it back.
+func (k *keptConn) echo(step string) {
+	k.t.Helper()
+	k.nc.SetDeadline(time.Now().Add(30 * time.Second))
+	msg := "echo " + step
+	if _, err := io.WriteString(k.nc, msg); err != nil {
+		k.t.Fatalf("%s: websocket: %v", step, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(k.br, got); err != nil || string(got) != msg {
+		k.t.Fatalf("%s: websocket echo %q, %v; want %q", step, got, err, msg)
+	}
+}
+
 func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("upgrades are for root")
@@ -210,15 +373,22 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 		}
 	}()
 
+	// An idle keep-alive connection and an open WebSocket, used across
+	// every upgrade: never reconnected.
+	kept := dialKept(t, r.proxy)
+
 	// A restart first, so that there is an exit and a count to carry.
 	syscall.Kill(*first.PID, syscall.SIGKILL)
 	before := r.waitStatus("restarted after the kill", func(s *agent.Status) bool {
 		return s.Ready && s.State == "running" && s.Restarts == 1 && s.PID != nil && *s.PID != *first.PID
 	})
 	appPID, agentPID := *before.PID, before.Agent.PID
+	ws := dialWebSocket(t, r.proxy) // to the app process that stays
 
 	check := func(step, version string, upgrades int) {
 		t.Helper()
+		kept.get(step)
+		ws.echo(step)
 		s := r.waitStatus(step+": status after the upgrade", func(s *agent.Status) bool { return s.Agent.Upgrades == upgrades })
 		switch {
 		case s.Agent.Version != version:
@@ -300,6 +470,140 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 	stopped = true
 	t.Logf("load across 3 upgrades and 6 refusals: %s failed (%s), %d connections", rep, lbclient.FormatKinds(rep.Kinds), rep.Conns)
 	if rep.Failed != 0 || rep.Sent < 200 {
+		t.Errorf("load: %s failed: %s %v", rep, lbclient.FormatKinds(rep.Kinds), rep.Errors)
+	}
+}
+
+// An upgrade waits for the requests in flight; what is asked meanwhile
+// waits for the new program (a SIGHUP, agentctl restart in the backlog) or
+// is refused (a second upgrade). The new program tells systemd it is ready,
+// feeds the watchdog and stores its listening sockets again.
+func TestUpgradeDrainsAndCarriesWhatWasAsked(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("upgrades are for root")
+	}
+	dir := t.TempDir()
+	v1 := buildAgent(t, dir, "v1.0.0-test")
+	v2 := buildAgent(t, dir, "v2.0.0-test")
+	notify := listenNotify(t, dir)
+	r := startUpgradeRig(t, dir, v1, "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=400000")
+	notify.wait(t, "READY=1", "WATCHDOG=1", "FDNAME=proxy")
+	first := r.waitStatus("running", func(s *agent.Status) bool { return s.Ready })
+
+	// A request in flight when the upgrade begins: it is answered.
+	slow := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + r.proxy + "/slow")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.HasPrefix(string(b), "ok slow") {
+				err = fmt.Errorf("%d %q", resp.StatusCode, b)
+			}
+		}
+		slow <- err
+	}()
+	r.waitStatus("the slow request in flight", func(s *agent.Status) bool { return s.Proxy != nil && s.Proxy.InFlight == 1 })
+	upgraded := make(chan string, 1)
+	go func() {
+		code, out := r.agentctl(v2, nil, "upgrade", "--binary", v2)
+		upgraded <- fmt.Sprintf("exit %d: %s", code, out)
+	}()
+	r.waitLog("upgrade: not accepting")
+	// The config changes and the agent gets SIGHUP during the upgrade.
+	os.WriteFile(r.cfgPath, []byte(strings.Replace(r.cfgText, `name = "web"`, `name = "web2"`, 1)), 0o644)
+	r.agent.Process.Signal(syscall.SIGHUP)
+	notify.drain()
+	// A restart asked now waits in the control socket's backlog.
+	restarted := make(chan string, 1)
+	go func() {
+		code, out := r.agentctl(v2, nil, "restart")
+		restarted <- fmt.Sprintf("exit %d: %s", code, out)
+	}()
+	if err := <-slow; err != nil {
+		t.Errorf("the request in flight: %v", err)
+	}
+	if got := <-upgraded; !strings.HasPrefix(got, "exit 0") {
+		t.Fatalf("upgrade: %s", got)
+	}
+	if got := <-restarted; !strings.HasPrefix(got, "exit 0") {
+		t.Errorf("restart asked during the upgrade: %s", got)
+	}
+	s := r.waitStatus("the reload carried over and the restart done", func(s *agent.Status) bool {
+		return s.Name == "web2" && s.Restarts == 1 && s.Ready
+	})
+	if s.Agent.Version != "v2.0.0-test" || s.Agent.PID != first.Agent.PID {
+		t.Errorf("agent %+v, want v2 in pid %d", s.Agent, first.Agent.PID)
+	}
+	// The new program speaks to systemd as the old one did.
+	notify.wait(t, "READY=1", "WATCHDOG=1", "FDNAME=proxy", "FDNAME=health")
+
+	// A second upgrade asked while one is under way waits for it (in the
+	// control socket's backlog) and then runs in the new program.
+	go func() {
+		resp, err := http.Get("http://" + r.proxy + "/slow")
+		if err == nil {
+			resp.Body.Close()
+		}
+		slow <- err
+	}()
+	r.waitStatus("the slow request in flight", func(s *agent.Status) bool { return s.Proxy != nil && s.Proxy.InFlight == 1 })
+	go func() {
+		code, out := r.agentctl(v2, nil, "upgrade", "--binary", v1)
+		upgraded <- fmt.Sprintf("exit %d: %s", code, out)
+	}()
+	r.waitLog(`"upgrade":2`)
+	if code, out := r.agentctl(v2, nil, "upgrade", "--binary", v2); code != 0 {
+		t.Errorf("the second upgrade: exit %d %s", code, out)
+	}
+	if got := <-upgraded; !strings.HasPrefix(got, "exit 0") {
+		t.Errorf("the first upgrade: %s", got)
+	}
+	if err := <-slow; err != nil {
+		t.Errorf("the request in flight: %v", err)
+	}
+	s = r.waitStatus("both upgrades done", func(s *agent.Status) bool { return s.Agent.Upgrades == 3 })
+	if s.Agent.Version != "v2.0.0-test" {
+		t.Errorf("after two upgrades in a row: %s, want v2", s.Agent.Version)
+	}
+}
+
+// A new program that cannot take over goes back to the old one, which
+// answers why: nothing is lost, nothing restarts.
+func TestUpgradeGoesBackWhenTheNewProgramCannotTakeOver(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("upgrades are for root")
+	}
+	dir := t.TempDir()
+	v1 := buildAgent(t, dir, "v1.0.0-test")
+	v2 := buildAgent(t, dir, "v2.0.0-test")
+	cannot := filepath.Join(dir, "cannot-take-over")
+	os.WriteFile(cannot, []byte("#!/bin/sh\n"+agent.FaultTakeOverEnv+"=1 exec "+v2+` "$@"`+"\n"), 0o755)
+	r := startUpgradeRig(t, dir, v1)
+	before := r.waitStatus("running", func(s *agent.Status) bool { return s.Ready })
+	kept := dialKept(t, r.proxy)
+	load, err := lbclient.Load{Addr: r.proxy, Rate: 200, Conns: 10, Duration: 10 * time.Minute}.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	code, out := r.agentctl(v2, nil, "upgrade", "--binary", cannot)
+	if code != 1 || !strings.Contains(out, "could not take over") || !strings.Contains(out, agent.FaultTakeOverEnv) {
+		t.Fatalf("upgrade to a program that cannot take over: exit %d %q, want 1 and why", code, out)
+	}
+	kept.get("after going back")
+	s := r.waitStatus("the old program serving", func(s *agent.Status) bool { return s.Ready })
+	if s.Agent.Version != "v1.0.0-test" || s.Agent.Upgrades != 0 || s.Agent.PID != before.Agent.PID || *s.PID != *before.PID || s.Restarts != 0 {
+		t.Errorf("after going back: agent %+v, app pid %v restarts %d; want v1, 0 upgrades, pids %d and %d",
+			s.Agent, *s.PID, s.Restarts, before.Agent.PID, *before.PID)
+	}
+	// And it can still be upgraded.
+	if code, out := r.agentctl(v2, nil, "upgrade", "--binary", v2); code != 0 {
+		t.Fatalf("upgrade after going back: exit %d %s", code, out)
+	}
+	rep := load.Stop()
+	t.Logf("load: %s failed (%s)", rep, lbclient.FormatKinds(rep.Kinds))
+	if rep.Failed != 0 {
 		t.Errorf("load: %s failed: %s %v", rep, lbclient.FormatKinds(rep.Kinds), rep.Errors)
 	}
 }

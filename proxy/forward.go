@@ -414,33 +414,59 @@ func skipRequestField(k string) bool {
 // tunnel completes a protocol switch (WebSocket): it hands the app's 101 to
 // the client and copies bytes both ways until both sides are done.
 func (p *Proxy) tunnel(c *clientConn, head string, uc *upConn) {
-	defer uc.nc.Close()
 	p.ln.ConnState(c.nc, http.StateHijacked)
 	p.untrack(c)
 	c.bw.WriteString(head)
 	if err := c.bw.Flush(); err != nil {
+		uc.nc.Close()
 		return
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		copyThenCloseWrite(uc.nc, c.br) // client → app
-	}()
-	copyThenCloseWrite(c.nc, uc.br) // app → client
-	<-done
+	t := &tunnel{client: c.nc, cbr: c.br, app: uc.nc, abr: uc.br}
+	if p.runTunnel(t) {
+		c.parked = true // the tunnel, its buffers included, goes to the next program
+	}
+}
+
+// runTunnel copies bytes both ways until both sides are done, then closes
+// the app's side, and reports false; or, when an upgrade freezes the
+// tunnel (handover.go), stops copying, keeps both sides open, and reports
+// true.
+func (p *Proxy) runTunnel(t *tunnel) (parked bool) {
+	if !p.trackTunnel(t) {
+		// Frozen already: straight to the next program.
+		p.parkTunnel(t)
+		return true
+	}
+	done := make(chan bool, 1)
+	go func() { done <- p.copyThenCloseWrite(t.app, t.cbr) }() // client → app
+	frozen := p.copyThenCloseWrite(t.client, t.abr)            // app → client
+	frozen = <-done || frozen
+	if frozen && p.freezing.Load() {
+		p.parkTunnel(t)
+		return true
+	}
+	p.untrackTunnel(t)
+	t.app.Close()
+	return false
 }
 
 // copyThenCloseWrite copies src to dst, then half-closes dst so the other
-// side sees the end of this direction.
-func copyThenCloseWrite(dst net.Conn, src *bufio.Reader) {
+// side sees the end of this direction. An upgrade's freeze stops it
+// without the half-close: it reports true then.
+func (p *Proxy) copyThenCloseWrite(dst net.Conn, src *bufio.Reader) (frozen bool) {
 	bp := bufPool.Get().(*[]byte)
-	io.CopyBuffer(dst, src, *bp)
+	_, err := io.CopyBuffer(dst, src, *bp)
 	bufPool.Put(bp)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && p.freezing.Load() {
+		return true
+	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	} else {
 		dst.Close()
 	}
+	return false
 }
 
 // isHopHeader reports whether the field name k is hop-by-hop (RFC 9110

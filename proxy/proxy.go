@@ -127,6 +127,12 @@ type Proxy struct {
 	connsWG  sync.WaitGroup
 	shutdown bool        // no new connection is taken
 	quit     atomic.Bool // shutdown, read without the lock
+
+	// An upgrade's freeze (handover.go), under connsMu.
+	freezing      atomic.Bool
+	tunnels       map[*tunnel]struct{}
+	parkedConns   []*clientConn
+	parkedTunnels []*tunnel
 }
 
 // New returns a proxy that holds requests until the first Ready.
@@ -144,11 +150,12 @@ func New(cfg Config, log zerolog.Logger, clk clock.Clock) *Proxy {
 		cfg.MaxConns = DefaultMaxConns
 	}
 	p := &Proxy{
-		cfg:    cfg,
-		log:    log.With().Str("component", "proxy").Logger(),
-		clk:    clk,
-		dialer: net.Dialer{Timeout: dialTimeout},
-		conns:  make(map[*clientConn]struct{}),
+		cfg:     cfg,
+		log:     log.With().Str("component", "proxy").Logger(),
+		clk:     clk,
+		dialer:  net.Dialer{Timeout: dialTimeout},
+		conns:   make(map[*clientConn]struct{}),
+		tunnels: make(map[*tunnel]struct{}),
 	}
 	p.st.Store(&state{changed: make(chan struct{})})
 	return p
@@ -285,45 +292,6 @@ func (p *Proxy) Handover(grace time.Duration) {
 		}
 	}
 	p.closeConns(false)
-}
-
-// Quiesce prepares an upgrade in place, once the caller has paused the
-// listening socket (new connections wait in its backlog for the next
-// program): each client connection ends after its next response, which
-// says Connection: close, connections still idle after grace are closed,
-// and the requests in flight get until drain to finish; those still
-// running then are cut. It returns how many were cut. Resume undoes it
-// when the upgrade does not happen.
-func (p *Proxy) Quiesce(grace, drain time.Duration) (cut int) {
-	p.connsMu.Lock()
-	p.shutdown = true
-	p.quit.Store(true)
-	p.connsMu.Unlock()
-	deadline := time.Now().Add(drain)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	idleBy := time.Now().Add(min(grace, drain))
-	for p.idleConns() > 0 && time.Now().Before(idleBy) {
-		<-tick.C
-	}
-	p.closeConns(false)
-	for p.openConns() > 0 && time.Now().Before(deadline) {
-		<-tick.C
-	}
-	cut = p.openConns()
-	if cut > 0 {
-		p.closeConns(true)
-	}
-	return cut
-}
-
-// Resume takes connections again after a Quiesce whose upgrade did not
-// happen.
-func (p *Proxy) Resume() {
-	p.connsMu.Lock()
-	p.shutdown = false
-	p.quit.Store(false)
-	p.connsMu.Unlock()
 }
 
 // openConns counts the client connections.

@@ -55,6 +55,9 @@ type clientConn struct {
 	mu      sync.Mutex
 	idle    bool
 	closing bool
+	// parked: its tunnel was handed to the next program by an upgrade
+	// (set by the tunnel, read when the loop ends).
+	parked bool
 
 	w watcher
 
@@ -273,11 +276,12 @@ func (p *Proxy) closeConns(force bool) {
 	}
 }
 
-// active marks c busy with a request; false if it must close instead.
+// active marks c busy with a request; false if it must close (or, during
+// an upgrade's freeze, be parked) instead.
 func (c *clientConn) active() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closing {
+	if c.closing || c.p.freezing.Load() {
 		return false
 	}
 	c.idle = false
@@ -296,13 +300,23 @@ func (c *clientConn) idleAgain() bool {
 }
 
 func (c *clientConn) serve() {
-	p := c.p
 	c.br = clientReaders.Get().(*bufio.Reader)
 	c.br.Reset(c.nc)
 	c.bw = clientWriters.Get().(*bufio.Writer)
 	c.bw.Reset(c.nc)
+	c.loop(true)
+}
+
+// loop serves c's requests until it closes, or is parked for an upgrade
+// (handover.go). first says no request came yet.
+func (c *clientConn) loop(first bool) {
+	p := c.p
+	parked := false // by this loop; c.parked: by its tunnel
 	defer func() {
 		c.w.stop()
+		if parked || c.parked {
+			return // its socket and buffers go to the next program
+		}
 		c.nc.Close()
 		p.ln.ConnState(c.nc, http.StateClosed)
 		p.untrack(c)
@@ -311,7 +325,6 @@ func (c *clientConn) serve() {
 		c.bw.Reset(nil)
 		clientWriters.Put(c.bw)
 	}()
-	first := true
 	for {
 		if c.br.Buffered() == 0 {
 			wait := p.cfg.IdleTimeout
@@ -319,11 +332,23 @@ func (c *clientConn) serve() {
 				wait = readHeaderTimeout
 			}
 			c.nc.SetReadDeadline(time.Now().Add(wait))
+			// After the deadline is set: a freeze that began before sets
+			// its own (past) one after this check (see Proxy.Freeze).
+			if p.freezing.Load() {
+				parked = c.park()
+				return
+			}
 			if _, err := c.br.Peek(1); err != nil {
+				if p.freezing.Load() {
+					parked = c.park()
+				}
 				return
 			}
 		}
 		if !c.active() {
+			if p.freezing.Load() {
+				parked = c.park()
+			}
 			return
 		}
 		p.ln.ConnState(c.nc, http.StateActive)

@@ -182,9 +182,10 @@ func (s *Supervisor[L]) goWaitExit(c *Child[L]) {
 }
 
 // capture reads one of the app's output streams into the log and the ring.
+// The pipe is closed once the process is finished (slot.finish), not here:
+// a freeze for an upgrade must find it open to hand it over.
 func (s *Supervisor[L]) capture(c *Child[L], r *os.File, stream string) {
 	defer c.output.Done()
-	defer r.Close()
 	name := s.Config(c.Slot).Name
 	_ = readLines(r, func(b []byte, cut bool) {
 		text := string(b)
@@ -201,6 +202,18 @@ func (s *Supervisor[L]) capture(c *Child[L], r *os.File, stream string) {
 			s.opts.Output.Add(Line{Time: time.Now(), Stream: stream, PID: c.PID, Text: text, Cut: cut})
 		}
 	})
+}
+
+// closeOutput closes the read ends of c's output pipes once its readers
+// are done (the tree is gone, so they see the end; a reader held up longer
+// by a descendant that kept the pipe is cut off).
+func (c *Child[L]) closeOutput() {
+	waitTimeout(&c.output, time.Second)
+	for _, f := range []*os.File{c.stdout, c.stderr} {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // isHeapOOM reports whether line is V8's report of heap exhaustion.

@@ -272,6 +272,9 @@ func (l *loop[L]) holdFrozen(r *freezeReq[L]) {
 		case <-r.thaw:
 			s.log.Info().Msg("supervisor thawed: the upgrade did not happen")
 			return
+		case <-l.ctx.Done():
+			// Shut down while frozen: the exec did not happen.
+			return
 		}
 	}
 }

@@ -258,6 +258,7 @@ func (sl *slot[L]) finish(c *Child[L]) {
 	ex := *c.final
 	ex.Slot = sl.index
 	l.record(ex)
+	go c.closeOutput()
 	if c != sl.cur {
 		sl.side = deleteChild(sl.side, c)
 		sl.finishSide(c, ex)

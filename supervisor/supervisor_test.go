@@ -60,6 +60,13 @@ func start(t *testing.T, cfg Config[string], opts Options[string]) *harness {
 // startWith is start with onEvent called for each event, in order.
 func startWith(t *testing.T, cfg Config[string], opts Options[string], onEvent func(Event[string])) *harness {
 	t.Helper()
+	return startWithSetup(t, cfg, opts, onEvent, nil)
+}
+
+// startWithSetup is startWith with setup called on the supervisor before
+// it runs.
+func startWithSetup(t *testing.T, cfg Config[string], opts Options[string], onEvent func(Event[string]), setup func(*Supervisor[string])) *harness {
+	t.Helper()
 	h := &harness{t: t, out: NewRing(1000, 1<<20), changed: make(chan struct{})}
 	opts.Log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	opts.Output = h.out
@@ -70,6 +77,9 @@ func startWith(t *testing.T, cfg Config[string], opts Options[string], onEvent f
 	events := make(chan Event[string], 16)
 	opts.Events = events
 	h.s = New(cfg, opts)
+	if setup != nil {
+		setup(h.s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.errc = make(chan error, 1)

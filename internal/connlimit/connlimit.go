@@ -116,6 +116,18 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 }
 
+// Adopt counts nc, a connection accepted before (by the program this one
+// took over from), as idle, and returns it as one of l's. It may take l
+// past its cap for a while: nothing is closed to make room.
+func (l *Listener) Adopt(nc net.Conn) net.Conn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := &conn{Conn: nc, l: l, counted: true}
+	l.open++
+	l.idle.push(c)
+	return c
+}
+
 // evictLocked closes the connection that has waited longest for a request
 // and reports whether there was one. l.mu is held, so no connection it may
 // pick can turn busy meanwhile.
@@ -210,6 +222,9 @@ type conn struct {
 	prev    *conn
 	next    *conn
 }
+
+// NetConn returns the connection this one wraps.
+func (c *conn) NetConn() net.Conn { return c.Conn }
 
 // CloseWrite lets net/http half-close the connection after an error reply,
 // as it does on a bare *net.TCPConn.

@@ -249,6 +249,7 @@ type config struct {
 	allocs     bool
 	cpuProfile string
 	extra      []string // name=binary
+	oneProc    bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -271,6 +272,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.wrk, "wrk", true, "measure saturation with wrk")
 	fs.BoolVar(&cfg.allocs, "allocs", true, "report allocations per request (go test -bench Forward ./proxy/)")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write the agent proxy's CPU profile over the whole run here")
+	fs.BoolVar(&cfg.oneProc, "one-proc", false, "also measure the agent proxy run with GOMAXPROCS=1, as target agent-1p")
 	fs.Func("extra", "another proxy binary to measure beside the agent, NAME=PATH (a build of bench/proxy; repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
 			return errors.New("want NAME=PATH")
@@ -314,7 +316,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ports, release, err := benchkit.FreePorts(3 + len(cfg.extra))
+	ports, release, err := benchkit.FreePorts(4 + len(cfg.extra))
 	if err != nil {
 		return err
 	}
@@ -394,12 +396,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	for i, e := range cfg.extra {
 		name, bin, _ := strings.Cut(e, "=")
-		a := addr(ports[3+i])
+		a := addr(ports[4+i])
 		c, _ := start(a, bin, "serve-proxy", "-listen", a, "-upstream", appAddr)
 		if err := launch(c, a); err != nil {
 			return err
 		}
 		targets = append(targets, target{name: name, kind: agent, addr: a, pids: func() []int { return []int{c.Process.Pid} }})
+	}
+
+	if cfg.oneProc {
+		a := addr(ports[3])
+		c, _ := start(a, self, "serve-proxy", "-listen", a, "-upstream", appAddr)
+		c.Env = append(os.Environ(), "GOMAXPROCS=1")
+		if err := launch(c, a); err != nil {
+			return err
+		}
+		targets = append(targets, target{name: "agent-1p", kind: agent, addr: a, pids: func() []int { return []int{c.Process.Pid} }})
 	}
 
 	var allocs string
@@ -543,7 +555,7 @@ func report(w io.Writer, cfg config, targets []target, res [][]sample, allocs st
 	p("node %s, %s (nginx-light, 1 worker, upstream keepalive 128), %s, %s\n",
 		benchkit.Version(context.Background(), "node", "--version"),
 		strings.TrimPrefix(benchkit.Version(context.Background(), "sh", "-c", "nginx -v 2>&1"), "nginx version: "),
-		firstLine(benchkit.Version(context.Background(), "sh", "-c", "wrk -v 2>&1; true")), runtime.Version())
+		wrkVersion(), runtime.Version())
 	pin := "anywhere"
 	if cfg.loadCPUs != "" {
 		pin = "on CPU " + cfg.loadCPUs
@@ -841,12 +853,18 @@ func joinInts(v []int) string {
 	return strings.Join(s, " and ")
 }
 
-func firstLine(s string) string {
-	l, _, _ := strings.Cut(s, "\n")
-	return l
-}
-
 func port(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
+}
+
+// wrkVersion is "wrk 4.1.0" out of wrk -v's first line.
+func wrkVersion() string {
+	f := strings.Fields(benchkit.Version(context.Background(), "sh", "-c", "wrk -v 2>&1; true"))
+	if len(f) < 2 {
+		return "wrk ?"
+	}
+	v := f[1][strings.LastIndexByte(f[1], '/')+1:]
+	v, _, _ = strings.Cut(v, "-")
+	return "wrk " + v
 }

@@ -20,9 +20,14 @@ import (
 )
 
 // HandoverVersion is the version of the hand-over format this program
-// writes. It reads every version from handoverOldest on.
+// writes. It reads every version from handoverOldest on:
+//
+//	1  the sockets, the app's processes and the supervision state
+//	2  and the traffic port's kept client connections and WebSocket
+//	   tunnels (Conns, Tunnels), which a program that reads only 1 would
+//	   leave open unserved: it refuses 2 in its upgrade-check
 const (
-	HandoverVersion = 1
+	HandoverVersion = 2
 	handoverOldest  = 1
 )
 

@@ -607,3 +607,75 @@ func TestUpgradeGoesBackWhenTheNewProgramCannotTakeOver(t *testing.T) {
 		t.Errorf("load: %s failed: %s %v", rep, lbclient.FormatKinds(rep.Kinds), rep.Errors)
 	}
 }
+
+// firstUpgradeCommit is the first commit of this repository whose agent
+// upgrades in place (hand-over format 1).
+const firstUpgradeCommit = "c50c345"
+
+// buildAgentAt builds the agent program as it was at commit.
+func buildAgentAt(t *testing.T, dir, commit, version string) string {
+	t.Helper()
+	if err := exec.Command("git", "-C", "..", "cat-file", "-e", commit+"^{commit}").Run(); err != nil {
+		t.Skipf("commit %s is not in this clone's history (a shallow clone?): %v", commit, err)
+	}
+	src := filepath.Join(dir, "src-"+commit)
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	archive := exec.Command("sh", "-c", `git -C .. archive "$1" | tar -x -C "$2"`, "sh", commit, src)
+	if b, err := archive.CombinedOutput(); err != nil {
+		t.Fatalf("git archive %s: %v\n%s", commit, err, b)
+	}
+	out := filepath.Join(dir, "agent-"+version)
+	cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", out, ".")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s at %s: %v\n%s", version, commit, err, b)
+	}
+	return out
+}
+
+// The hand-over format's compatibility: an agent built from the first
+// commit that had upgrades hands over to this one under load; this one
+// does not hand over to that one (it could not serve the kept connections
+// handed over): refused, exit 1, nothing changed.
+func TestUpgradeFromTheFirstReleaseThatHadUpgrades(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("upgrades are for root")
+	}
+	dir := t.TempDir()
+	old := buildAgentAt(t, dir, firstUpgradeCommit, "v0.1.0-first")
+	cur := buildAgent(t, dir, "v2.0.0-test")
+	r := startUpgradeRig(t, dir, old)
+	kill := r.waitStatus("running", func(s *agent.Status) bool { return s.Ready })
+	syscall.Kill(*kill.PID, syscall.SIGKILL)
+	before := r.waitStatus("restarted", func(s *agent.Status) bool { return s.Ready && s.Restarts == 1 })
+	load, err := lbclient.Load{Addr: r.proxy, Rate: 200, Conns: 10, Duration: 10 * time.Minute}.Start(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer load.Stop()
+	if code, out := r.agentctl(cur, nil, "upgrade", "--binary", cur); code != 0 {
+		t.Fatalf("upgrade from %s: exit %d %s", firstUpgradeCommit, code, out)
+	}
+	s := r.waitStatus("upgraded", func(s *agent.Status) bool { return s.Agent.Upgrades == 1 })
+	if s.Agent.Version != "v2.0.0-test" || s.Agent.PID != before.Agent.PID || *s.PID != *before.PID ||
+		s.Restarts != 1 || len(s.Exits) != 1 {
+		t.Errorf("after the upgrade: agent %+v, app pid %d, restarts %d, exits %d; want pids %d and %d, 1 restart and its exit",
+			s.Agent, *s.PID, s.Restarts, len(s.Exits), before.Agent.PID, *before.PID)
+	}
+	code, out := r.agentctl(cur, nil, "upgrade", "--binary", old)
+	if code != 1 || !strings.Contains(out, "version 2") {
+		t.Errorf("downgrade to %s: exit %d %q, want 1 naming the hand-over version", firstUpgradeCommit, code, out)
+	}
+	s = r.waitStatus("still serving", func(s *agent.Status) bool { return s.Ready })
+	if s.Agent.Version != "v2.0.0-test" || s.Agent.Upgrades != 1 {
+		t.Errorf("after the refused downgrade: %+v", s.Agent)
+	}
+	rep := load.Stop()
+	t.Logf("load: %s failed (%s)", rep, lbclient.FormatKinds(rep.Kinds))
+	if rep.Failed != 0 {
+		t.Errorf("load: %s failed: %s %v", rep, lbclient.FormatKinds(rep.Kinds), rep.Errors)
+	}
+}

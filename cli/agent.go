@@ -77,6 +77,9 @@ commands:
   install   install the systemd unit and start the agent
   version   print the version
   ctl ...   the same as agentctl ...
+  upgrade-check --config PATH --handover-version N
+            what agentctl upgrade runs on a new program: exit 0 when it
+            takes the config (and the running one on stdin) and the hand-over
 
 The config is --config, else $AGENT_CONFIG, else /etc/agent/agent.toml.
 `

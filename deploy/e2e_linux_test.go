@@ -254,7 +254,16 @@ func childOf(pid int) (int, error) {
 			continue
 		}
 		if fields := strings.Fields(string(data)); len(fields) > 0 {
-			return strconv.Atoi(fields[0])
+			child, err := strconv.Atoi(fields[0])
+			if err != nil {
+				return 0, err
+			}
+			// nspawn's child is itself for a moment before it execs the
+			// container's init: only systemd will do.
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", child)); strings.TrimSpace(string(comm)) != "systemd" {
+				return 0, fmt.Errorf("the child %d of systemd-nspawn is %q, not yet systemd", child, strings.TrimSpace(string(comm)))
+			}
+			return child, nil
 		}
 	}
 	return 0, fmt.Errorf("systemd-nspawn (pid %d) has no child yet", pid)
@@ -341,6 +350,7 @@ type agentStatus struct {
 		Version  string `json:"version"`
 		PID      int    `json:"pid"`
 		OOMWatch string `json:"oom_watch"`
+		Upgrades int    `json:"upgrades"`
 	} `json:"agent"`
 }
 

@@ -103,10 +103,11 @@ func (pl *pool) get(fresh bool) (uc *upConn, reused bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
+	rw := newRawIO(nc)
 	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(nc)
+	br.Reset(rw)
 	bw := writerPool.Get().(*bufio.Writer)
-	bw.Reset(nc)
+	bw.Reset(rw)
 	return &upConn{nc: nc, br: br, bw: bw}, false, nil
 }
 

@@ -300,10 +300,11 @@ func (c *clientConn) idleAgain() bool {
 }
 
 func (c *clientConn) serve() {
+	rw := newRawIO(unwrap(c.nc))
 	c.br = clientReaders.Get().(*bufio.Reader)
-	c.br.Reset(c.nc)
+	c.br.Reset(rw)
 	c.bw = clientWriters.Get().(*bufio.Writer)
-	c.bw.Reset(c.nc)
+	c.bw.Reset(rw)
 	c.loop(true)
 }
 

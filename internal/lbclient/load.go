@@ -43,6 +43,8 @@ type Load struct {
 	Key       func(body []byte) string
 	UserAgent string // Client.UserAgent
 	Errors    int    // distinct failure texts kept in Report.Errors; 0 means 5
+	// Timeline keeps every request's outcome in Report.Timeline.
+	Timeline bool
 }
 
 // Report is what a load saw. Latencies are of the requests that succeeded,
@@ -58,6 +60,16 @@ type Report struct {
 	Max     time.Duration
 	Answers map[string]int // with Load.Key: ok answers by key
 	Conns   int            // connections opened
+	// Timeline is every request with Load.Timeline set, in the order
+	// they ended.
+	Timeline []Outcome
+}
+
+// Outcome is one request of a load: when it began (its dial, if any) and
+// ended, and its failure kind, "" for a success.
+type Outcome struct {
+	Start, End time.Time
+	Kind       string
 }
 
 // String is "FAILED of SENT".
@@ -277,7 +289,8 @@ func sleepUntil(ctx context.Context, t time.Time) bool {
 func (r *Running) one(ctx context.Context, req Request) {
 	t0 := time.Now()
 	resp, err := r.c.Do(ctx, req)
-	took := time.Since(t0)
+	t1 := time.Now()
+	took := t1.Sub(t0)
 	kind, text := Kind(resp, err), ""
 	switch {
 	case err != nil:
@@ -296,6 +309,9 @@ func (r *Running) one(ctx context.Context, req Request) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.rep.Sent++
+	if r.l.Timeline {
+		r.rep.Timeline = append(r.rep.Timeline, Outcome{Start: t0, End: t1, Kind: kind})
+	}
 	if kind != "" {
 		r.rep.Failed++
 		r.rep.Kinds[kind]++
@@ -316,6 +332,8 @@ func (r *Running) finish() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.rep.Conns = r.c.Dials()
+	// Appended as each took the lock: put the few that raced in order.
+	slices.SortStableFunc(r.rep.Timeline, func(a, b Outcome) int { return a.End.Compare(b.End) })
 	slices.Sort(r.latencies)
 	r.rep.P50 = percentile(r.latencies, 0.50)
 	r.rep.P99 = percentile(r.latencies, 0.99)

@@ -141,6 +141,40 @@ func TestLoadChecksTheBody(t *testing.T) {
 	}
 }
 
+func TestLoadKeepsATimelineWhenAsked(t *testing.T) {
+	addr, _ := twoProcesses(t)
+	t0 := time.Now()
+	r, err := Load{Addr: addr, Rate: 200, Conns: 2, Count: 40, Check: Prefix("ok b"), Timeline: true}.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Timeline) != r.Sent || r.Sent != 40 {
+		t.Fatalf("%d outcomes for %d requests, want 40 each", len(r.Timeline), r.Sent)
+	}
+	ok, failed := 0, 0
+	for i, o := range r.Timeline {
+		if o.Start.Before(t0) || o.End.Before(o.Start) || (i > 0 && o.End.Before(r.Timeline[i-1].End)) {
+			t.Fatalf("outcome %d: %v to %v, after %v: not in the order they ended", i, o.Start, o.End, r.Timeline[max(i-1, 0)].End)
+		}
+		switch o.Kind {
+		case "":
+			ok++
+		case KindBody:
+			failed++
+		default:
+			t.Fatalf("outcome %d: kind %q", i, o.Kind)
+		}
+	}
+	if ok != r.OK || failed != r.Failed {
+		t.Fatalf("timeline: %d ok, %d failed; report: %d ok, %d failed", ok, failed, r.OK, r.Failed)
+	}
+	// Without asking, none is kept.
+	r, err = Load{Addr: addr, Rate: 200, Count: 5}.Run(context.Background())
+	if err != nil || r.Timeline != nil {
+		t.Fatalf("%v; timeline %v, want none", err, r.Timeline)
+	}
+}
+
 func TestLoadClosedLoopSendsItsCountBackToBack(t *testing.T) {
 	addr, requests := twoProcesses(t)
 	t0 := time.Now()

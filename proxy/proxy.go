@@ -127,6 +127,8 @@ type Proxy struct {
 	connsWG  sync.WaitGroup
 	shutdown bool        // no new connection is taken
 	quit     atomic.Bool // shutdown, read without the lock
+	// watching: the check of slow requests runs (serve.go, watchSlow).
+	watching atomic.Bool
 
 	// An upgrade's freeze (handover.go), under connsMu.
 	freezing      atomic.Bool

@@ -111,31 +111,31 @@ func (c *clientConn) setUp(nc net.Conn) bool {
 // watcher notices a client leaving while its request is held or the app
 // takes its time: a goroutine blocks in a read of the client connection
 // (into its buffer: a pipelined request that arrives meanwhile stays
-// there). It is started only for a request that waits; stop ends it before
-// the connection is read again.
+// there). It is started only for a request that waits: a held one at once
+// (now), one the app has not answered within watchDelay by the proxy's
+// check of slow requests (soon, watchSlow); stop ends it before the
+// connection is read again. (A timer per request cost more than the rest
+// of the request's bookkeeping: each one set or stopped can wake the
+// network poller.)
 type watcher struct {
 	c        *clientConn
 	mu       sync.Mutex
-	armed    bool // the timer is set
-	running  bool // the goroutine is reading, or about to
-	t        *time.Timer
+	waiting  bool      // soon was called for the request under way
+	since    time.Time // when
+	watched  bool      // the check started a watch for it already
+	running  bool      // the goroutine is reading, or about to
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 }
 
-// soon starts watching after watchDelay.
+// soon has the request watched once it has waited watchDelay.
 func (w *watcher) soon() {
+	now := time.Now()
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.armed || w.running {
-		return
-	}
-	w.armed = true
-	w.wg.Add(1)
-	if w.t == nil {
-		w.t = time.AfterFunc(watchDelay, w.fire)
-	} else {
-		w.t.Reset(watchDelay)
+	w.waiting, w.since, w.watched = true, now, false
+	w.mu.Unlock()
+	if p := w.c.p; !p.watching.Load() && p.watching.CompareAndSwap(false, true) {
+		go p.watchSlow()
 	}
 }
 
@@ -143,25 +143,64 @@ func (w *watcher) soon() {
 func (w *watcher) now() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	switch {
-	case w.running:
-	case w.armed:
-		if w.t.Stop() {
-			w.armed, w.running = false, true
-			go w.run()
-		}
-	default:
+	w.startLocked()
+}
+
+func (w *watcher) startLocked() {
+	if !w.running {
 		w.running = true
 		w.wg.Add(1)
 		go w.run()
 	}
 }
 
-func (w *watcher) fire() {
+// check starts watching if the request has waited watchDelay by now; it
+// reports whether a request is waiting.
+func (w *watcher) check(now time.Time) bool {
 	w.mu.Lock()
-	w.armed, w.running = false, true
-	w.mu.Unlock()
-	w.run()
+	defer w.mu.Unlock()
+	if w.waiting && !w.watched && now.Sub(w.since) >= watchDelay {
+		w.watched = true
+		w.startLocked()
+	}
+	return w.waiting
+}
+
+// watchSlow checks the client connections every watchDelay and starts the
+// watch of the requests that have waited that long. It runs while requests
+// are being forwarded, and ends at the first check that finds none.
+func (p *Proxy) watchSlow() {
+	t := time.NewTimer(watchDelay)
+	defer t.Stop()
+	var conns []*clientConn
+	check := func() (busy bool) {
+		conns = conns[:0]
+		p.connsMu.Lock()
+		for c := range p.conns {
+			conns = append(conns, c)
+		}
+		p.connsMu.Unlock()
+		now := time.Now()
+		for _, c := range conns {
+			if c.w.check(now) {
+				busy = true
+			}
+		}
+		clear(conns)
+		return busy
+	}
+	for {
+		<-t.C
+		if !check() {
+			p.watching.Store(false)
+			// A request that began meanwhile may have seen the check
+			// still running: look once more.
+			if !check() || !p.watching.CompareAndSwap(false, true) {
+				return
+			}
+		}
+		t.Reset(watchDelay)
+	}
 }
 
 func (w *watcher) run() {
@@ -178,13 +217,8 @@ func (w *watcher) run() {
 // stop ends the watch; the connection may be read again when it returns.
 func (w *watcher) stop() {
 	w.mu.Lock()
-	if w.armed && w.t.Stop() {
-		w.armed = false
-		w.wg.Done()
-		w.mu.Unlock()
-		return
-	}
-	busy := w.armed || w.running
+	w.waiting = false
+	busy := w.running
 	w.mu.Unlock()
 	if !busy {
 		w.wg.Wait()

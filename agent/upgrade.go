@@ -44,9 +44,12 @@ const upgradeCheckTimeout = 30 * time.Second
 // upgradeDrain bounds how long requests in flight may take to finish
 // before the exec (stop.timeout if shorter); upgradeRestWait how long the
 // app may take to come to rest (a start or stop under way).
+// upgradeRestAgain how long it may take to come to rest again after the
+// drain (an exit meanwhile).
 const (
-	upgradeDrain    = 5 * time.Second
-	upgradeRestWait = 15 * time.Second
+	upgradeDrain     = 5 * time.Second
+	upgradeRestWait  = 15 * time.Second
+	upgradeRestAgain = 3 * time.Second
 )
 
 // upgradePlan is a checked upgrade: the program to exec.
@@ -136,11 +139,21 @@ func (a *Agent) prepareUpgrade(ctx context.Context, binary string) (*upgradePlan
 // new program. It returns only when the upgrade did not happen, with
 // everything as it was before.
 func (a *Agent) upgrade(ctx context.Context, plan *upgradePlan, conn net.Conn) error {
-	release, err := a.rollout(ctx)
+	// No restart, reload or scale meanwhile, and the app at rest before the
+	// traffic pauses (a start or stop under way ends first): a freeze
+	// thawed at once says so. The freeze after the drain is then at once.
+	wait, cancel := context.WithTimeout(ctx, upgradeRestWait)
+	defer cancel()
+	release, err := a.rollout(wait)
+	if err != nil {
+		return fmt.Errorf("a restart, reload or scale is under way: %w", err)
+	}
+	defer release()
+	_, thawNow, err := a.sup.Freeze(wait, encodeLaunch)
 	if err != nil {
 		return err
 	}
-	defer release()
+	thawNow()
 
 	// Stop accepting everywhere; new connections wait in the backlogs.
 	for _, ln := range a.lns {
@@ -165,9 +178,9 @@ func (a *Agent) upgrade(ctx context.Context, plan *upgradePlan, conn net.Conn) e
 			ln.Resume()
 		}
 	}
-	rest, cancel := context.WithTimeout(ctx, upgradeRestWait)
+	rest, cancelRest := context.WithTimeout(ctx, upgradeRestAgain)
 	frozen, thaw, err := a.sup.Freeze(rest, encodeLaunch)
-	cancel()
+	cancelRest()
 	if err != nil {
 		resume()
 		return err

@@ -116,13 +116,17 @@ const (
 )
 
 func (c *Client) status(ctx context.Context, method, path string) (*Status, error) {
+	return c.statusQuery(ctx, method, path, nil)
+}
+
+func (c *Client) statusQuery(ctx context.Context, method, path string, q url.Values) (*Status, error) {
 	wait := actionWait
 	if path == "/v1/reload" {
 		wait = reloadWait
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	resp, err := c.do(ctx, method, path)
+	resp, err := c.doQuery(ctx, method, path, q)
 	if err != nil {
 		return nil, err
 	}
@@ -170,22 +174,11 @@ func (c *Client) Scale(ctx context.Context, n int) (*Status, error) {
 // path the agent was started as) and returns the new program's status. An
 // APIError with code 404 means the agent predates upgrades.
 func (c *Client) Upgrade(ctx context.Context, binary string) (*Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, actionWait)
-	defer cancel()
 	q := url.Values{}
 	if binary != "" {
 		q.Set("binary", binary)
 	}
-	resp, err := c.doQuery(ctx, http.MethodPost, "/v1/upgrade", q)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var s Status
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		return nil, fmt.Errorf("decode status: %w", err)
-	}
-	return &s, nil
+	return c.statusQuery(ctx, http.MethodPost, "/v1/upgrade", q)
 }
 
 // Logs calls fn for the last n lines of the app's output and, with follow,

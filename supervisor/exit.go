@@ -10,29 +10,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// exitOf turns a wait result into an Exit with its raw code or signal.
+// exitOf turns cmd.Wait's result into an Exit with its raw code or signal.
 func exitOf(ps *os.ProcessState, err error, at, started time.Time, pid int) Exit {
-	e := Exit{At: at, PID: pid, Uptime: at.Sub(started)}
 	if ps == nil {
-		e.Reason, e.Detail = ReasonCrashed, fmt.Sprint(err)
-		return e
+		return exitOfStatus(0, err, at, started, pid)
 	}
-	ws := ps.Sys().(syscall.WaitStatus)
-	switch {
-	case ws.Signaled():
-		e.Signal, e.Reason = signalName(ws.Signal()), ReasonSignaled
-	default:
-		code := ws.ExitStatus()
-		e.Code = &code
-		e.Reason = ReasonCrashed
-		if code == 0 {
-			e.Reason = ReasonExited
-		}
-	}
-	return e
+	return exitOfStatus(unix.WaitStatus(ps.Sys().(syscall.WaitStatus)), nil, at, started, pid)
 }
 
-// exitOfStatus turns a wait4 result into an Exit.
+// exitOfStatus turns a wait4 result into an Exit with its raw code or
+// signal.
 func exitOfStatus(ws unix.WaitStatus, err error, at, started time.Time, pid int) Exit {
 	e := Exit{At: at, PID: pid, Uptime: at.Sub(started)}
 	switch {

@@ -455,6 +455,13 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 			t.Errorf("upgrade to %s: exit %d %q, want 1 and %q", c.name, code, out, c.want)
 		}
 	}
+	// The config file on disk, edited since the start into one the new
+	// program refuses (what a restart would load): refused with where.
+	os.WriteFile(r.cfgPath, []byte(r.cfgText+"\n[app]\nnope = 1\n"), 0o644)
+	if code, out := r.agentctl(v2, nil, "upgrade", "--binary", v1); code != 1 || !strings.Contains(out, r.cfgPath+":") {
+		t.Errorf("upgrade with a broken config on disk: exit %d %q, want 1 naming %s:LINE:COL", code, out, r.cfgPath)
+	}
+	os.WriteFile(r.cfgPath, []byte(r.cfgText), 0o644)
 	// A caller that is not root, even in control.group: refused.
 	g, err := user.LookupGroup("nogroup")
 	if err != nil {
@@ -468,7 +475,7 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 
 	rep := load.Stop()
 	stopped = true
-	t.Logf("load across 3 upgrades and 6 refusals: %s failed (%s), %d connections", rep, lbclient.FormatKinds(rep.Kinds), rep.Conns)
+	t.Logf("load across 3 upgrades and 7 refusals: %s failed (%s), %d connections", rep, lbclient.FormatKinds(rep.Kinds), rep.Conns)
 	if rep.Failed != 0 || rep.Sent < 200 {
 		t.Errorf("load: %s failed: %s %v", rep, lbclient.FormatKinds(rep.Kinds), rep.Errors)
 	}

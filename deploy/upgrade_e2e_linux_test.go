@@ -132,4 +132,24 @@ func TestPackageUpgradeEndToEnd(t *testing.T) {
 		}
 	}
 	t.Logf("dpkg -i under load, %d upgrades: %d of %d requests failed", len(versions)-1, total.Failed, total.Sent)
+
+	// The program exec'd by the upgrades still feeds systemd's watchdog,
+	// and a wedged one is still caught: the agent stopped (SIGSTOP), the
+	// watchdog (WatchdogSec=30s) aborts it and systemd starts it again.
+	t.Run("the watchdog after the upgrades", func(t *testing.T) {
+		pid, restarts, since := c.mainPID(), c.show("NRestarts"), time.Now()
+		if pid == 0 {
+			t.Fatal("no MainPID")
+		}
+		c.must("kill", "-STOP", strconv.Itoa(pid))
+		testkit.EventuallyMsg(t, 3*time.Minute, "systemd's watchdog restarts the wedged agent", func() (bool, string) {
+			now := c.mainPID()
+			return c.show("NRestarts") != restarts && now != pid && now != 0,
+				fmt.Sprintf("MainPID %d, NRestarts %s, %s", now, c.show("NRestarts"), c.show("ActiveState"))
+		})
+		if j := c.journal(since); !strings.Contains(j, "Watchdog timeout") {
+			t.Errorf("no watchdog timeout in the journal:\n%s", j)
+		}
+		proxyServing(t, c, 0)
+	})
 }

@@ -250,7 +250,7 @@ func (a *Agent) takeState(g *generation, h *Handover) error {
 
 // listenControl returns the control socket: handed over, or made anew.
 func (a *Agent) listenControl(cfg *Config) (net.Listener, error) {
-	if ln, err, ok := a.inheritedListener("control"); ok {
+	if ln, ok, err := a.inheritedListener("control"); ok {
 		if err != nil {
 			return nil, fmt.Errorf("control socket: %w", err)
 		}
@@ -266,7 +266,7 @@ func (a *Agent) listenControl(cfg *Config) (net.Listener, error) {
 // listenTCP returns the listening socket called name for addr: handed over
 // by an upgrade (and stored in systemd's store again), or from fdStore.
 func (a *Agent) listenTCP(name, addr string) (net.Listener, error) {
-	if ln, err, ok := a.inheritedListener(name); ok {
+	if ln, ok, err := a.inheritedListener(name); ok {
 		if err != nil {
 			return nil, err
 		}
@@ -283,23 +283,22 @@ func (a *Agent) listenTCP(name, addr string) (net.Listener, error) {
 // inheritedListener returns the listening socket called name that the
 // program before handed over, if it did. Its descriptor stays open (for a
 // way back) until Run has taken everything on.
-func (a *Agent) inheritedListener(name string) (net.Listener, error, bool) {
+func (a *Agent) inheritedListener(name string) (ln net.Listener, ok bool, err error) {
 	h := a.inherit
 	if h == nil {
-		return nil, nil, false
+		return nil, false, nil
 	}
 	fd, ok := h.Listeners[name]
 	if !ok {
-		return nil, nil, false
+		return nil, false, nil
 	}
 	unix.CloseOnExec(fd)
 	f := os.NewFile(uintptr(fd), name)
 	a.keptFiles = append(a.keptFiles, f) // closed by takeOver, never by a finalizer before
-	ln, err := net.FileListener(f)
-	if err != nil {
-		return nil, fmt.Errorf("the %s socket handed over: %w", name, err), true
+	if ln, err = net.FileListener(f); err != nil {
+		return nil, true, fmt.Errorf("the %s socket handed over: %w", name, err)
 	}
-	return ln, nil, true
+	return ln, true, nil
 }
 
 func (a *Agent) wrap(name string, ln net.Listener) net.Listener {

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -68,6 +70,9 @@ type clientConn struct {
 	// connection end).
 	gone     chan struct{}
 	goneOnce sync.Once
+
+	// rdl is the read deadline set on nc (zero: none), see readBy.
+	rdl time.Time
 
 	fields  []field // response fields, reused
 	scratch [24]byte
@@ -206,6 +211,14 @@ func (p *Proxy) watchSlow() {
 func (w *watcher) run() {
 	defer w.wg.Done()
 	_, err := w.c.br.Peek(1)
+	if err != nil && !w.stopping.Load() && w.c.ownDeadlinePassed(err) {
+		// The idle deadline left from before the request (readBy): not
+		// the client leaving.
+		w.c.setReadDeadline(time.Time{})
+		if !w.stopping.Load() { // else stop set its deadline first
+			_, err = w.c.br.Peek(1)
+		}
+	}
 	if err != nil && !w.stopping.Load() {
 		w.c.leave()
 	}
@@ -228,7 +241,7 @@ func (w *watcher) stop() {
 	w.c.nc.SetReadDeadline(aLongTimeAgo)
 	w.wg.Wait()
 	w.stopping.Store(false)
-	w.c.nc.SetReadDeadline(time.Time{})
+	w.c.setReadDeadline(time.Time{})
 }
 
 // serve accepts client connections until ln is closed.
@@ -347,6 +360,9 @@ func (c *clientConn) serve() {
 func (c *clientConn) loop(first bool) {
 	p := c.p
 	parked := false // by this loop; c.parked: by its tunnel
+	// A loop that serves c again (Thaw) sets a deadline anew: one set
+	// from elsewhere (Freeze) may have replaced readBy's.
+	c.rdl = time.Time{}
 	defer func() {
 		c.w.stop()
 		if parked || c.parked {
@@ -366,7 +382,7 @@ func (c *clientConn) loop(first bool) {
 			if first {
 				wait = readHeaderTimeout
 			}
-			c.nc.SetReadDeadline(time.Now().Add(wait))
+			c.readBy(time.Now().Add(wait))
 			// After the deadline is set: a freeze that began before sets
 			// its own (past) one after this check (see Proxy.Freeze).
 			if p.freezing.Load() {
@@ -388,7 +404,9 @@ func (c *clientConn) loop(first bool) {
 		}
 		p.ln.ConnState(c.nc, http.StateActive)
 		first = false
-		c.nc.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+		if !headBuffered(c.br) {
+			c.setReadDeadline(time.Now().Add(readHeaderTimeout))
+		}
 		head, err := readHead(c.br, maxHeaderBytes)
 		if err == nil {
 			err = parseRequest(head, &c.rq)
@@ -405,7 +423,9 @@ func (c *clientConn) loop(first bool) {
 			}
 			return
 		}
-		c.nc.SetReadDeadline(time.Time{})
+		if c.rq.hasBody() || c.rq.upgrade != "" {
+			c.setReadDeadline(time.Time{}) // see readBy
+		}
 		c.begin()
 		hijacked := c.handle()
 		if hijacked {
@@ -513,4 +533,45 @@ func lingerClose(nc net.Conn) {
 			}
 		}
 	}
+}
+
+// readBy makes a read of the client connection that waits past t fail,
+// give or take: the deadline is set only when the one in place is not
+// between t and t plus a slack (deadlineSlack), and then to t plus the
+// slack, so that a busy connection sets it once in a while rather than on
+// every request: each setting is a timer operation, which can wake the
+// network poller. The idle wait thus ends between t and t plus the slack,
+// never before t.
+// The deadline stays in place while a request without a body is
+// forwarded (nothing reads the client then but the watch, which knows it).
+func (c *clientConn) readBy(t time.Time) {
+	slack := deadlineSlack(time.Until(t))
+	if !c.rdl.IsZero() && !c.rdl.Before(t) && !c.rdl.After(t.Add(slack)) {
+		return
+	}
+	c.setReadDeadline(t.Add(slack))
+}
+
+// deadlineSlack is how much later than asked a deadline of d from now
+// may be set: 1/64 of it, at most 250 ms.
+func deadlineSlack(d time.Duration) time.Duration { return min(d/64, 250*time.Millisecond) }
+
+// setReadDeadline sets the client connection's read deadline (zero: none)
+// and remembers it.
+func (c *clientConn) setReadDeadline(t time.Time) {
+	c.rdl = t
+	c.nc.SetReadDeadline(t)
+}
+
+// ownDeadlinePassed reports whether err is the deadline set by readBy
+// passing (and not one set from elsewhere to stop the read).
+func (c *clientConn) ownDeadlinePassed(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) && !c.rdl.IsZero() && !time.Now().Before(c.rdl)
+}
+
+// headBuffered reports whether a whole request head is in br's buffer
+// already, so that reading it cannot wait.
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\r\n\r\n"))
 }

@@ -102,8 +102,8 @@ func runBench(ctx context.Context, c config, logw io.Writer) (results, string, e
 			if len(r.load.Kinds) > 0 {
 				kinds = lbclient.FormatKinds(r.load.Kinds)
 			}
-			b.logf("round %d %-7s: %s failed [%s], not served %s (at %.1fs; per operation %s ms), p99 %s, max %s, operations took %s s, %d connections opened; %s",
-				round, side, r.load, kinds, fmtMS(ms(r.gap)), r.gapAt.Seconds(), durs(r.perOp, fmtMSd),
+			b.logf("round %d %-7s: %s failed [%s], not served %s (at %.1fs; per operation %s ms; before the first %s), p99 %s, max %s, operations took %s s, %d connections opened; %s",
+				round, side, r.load, kinds, fmtMS(ms(r.gap)), r.gapAt.Seconds(), durs(r.perOp, fmtMSd), fmtMS(ms(r.lead)),
 				fmtMS(latencyMS(r.load, r.load.P99)), fmtMS(latencyMS(r.load, r.load.Max)), durs(r.took, fmtS), r.load.Conns, r.checked)
 		}
 	}
@@ -256,9 +256,12 @@ func (b *bench) measure(ctx context.Context, addr string, op func(i int) error) 
 	end := time.Now()
 	rep := load.Stop()
 	stopped = true
-	ss := unserved(rep.Timeline, t0, end)
+	// From the first answer on: the load's own start (the first dials)
+	// is not the side's doing.
+	ss := unserved(rep.Timeline, firstServed(rep.Timeline, t0), end)
 	g := longest(ss, time.Time{}, time.Time{})
 	r.gap, r.gapAt = g.len(), g.from.Sub(t0)
+	r.lead = longest(endedBy(ss, starts[0]), time.Time{}, time.Time{}).len()
 	for i, s := range starts {
 		e := end
 		if i+1 < len(starts) {

@@ -171,6 +171,30 @@ func unserved(tl []lbclient.Outcome, from, to time.Time) []stretch {
 	return append(out, stretch{prev, to})
 }
 
+// firstServed is the end of the first successful request in tl, or
+// otherwise when if none succeeded.
+func firstServed(tl []lbclient.Outcome, otherwise time.Time) time.Time {
+	var first time.Time
+	for _, o := range tl {
+		if o.Kind == "" && (first.IsZero() || o.End.Before(first)) {
+			first = o.End
+		}
+	}
+	if first.IsZero() {
+		return otherwise
+	}
+	return first
+}
+
+// endedBy returns the stretches of ss (in order) that were over by t.
+func endedBy(ss []stretch, t time.Time) []stretch {
+	i := 0
+	for i < len(ss) && !ss[i].to.After(t) {
+		i++
+	}
+	return ss[:i]
+}
+
 // longest returns the longest of ss among those that end after start and
 // begin before end (the zero stretch for none). With start and end the
 // zero time, it is the longest of all.
@@ -198,6 +222,7 @@ type roundRun struct {
 	perOp   []time.Duration // the longest stretch not served around each operation
 	gap     time.Duration   // the longest stretch not served in the round
 	gapAt   time.Duration   // when it began, from the load's start
+	lead    time.Duration   // the longest stretch before the first operation: the machine's floor
 	checked string          // what was checked after the round
 }
 
@@ -248,6 +273,7 @@ type summary struct {
 	minFail, maxFail int
 	kinds            map[string]int // summed
 	gaps, p99, max   []float64      // ms, one per round
+	leads            []float64      // ms, one per round
 	ops              []float64      // ms, time not served per operation, all rounds
 }
 
@@ -261,6 +287,7 @@ func summarize(runs []roundRun) summary {
 			s.kinds[k] += v
 		}
 		s.gaps = append(s.gaps, ms(r.gap))
+		s.leads = append(s.leads, ms(r.lead))
 		s.p99 = append(s.p99, latencyMS(r.load, r.load.P99))
 		s.max = append(s.max, latencyMS(r.load, r.load.Max))
 		for _, d := range r.perOp {
@@ -278,12 +305,12 @@ func summarize(runs []roundRun) summary {
 // every round.
 func printTables(w io.Writer, c config, res results) {
 	fmt.Fprintf(w, "Medians of the rounds (min–max in parentheses); %d operations per round, %d req/s on %d kept connections, never retried.\n\n", c.n, c.rate, c.conns)
-	fmt.Fprintln(w, "| side | rounds | failed of sent | kinds (all rounds) | time not served, longest in the round | same, per operation (all rounds) | p99 | max |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| side | rounds | failed of sent | kinds (all rounds) | time not served, longest in the round | same, per operation (all rounds) | reference: longest before the first operation | p99 | max |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, side := range c.sides {
 		runs := res[side]
 		if len(runs) == 0 {
-			fmt.Fprintf(w, "| %s | 0 | — | — | — | — | — | — |\n", sideLabel[side])
+			fmt.Fprintf(w, "| %s | 0 | — | — | — | — | — | — | — |\n", sideLabel[side])
 			continue
 		}
 		s := summarize(runs)
@@ -295,12 +322,12 @@ func printTables(w io.Writer, c config, res results) {
 		if len(s.kinds) > 0 {
 			kinds = lbclient.FormatKinds(s.kinds)
 		}
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s |\n", sideLabel[side], s.rounds, failed, kinds,
-			rangeMS(s.gaps), rangeMS(s.ops), rangeMS(s.p99), rangeMS(s.max))
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", sideLabel[side], s.rounds, failed, kinds,
+			rangeMS(s.gaps), rangeMS(s.ops), rangeMS(s.leads), rangeMS(s.p99), rangeMS(s.max))
 	}
 	fmt.Fprintf(w, "\nEvery round (in the order they ran).\n\n")
-	fmt.Fprintln(w, "| round | side | failed of sent | kinds | time not served (at) | per operation | p99 / max | operations took | checked |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| round | side | failed of sent | kinds | time not served (at) | per operation, ms | before the first | p99 / max | operations took, s | checked |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for round := 1; round <= c.rounds; round++ {
 		for _, side := range rotate(c.sides, round-1) {
 			for _, r := range res[side] {
@@ -311,8 +338,8 @@ func printTables(w io.Writer, c config, res results) {
 				if len(r.load.Kinds) > 0 {
 					kinds = lbclient.FormatKinds(r.load.Kinds)
 				}
-				fmt.Fprintf(w, "| %d | %s | %s | %s | %s (%.1f s) | %s | %s / %s | %s | %s |\n", r.round, side, r.load, kinds,
-					fmtMS(ms(r.gap)), r.gapAt.Seconds(), durs(r.perOp, fmtMSd), fmtMS(latencyMS(r.load, r.load.P99)),
+				fmt.Fprintf(w, "| %d | %s | %s | %s | %s (%.1f s) | %s | %s | %s / %s | %s | %s |\n", r.round, side, r.load, kinds,
+					fmtMS(ms(r.gap)), r.gapAt.Seconds(), durs(r.perOp, fmtMSd), fmtMS(ms(r.lead)), fmtMS(latencyMS(r.load, r.load.P99)),
 					fmtMS(latencyMS(r.load, r.load.Max)), durs(r.took, fmtS), r.checked)
 			}
 		}

@@ -44,6 +44,19 @@ func TestUnservedAndLongest(t *testing.T) {
 	if l := longest(ss, at(320), at(324)); l.len() != 5*time.Millisecond {
 		t.Fatalf("longest in 320-324ms: %v, want the 5ms stretch in it", l.len())
 	}
+	// Over by 600 ms: the stretch under way then is left out.
+	if l := longest(endedBy(ss, at(600)), time.Time{}, time.Time{}); l.len() != 300*time.Millisecond {
+		t.Fatalf("longest over by 600ms: %v, want 300ms", l.len())
+	}
+	if n := len(endedBy(ss, at(4))); n != 0 {
+		t.Fatalf("%d stretches over by 4ms, want none", n)
+	}
+	if f := firstServed(tl, at(1)); !f.Equal(at(5)) {
+		t.Fatalf("first served at %v, want 5ms", f.Sub(t0))
+	}
+	if f := firstServed([]lbclient.Outcome{bad(3)}, at(1)); !f.Equal(at(1)) {
+		t.Fatalf("first served with none served: %v, want the default", f.Sub(t0))
+	}
 	// Nothing served at all: the whole window.
 	if ss := unserved([]lbclient.Outcome{bad(10)}, at(0), at(100)); len(ss) != 1 || longest(ss, time.Time{}, time.Time{}).len() != 100*time.Millisecond {
 		t.Fatalf("nothing served: %v", ss)

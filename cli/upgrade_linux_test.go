@@ -686,3 +686,28 @@ func TestUpgradeFromTheFirstReleaseThatHadUpgrades(t *testing.T) {
 		t.Errorf("load: %s failed: %s %v", rep, lbclient.FormatKinds(rep.Kinds), rep.Errors)
 	}
 }
+
+// lastCommitWithoutUpgrades is the last commit whose agent has no upgrade
+// in place.
+const lastCommitWithoutUpgrades = "c896023"
+
+// An agent from before upgrades in place answers agentctl upgrade with
+// exit 4 (the packages then restart it instead), and is left running.
+func TestUpgradeOfAnAgentThatPredatesUpgrades(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("upgrades are for root")
+	}
+	dir := t.TempDir()
+	old := buildAgentAt(t, dir, lastCommitWithoutUpgrades, "v0.0.9-before")
+	cur := buildAgent(t, dir, "v2.0.0-test")
+	r := startUpgradeRig(t, dir, old)
+	before := r.waitStatus("running", func(s *agent.Status) bool { return s.Ready })
+	code, out := r.agentctl(cur, nil, "upgrade", "--binary", cur)
+	if code != CtlNoUpgrade || !strings.Contains(out, "predates upgrades") {
+		t.Errorf("upgrade of an agent from %s: exit %d %q, want %d", lastCommitWithoutUpgrades, code, out, CtlNoUpgrade)
+	}
+	s := r.waitStatus("still serving", func(s *agent.Status) bool { return s.Ready })
+	if s.Agent.Version != "v0.0.9-before" || s.Agent.PID != before.Agent.PID || *s.PID != *before.PID {
+		t.Errorf("after the refused upgrade: agent %+v, app %d; want it unchanged", s.Agent, *s.PID)
+	}
+}

@@ -26,6 +26,8 @@ type vmStatus struct {
 	Agent     struct {
 		PID      int    `json:"pid"`
 		OOMWatch string `json:"oom_watch"`
+		Version  string `json:"version"`
+		Upgrades int    `json:"upgrades"`
 	} `json:"agent"`
 }
 
@@ -180,6 +182,7 @@ func TestVMCgroupV2OOM(t *testing.T) {
 	}
 	work := t.TempDir()
 	_, deb := buildPackage(t, root, work, "0.0.0-vm")
+	_, deb2 := buildPackage(t, root, filepath.Join(work, "next"), "0.0.1-vm")
 
 	config := func(maxRSS string) string {
 		return fmt.Sprintf(`name = "mem"
@@ -207,7 +210,7 @@ listen = ":8081"
 listen = "127.0.0.1:9100"
 `, maxRSS)
 	}
-	files := map[string]string{"agent.deb": deb, "memapp.js": filepath.Join(root, "deploy/vm/memapp.js")}
+	files := map[string]string{"agent.deb": deb, "agent-next.deb": deb2, "memapp.js": filepath.Join(root, "deploy/vm/memapp.js")}
 	for name, content := range map[string]string{
 		"agent.toml":     config("0"),
 		"agent-rss.toml": config("120MB"),
@@ -366,6 +369,44 @@ systemctl daemon-reload`)
 		}
 		v.strayCheck(t, now, "after the max_rss restart")
 		t.Logf("max_rss restart to serving again: %v", time.Since(began).Round(time.Second))
+	})
+
+	// A package upgrade in place on this kernel (pidfds, a memfd, the exec),
+	// then a kernel OOM kill: the kernel log handed over still explains it.
+	t.Run("package upgrade in place, then a kernel OOM kill", func(t *testing.T) {
+		began := time.Now()
+		v.must("install", "-m", "0640", "/vm/agent.toml", "/etc/agent/agent.toml")
+		v.must("systemctl", "reload", "agent.service")
+		v.must("agentctl", "restart") // max_rss off again from the next start
+		before := v.serving(2*time.Minute, "the agent to serve", app)
+		mainPID := v.show("MainPID")
+		v.must("dpkg", "-i", "--force-confold", "/vm/agent-next.deb")
+		after := v.serving(2*time.Minute, "the upgraded agent to serve", app)
+		if !strings.Contains(after.Agent.Version, "0.0.1") || after.Agent.Upgrades != 1 {
+			t.Errorf("after dpkg -i: agent %+v, want version 0.0.1 and 1 upgrade", after.Agent)
+		}
+		if m := v.show("MainPID"); m != mainPID || after.Agent.PID != before.Agent.PID || after.PID != before.PID {
+			t.Errorf("after dpkg -i: MainPID %s -> %s, agent %d -> %d, app %d -> %d: want all the same",
+				mainPID, m, before.Agent.PID, after.Agent.PID, before.PID, after.PID)
+		}
+		if after.Restarts != before.Restarts || len(after.Exits) != len(before.Exits) || after.OOMKills != 1 {
+			t.Errorf("after dpkg -i: restarts %d, %d exits, oom_kills %d; want %d, %d and 1 carried over",
+				after.Restarts, len(after.Exits), after.OOMKills, before.Restarts, len(before.Exits))
+		}
+		if n := v.show("NRestarts"); n != "0" {
+			t.Errorf("NRestarts = %s, want 0", n)
+		}
+		v.must("curl", "-s", "-m", "10", app+"grow")
+		now := v.nextExit(after, 3*time.Minute, "the OOM-killed app to be replaced")
+		if ex := now.Exits[0]; ex.Reason != "oom-kill" || !strings.Contains(ex.Detail, fmt.Sprintf("Killed process %d (node)", after.PID)) {
+			t.Errorf("the OOM kill after the upgrade: %+v, want oom-kill with the kernel's line", ex)
+		}
+		now = v.serving(2*time.Minute, "the app to serve again", app)
+		if events := v.cgroupInt("memory.events", "oom_kill"); events != 2 || now.OOMKills != 2 {
+			t.Errorf("memory.events oom_kill = %d, oom_kills = %d, want 2 and 2", events, now.OOMKills)
+		}
+		v.strayCheck(t, now, "after the upgrade and the OOM kill")
+		t.Logf("upgrade and OOM kill: %v", time.Since(began).Round(time.Second))
 	})
 
 	v.poweroff(2 * time.Minute)

@@ -226,6 +226,23 @@ format = "json"
 	return r
 }
 
+// socketsOf returns the sockets process pid has open, by inode.
+func socketsOf(t *testing.T, pid int) map[string]bool {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			out[l] = true
+		}
+	}
+	return out
+}
+
 func tailLines(s string, n int) string {
 	lines := strings.Split(s, "\n")
 	if len(lines) > n {
@@ -472,6 +489,22 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 		t.Errorf("upgrade by nobody: exit %d %q, want 1, root only", code, out)
 	}
 	check("after the refused ones", "v2.0.0-test", 3)
+
+	// An app process the upgraded agent starts holds none of the agent's
+	// descriptors: the ones handed over are close-on-exec again.
+	if code, out := r.agentctl(v2, nil, "restart"); code != 0 {
+		t.Fatalf("restart after the upgrades: exit %d %s", code, out)
+	}
+	s := r.waitStatus("restarted", func(s *agent.Status) bool { return s.Ready && s.PID != nil && *s.PID != appPID })
+	agentSockets := socketsOf(t, agentPID)
+	for inode := range socketsOf(t, *s.PID) {
+		if agentSockets[inode] {
+			t.Errorf("the app process %d holds the agent's socket %s", *s.PID, inode)
+		}
+	}
+	if len(agentSockets) < 3 {
+		t.Errorf("the agent has %d sockets open, want its listeners at least", len(agentSockets))
+	}
 
 	rep := load.Stop()
 	stopped = true

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"agent/internal/handoff"
+	"agent/metrics"
 	"agent/probe"
 	"agent/proxy"
 	"agent/supervisor"
@@ -66,6 +67,7 @@ type Handover struct {
 	Supervisor *supervisor.Frozen `json:"supervisor"`
 	Output     []supervisor.Line  `json:"output,omitempty"`
 	Proxy      proxy.Stats        `json:"proxy"`
+	Metrics    metrics.Counters   `json:"metrics"`
 	// The traffic port's client connections, parked between requests, and
 	// its WebSocket tunnels.
 	Conns    []proxy.HandedConn   `json:"conns,omitempty"`
@@ -245,6 +247,7 @@ func (a *Agent) takeState(g *generation, h *Handover) error {
 	if a.proxy != nil {
 		a.proxy.AddStats(h.Proxy)
 	}
+	a.metrics.AddCounters(h.Metrics)
 	return nil
 }
 

@@ -227,6 +227,7 @@ func (a *Agent) handover(frozen *supervisor.Frozen, parked *proxy.Parked, conn n
 		Supervisor:  frozen,
 		Output:      a.output.Last(-1),
 		OOMKills:    a.oomKills.Load(),
+		Metrics:     a.metrics.Counters(),
 		Kmsg:        -1,
 		Listeners:   map[string]int{},
 		Answer:      -1,

@@ -65,11 +65,32 @@ type upgradeRig struct {
 	dir     string
 	socket  string
 	proxy   string
+	metrics string
 	client  *agent.Client
 	agent   *exec.Cmd
 	logPath string
 	cfgPath string
 	cfgText string
+}
+
+// requestsCounted sums agent_proxy_requests_total over its codes.
+func (r *upgradeRig) requestsCounted() uint64 {
+	r.t.Helper()
+	resp, err := http.Get("http://" + r.metrics + "/metrics")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sum uint64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "agent_proxy_requests_total{"); ok {
+			_, v, _ := strings.Cut(rest, "} ")
+			n, _ := strconv.ParseFloat(v, 64)
+			sum += uint64(n)
+		}
+	}
+	return sum
 }
 
 // waitLog waits for a line of the agent's log that holds text.
@@ -166,12 +187,13 @@ func startUpgradeRig(t *testing.T, dir, bin string, env ...string) *upgradeRig {
 	if _, err := exec.LookPath("node"); err != nil {
 		t.Skip("node not installed")
 	}
-	ports := testkit.Ports(t, 3)
+	ports := testkit.Ports(t, 4)
 	app, err := filepath.Abs("testdata")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &upgradeRig{t: t, dir: dir, socket: filepath.Join(dir, "agent.sock"), proxy: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	r := &upgradeRig{t: t, dir: dir, socket: filepath.Join(dir, "agent.sock"), proxy: fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		metrics: fmt.Sprintf("127.0.0.1:%d", ports[3])}
 	text := fmt.Sprintf(`name = "web"
 [app]
 command = ["node", "app.js"]
@@ -186,9 +208,11 @@ upstream = "127.0.0.1:%d"
 [control]
 socket = %q
 group = "nogroup"
+[metrics]
+listen = %q
 [log]
 format = "json"
-`, app, ports[1], r.proxy, ports[2], r.socket)
+`, app, ports[1], r.proxy, ports[2], r.socket, r.metrics)
 	cfg := filepath.Join(dir, "agent.toml")
 	r.cfgPath, r.cfgText = cfg, text
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
@@ -400,6 +424,7 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 		return s.Ready && s.State == "running" && s.Restarts == 1 && s.PID != nil && *s.PID != *first.PID
 	})
 	appPID, agentPID := *before.PID, before.Agent.PID
+	counted := r.requestsCounted()
 	ws := dialWebSocket(t, r.proxy) // to the app process that stays
 
 	check := func(step, version string, upgrades int) {
@@ -420,6 +445,8 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 			t.Errorf("%s: agent.started %v, want %v (kept across upgrades)", step, s.Agent.Started, before.Agent.Started)
 		case s.Proxy == nil || s.Proxy.Requests < before.Proxy.Requests:
 			t.Errorf("%s: proxy counters %+v, want at least %+v", step, s.Proxy, before.Proxy)
+		case r.requestsCounted() < counted:
+			t.Errorf("%s: /metrics counts %d requests, fewer than the %d before the first upgrade", step, r.requestsCounted(), counted)
 		case s.State != "running" || !s.Ready:
 			t.Errorf("%s: app %s ready %v", step, s.State, s.Ready)
 		}

@@ -133,6 +133,50 @@ func (m *Metrics) ObserveRequest(code int, d time.Duration) {
 	}
 }
 
+// Counters are the per-request figures Metrics keeps, as an upgrade hands
+// them to the next program so that its counters go on from there.
+type Counters struct {
+	Codes    map[int]uint64 `json:"codes,omitempty"` // by status code; 0 for "other"
+	Buckets  []uint64       `json:"buckets"`         // per durationBuckets, then +Inf
+	SumNanos uint64         `json:"sum_nanos"`
+}
+
+// Counters returns the per-request figures counted so far.
+func (m *Metrics) Counters() Counters {
+	c := Counters{Codes: map[int]uint64{}, SumNanos: m.sumNanos.Load()}
+	for i := range m.codes {
+		if n := m.codes[i].Load(); n > 0 {
+			code := i + minCode
+			if i == len(m.codes)-1 {
+				code = 0
+			}
+			c.Codes[code] = n
+		}
+	}
+	for i := range m.buckets {
+		c.Buckets = append(c.Buckets, m.buckets[i].Load())
+	}
+	return c
+}
+
+// AddCounters adds c, the figures of the program before this one, to the
+// ones counted here. Buckets of another layout are left out.
+func (m *Metrics) AddCounters(c Counters) {
+	for code, n := range c.Codes {
+		i := code - minCode
+		if code < minCode || code > maxCode {
+			i = len(m.codes) - 1
+		}
+		m.codes[i].Add(n)
+	}
+	if len(c.Buckets) == len(m.buckets) {
+		for i, n := range c.Buckets {
+			m.buckets[i].Add(n)
+		}
+		m.sumNanos.Add(c.SumNanos)
+	}
+}
+
 // Handler returns the handler of GET (and HEAD) /metrics; other paths get
 // 404, other methods 405.
 func (m *Metrics) Handler() http.Handler {

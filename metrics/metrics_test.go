@@ -379,3 +379,30 @@ func TestSlotSeries(t *testing.T) {
 		t.Errorf("agent_app_state{state=degraded} = %v, want 1", got)
 	}
 }
+
+// An upgrade hands the per-request counters over: the next program's
+// exposition goes on from them.
+func TestCountersCarryOver(t *testing.T) {
+	old := New(func() Snapshot { return Snapshot{Proxy: &ProxySnapshot{}} })
+	old.ObserveRequest(200, 3*time.Millisecond)
+	old.ObserveRequest(200, 3*time.Millisecond)
+	old.ObserveRequest(502, 2*time.Second)
+	old.ObserveRequest(700, time.Millisecond)
+	next := New(func() Snapshot { return Snapshot{Proxy: &ProxySnapshot{}} })
+	next.ObserveRequest(200, time.Millisecond)
+	next.AddCounters(old.Counters())
+	c := next.Counters()
+	if c.Codes[200] != 3 || c.Codes[502] != 1 || c.Codes[0] != 1 {
+		t.Errorf("codes %v, want 200: 3, 502: 1, other: 1", c.Codes)
+	}
+	var total uint64
+	for _, n := range c.Buckets {
+		total += n
+	}
+	if total != 5 {
+		t.Errorf("histogram counts %d requests, want 5", total)
+	}
+	if want := uint64(2*time.Second + 8*time.Millisecond); c.SumNanos != want {
+		t.Errorf("sum %d, want %d", c.SumNanos, want)
+	}
+}

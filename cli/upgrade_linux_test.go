@@ -452,6 +452,10 @@ func TestUpgradeInPlaceUnderLoad(t *testing.T) {
 		case s.State != "running" || !s.Ready:
 			t.Errorf("%s: app %s ready %v", step, s.State, s.Ready)
 		}
+		// The log ring too: the first process's line is still there.
+		if _, out := r.agentctl(v2, nil, "logs", "-n", "1000"); !strings.Contains(out, fmt.Sprintf(" %d | listening", *first.PID)) {
+			t.Errorf("%s: agentctl logs lost the output from before the upgrade:\n%s", step, out)
+		}
 	}
 
 	// v1 -> v2 with --binary.

@@ -331,13 +331,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			c.Wait()
 		}
 	}()
-	start := func(addr string, args ...string) (*exec.Cmd, error) {
+	start := func(args ...string) *exec.Cmd {
 		if cfg.frontCPUs != "" {
 			args = append([]string{"taskset", "-c", cfg.frontCPUs}, args...)
 		}
 		c := exec.Command(args[0], args[1:]...)
 		c.Stderr = stderr
-		return c, nil
+		return c
 	}
 	launch := func(c *exec.Cmd, addr string) error {
 		if err := c.Start(); err != nil {
@@ -351,7 +351,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := os.WriteFile(appJS, []byte(helloApp), 0o644); err != nil {
 		return err
 	}
-	node, _ := start(appAddr, "node", appJS)
+	node := start("node", appJS)
 	node.Env = append(os.Environ(), "PORT="+port(appAddr))
 	if err := launch(node, appAddr); err != nil {
 		return err
@@ -363,7 +363,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := os.WriteFile(conf, []byte(ngx.Text()), 0o644); err != nil {
 		return err
 	}
-	nc, _ := start(nginxAddr, "nginx", "-c", conf, "-p", dir)
+	nc := start("nginx", "-c", conf, "-p", dir)
 	if err := launch(nc, nginxAddr); err != nil {
 		return err
 	}
@@ -377,7 +377,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.cpuProfile != "" {
 		proxyArgs = append(proxyArgs, "-cpuprofile", cfg.cpuProfile)
 	}
-	px, _ := start(proxyAddr, proxyArgs...)
+	px := start(proxyArgs...)
 	if err := launch(px, proxyAddr); err != nil {
 		return err
 	}
@@ -397,7 +397,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for i, e := range cfg.extra {
 		name, bin, _ := strings.Cut(e, "=")
 		a := addr(ports[4+i])
-		c, _ := start(a, bin, "serve-proxy", "-listen", a, "-upstream", appAddr)
+		c := start(bin, "serve-proxy", "-listen", a, "-upstream", appAddr)
 		if err := launch(c, a); err != nil {
 			return err
 		}
@@ -406,7 +406,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	if cfg.oneProc {
 		a := addr(ports[3])
-		c, _ := start(a, self, "serve-proxy", "-listen", a, "-upstream", appAddr)
+		c := start(self, "serve-proxy", "-listen", a, "-upstream", appAddr)
 		c.Env = append(os.Environ(), "GOMAXPROCS=1")
 		if err := launch(c, a); err != nil {
 			return err

@@ -16,6 +16,7 @@ import (
 
 	"agent/agent"
 	"agent/internal/logsink"
+	"agent/internal/procs"
 	"agent/packaging"
 )
 
@@ -166,6 +167,7 @@ func run(args []string, b Build, stdout, stderr io.Writer) error {
 // on a bad config or a control socket held by another agent, any other
 // error (exit 1) on a runtime failure.
 func runAgent(path string, b Build, stderr io.Writer) error {
+	procs.Set()
 	// Signals first, before any slow start-up work.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

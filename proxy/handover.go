@@ -214,10 +214,11 @@ func (p *Proxy) Adopt(conns []AdoptedConn, tunnels []AdoptedTunnel) {
 			nc.Close()
 			continue
 		}
+		rw := newRawIO(unwrap(nc))
 		c.br = clientReaders.Get().(*bufio.Reader)
-		c.br.Reset(prefixed(a.Buffered, nc))
+		c.br.Reset(prefixed(a.Buffered, rw))
 		c.bw = clientWriters.Get().(*bufio.Writer)
-		c.bw.Reset(nc)
+		c.bw.Reset(rw)
 		go c.loop(false)
 	}
 	for _, a := range tunnels {

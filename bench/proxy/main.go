@@ -38,6 +38,7 @@ import (
 	"agent/bench/internal/benchkit"
 	"agent/internal/clock"
 	"agent/internal/lbclient"
+	"agent/internal/procs"
 	"agent/proxy"
 )
 
@@ -71,6 +72,7 @@ func serveProxy(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	procs.Set() // as agent run does
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -249,7 +251,7 @@ type config struct {
 	allocs     bool
 	cpuProfile string
 	extra      []string // name=binary
-	oneProc    bool
+	twoProcs   bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -272,7 +274,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.wrk, "wrk", true, "measure saturation with wrk")
 	fs.BoolVar(&cfg.allocs, "allocs", true, "report allocations per request (go test -bench Forward ./proxy/)")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write the agent proxy's CPU profile over the whole run here")
-	fs.BoolVar(&cfg.oneProc, "one-proc", false, "also measure the agent proxy run with GOMAXPROCS=1, as target agent-1p")
+	fs.BoolVar(&cfg.twoProcs, "two-procs", false, "also measure the agent proxy run with GOMAXPROCS=2 (the agent runs with 1, internal/procs), as target agent-2p")
 	fs.Func("extra", "another proxy binary to measure beside the agent, NAME=PATH (a build of bench/proxy; repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
 			return errors.New("want NAME=PATH")
@@ -404,14 +406,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		targets = append(targets, target{name: name, kind: agent, addr: a, pids: func() []int { return []int{c.Process.Pid} }})
 	}
 
-	if cfg.oneProc {
+	if cfg.twoProcs {
 		a := addr(ports[3])
 		c := start(self, "serve-proxy", "-listen", a, "-upstream", appAddr)
-		c.Env = append(os.Environ(), "GOMAXPROCS=1")
+		c.Env = append(os.Environ(), "GOMAXPROCS=2")
 		if err := launch(c, a); err != nil {
 			return err
 		}
-		targets = append(targets, target{name: "agent-1p", kind: agent, addr: a, pids: func() []int { return []int{c.Process.Pid} }})
+		targets = append(targets, target{name: "agent-2p", kind: agent, addr: a, pids: func() []int { return []int{c.Process.Pid} }})
 	}
 
 	var allocs string

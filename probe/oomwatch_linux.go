@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"agent/internal/clock"
+	"agent/internal/handoff"
 )
 
 const (
@@ -176,9 +177,7 @@ func (w *OOMWatcher) Handover() (fd int, kills []Kill) {
 	defer w.mu.Unlock()
 	fd = -1
 	if f, ok := w.src.(*os.File); ok && w.reading {
-		if rc, err := f.SyscallConn(); err == nil {
-			rc.Control(func(p uintptr) { fd = int(p) })
-		}
+		fd = handoff.RawFD(f)
 	}
 	for i := w.count; i >= 1; i-- {
 		r := w.ring[(w.next-i+len(w.ring))%len(w.ring)]

@@ -7,6 +7,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"agent/internal/handoff"
 )
 
 // An upgrade in place hands the traffic port's client connections to the
@@ -70,27 +72,16 @@ func buffered(br *bufio.Reader) []byte {
 	return bytes.Clone(b)
 }
 
-// connFD returns the descriptor of a socket, through the wrappers around
-// it (connlimit's), without a dup; -1 if it has none.
+// connFD returns the descriptor of a socket, under connlimit's wrapper,
+// without a dup; -1 if it has none.
 func connFD(nc net.Conn) int {
-	for {
-		w, ok := nc.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		nc = w.NetConn()
-	}
-	sc, ok := nc.(interface {
+	sc, ok := unwrap(nc).(interface {
 		SyscallConn() (syscall.RawConn, error)
 	})
 	if !ok {
 		return -1
 	}
-	fd := -1
-	if rc, err := sc.SyscallConn(); err == nil {
-		rc.Control(func(p uintptr) { fd = int(p) })
-	}
-	return fd
+	return handoff.RawFD(sc)
 }
 
 // Freeze parks the traffic port's client connections and tunnels for an

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"agent/internal/clock"
+	"agent/internal/handoff"
 	"agent/internal/procfs"
 )
 
@@ -298,7 +299,7 @@ func (l *loop[L]) frozen(encode func(L) json.RawMessage) *Frozen {
 		}
 		if c := sl.cur; c != nil {
 			fp := &FrozenProc{PID: c.PID, Gen: c.Gen, Started: mc.of(c.Started), Ready: c.ready, ReadySince: mc.of(c.readySince),
-				PidFD: c.leader.Fd(), Stdout: fileFD(c.stdout), Stderr: fileFD(c.stderr), Launch: encode(c.Launch)}
+				PidFD: c.leader.Fd(), Stdout: handoff.RawFD(c.stdout), Stderr: handoff.RawFD(c.stderr), Launch: encode(c.Launch)}
 			if line := c.heapOOM.Load(); line != nil {
 				fp.HeapOOM = *line
 			}
@@ -311,16 +312,6 @@ func (l *loop[L]) frozen(encode func(L) json.RawMessage) *Frozen {
 		f.Slots = append(f.Slots, fs)
 	}
 	return f
-}
-
-// fileFD returns f's descriptor without the side effect of File.Fd (which
-// puts it in blocking mode).
-func fileFD(f *os.File) int {
-	fd := -1
-	if rc, err := f.SyscallConn(); err == nil {
-		rc.Control(func(p uintptr) { fd = int(p) })
-	}
-	return fd
 }
 
 // adoption is what Run takes on instead of starting the app.

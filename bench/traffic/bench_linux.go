@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,11 +18,6 @@ import (
 	"agent/internal/procfs"
 	"agent/internal/testapp"
 )
-
-// The plain Node app (apps/plain/server.js).
-//
-//go:embed apps
-var apps embed.FS
 
 type bench struct {
 	c        config
@@ -403,5 +397,5 @@ func (b *bench) stopAgents() {
 	}
 }
 
-// writeApps writes the embedded Node apps into dir.
-func writeApps(dir string) error { return benchkit.WriteTree(apps, "apps", dir) }
+// writeApps writes the plain Node app into dir/plain.
+func writeApps(dir string) error { return benchkit.WritePlainApp(filepath.Join(dir, "plain")) }

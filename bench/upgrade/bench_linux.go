@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,11 +18,6 @@ import (
 	"agent/internal/lbclient"
 	"agent/internal/procfs"
 )
-
-// The Node app (apps/hello/server.js).
-//
-//go:embed apps
-var apps embed.FS
 
 type bench struct {
 	c        config
@@ -188,7 +182,7 @@ func (b *bench) round(ctx context.Context, side string, round int) (roundRun, er
 	dir := filepath.Join(b.work, fmt.Sprintf("round%d-%s", round, side))
 	app := filepath.Join(dir, "app")
 	defer benchkit.KillUnder(dir)
-	if err := benchkit.WriteTree(apps, "apps/hello", app); err != nil {
+	if err := benchkit.WritePlainApp(app); err != nil {
 		return roundRun{}, err
 	}
 	ports, release, err := benchkit.FreePorts(4)

@@ -1,6 +1,7 @@
-// The plain app of the traffic benchmark: a hello world on PORT (127.0.0.1),
-// `GET /` answered at once, `GET /slow` after 20 ms, so that some requests
-// are in flight whenever the app is killed, restarted or reloaded. Nothing
+// The plain app of the traffic and upgrade benchmarks: a hello world on PORT
+// (127.0.0.1), `GET /` answered at once, `GET /slow` after 20 ms, so that
+// some requests are in flight whenever the app (or its supervisor) is
+// killed, restarted, reloaded or replaced. Nothing
 // else: no signal handlers, Node's defaults (keepAliveTimeout 5 s).
 'use strict';
 const http = require('http');

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"agent/internal/procfs"
 	"agent/internal/testkit"
 )
@@ -52,7 +54,14 @@ func TestFrozenExitIsRecordedByTheNextSupervisor(t *testing.T) {
 		t.Fatalf("the frozen supervisor recorded %+v", st.Exits)
 	}
 
-	// The next program's supervisor takes the process over.
+	// The next program's supervisor takes the process over, with copies
+	// of the descriptors (an exec keeps them; here the frozen supervisor
+	// keeps its own, closed when it stops).
+	for i := range f.Slots {
+		if p := f.Slots[i].Proc; p != nil {
+			p.PidFD, p.Stdout, p.Stderr = dupFD(t, p.PidFD), dupFD(t, p.Stdout), dupFD(t, p.Stderr)
+		}
+	}
 	cfg.Launch = "launch-b"
 	h2 := startAdopted(t, cfg, f)
 	st = h2.waitFor("the exit recorded and the process restarted", func(st Status[string]) bool {
@@ -103,6 +112,15 @@ func TestFreezeWaitsForRest(t *testing.T) {
 	if err := h.s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func dupFD(t *testing.T, fd int) int {
+	t.Helper()
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // startAdopted runs a supervisor that takes over f.

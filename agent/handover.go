@@ -295,13 +295,20 @@ func (a *Agent) inheritedListener(name string) (ln net.Listener, ok bool, err er
 	if !ok {
 		return nil, false, nil
 	}
-	unix.CloseOnExec(fd)
-	f := os.NewFile(uintptr(fd), name)
-	a.keptFiles = append(a.keptFiles, f) // closed by takeOver, never by a finalizer before
+	f := a.keep(fd, name)
 	if ln, err = net.FileListener(f); err != nil {
 		return nil, true, fmt.Errorf("the %s socket handed over: %w", name, err)
 	}
 	return ln, true, nil
+}
+
+// keep takes fd, handed over, as a file kept until takeOver closes it (a
+// way back needs it open until then), never closed by a finalizer before.
+func (a *Agent) keep(fd int, name string) *os.File {
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), name)
+	a.keptFiles = append(a.keptFiles, f)
+	return f
 }
 
 func (a *Agent) wrap(name string, ln net.Listener) net.Listener {
@@ -377,9 +384,7 @@ func (a *Agent) adoptConns() {
 		if fd < 0 {
 			return nil
 		}
-		unix.CloseOnExec(fd)
-		f := os.NewFile(uintptr(fd), "client connection")
-		a.keptFiles = append(a.keptFiles, f)
+		f := a.keep(fd, "client connection")
 		c, err := net.FileConn(f)
 		if err != nil {
 			a.log.Warn().Err(err).Msg("a connection handed over is not a socket; dropped")
